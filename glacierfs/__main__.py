@@ -1,0 +1,3 @@
+from glacierfs.cli import main
+
+raise SystemExit(main())
