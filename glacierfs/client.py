@@ -64,7 +64,7 @@ class ConnectionSettings:
     profile: str | None = None
     access_key: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
-    max_attempts: int = 5  # total attempts per request, first one included (standard mode)
+    max_attempts: int | None = 5  # total attempts per request, first included (standard mode); None: 5
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
     max_pool_connections: int = 16  # keep >= upload/download concurrency
@@ -99,11 +99,11 @@ def make_glacier(settings: ConnectionSettings) -> Glacier:
         region = settings.region or session.region_name or DEFAULT_REGION
         config = Config(
             region_name=region,
-            retries={"mode": "standard", "total_max_attempts": max(1, settings.max_attempts)},
+            retries={"mode": "standard", "total_max_attempts": max(1, settings.max_attempts or 5)},
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             tcp_keepalive=True,
-            max_pool_connections=max(1, settings.max_pool_connections),
+            max_pool_connections=max(1, settings.max_pool_connections or 16),
         )
         client = session.client("glacier", endpoint_url=settings.endpoint_url or None, config=config)
     except GlacierFSError:
