@@ -154,9 +154,9 @@ def resolve_endpoint(args: argparse.Namespace) -> tuple[str | None, str, dict[st
         if not data_dir.is_dir():
             raise UsageError(f"{local} is not a directory")
         data_dir = data_dir.resolve()
-        if not (getattr(args, "access_key", None) and getattr(args, "secret_key", None)) and not _has_credentials(
-            profile
-        ):
+        if not (
+            getattr(args, "access_key", None) and getattr(args, "secret_key", None)
+        ) and not _has_credentials(profile):
             extra = {"access_key": "local", "secret_key": "local"}
         url = running_server_url(data_dir)
         cleanup: Cleanup = None
