@@ -1,4 +1,164 @@
 """The local Glacier-compatible server (``glacierfs serve``).
 
 It shares nothing with the client side of glacierfs but :mod:`glacierfs.treehash`.
+
+Modules, one concern each: :mod:`.store` (state rules, SQLite metadata), :mod:`.bodies`
+(byte files), :mod:`.inventory` (inventory output rendering), :mod:`.app` (HTTP and wire
+format), :mod:`.ids`, :mod:`.clock`, :mod:`.faults`, :mod:`.sigv4`, :mod:`.command` (CLI).
+
+:func:`start_server` runs it in-process: it takes an exclusive ``flock`` on
+``DATA_DIR/.lock`` (a second server on the same dir gets :class:`DataDirInUse`), writes
+``DATA_DIR/server.json`` (``{"url", "pid"}``) while it runs, and runs a ticker thread that
+completes due jobs, applies retention and takes the periodic inventory snapshots.
 """
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from .app import GlacierHTTPServer, Options
+from .faults import FaultPlan, parse_spec
+from .sigv4 import SigV4Verifier
+from .store import Settings, Store
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DataDirInUse", "ServerHandle", "start_server"]
+
+TICK = 0.5
+
+
+class DataDirInUse(Exception):
+    """Another server holds the data dir's lock."""
+
+
+class ServerHandle:
+    """A running server: ``url``, ``store``, ``shutdown()`` (idempotent); usable as a context manager."""
+
+    def __init__(self, httpd: GlacierHTTPServer, store: Store, data_dir: Path, lock_fd: int) -> None:
+        self.httpd = httpd
+        self.store = store
+        self.data_dir = data_dir
+        self.url = httpd.url
+        self._lock_fd = lock_fd
+        self._stop = threading.Event()
+        self._done = False
+        self._serve = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                       name="glacierfs-serve", daemon=True)
+        self._ticker = threading.Thread(target=self._tick, name="glacierfs-ticker", daemon=True)
+
+    def _start(self) -> None:
+        self._serve.start()
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(TICK):
+            try:
+                self.store.periodic()
+            except Exception:
+                log.exception("periodic work failed")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until shutdown (returns True) or ``timeout``."""
+        return self._stop.wait(timeout)
+
+    def shutdown(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._stop.set()
+        self.httpd.shutdown()
+        self.httpd.close_connections()
+        self.httpd.server_close()
+        self._ticker.join(timeout=10)
+        self.store.close()
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / "server.json").unlink()
+        os.close(self._lock_fd)  # releases the flock
+        log.info("server on %s stopped", self.url)
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def _lock(data_dir: Path) -> int:
+    fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        other = ""
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads((data_dir / "server.json").read_text())
+            other = f" (pid {info.get('pid')}, {info.get('url')})"
+        raise DataDirInUse(f"data dir {data_dir} is in use by another glacierfs server{other}") from None
+    return fd
+
+
+def start_server(
+    data_dir: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    job_delay: float = 5.0,
+    inventory_interval: float = 60.0,
+    faults: str | dict[str, float] | None = None,
+    faults_ops: set[str] | None = None,
+    seed: int | None = None,
+    verify_content_sha256: bool = True,
+    omit_nulls: bool = False,
+    loose_checksums: bool = False,
+    body_timeout: float = 60.0,
+    sigv4_keys: tuple[str, str] | None = None,
+    account: str = "012345678901",
+    region: str = "us-east-1",
+    **unknown: Any,
+) -> ServerHandle:
+    """Start a server on ``data_dir`` in background threads and return its handle.
+
+    Raises :class:`DataDirInUse`, ``OSError`` (data dir or port unusable) or ``ValueError``
+    (bad fault spec). ``job_delay`` 0 completes jobs inside InitiateJob.
+    """
+    if unknown:
+        raise TypeError(f"unknown server options: {', '.join(sorted(unknown))}")
+    root = Path(data_dir).absolute()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    fractions = parse_spec(faults) if isinstance(faults, str) or faults is None else dict(faults)
+    lock_fd = _lock(root)
+    try:
+        store = Store(root, Settings(account=account, region=region, job_delay=job_delay,
+                                     inventory_interval=inventory_interval), seed=seed)
+        options = Options(
+            verify_content_sha256=verify_content_sha256, omit_nulls=omit_nulls, loose_checksums=loose_checksums,
+            body_timeout=body_timeout, faults=FaultPlan(fractions, seed, faults_ops),
+            sigv4=SigV4Verifier(*sigv4_keys, region=region) if sigv4_keys else None,
+        )
+        try:
+            httpd = GlacierHTTPServer((host, port), store, options)
+        except BaseException:
+            store.close()
+            raise
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    handle = ServerHandle(httpd, store, root, lock_fd)
+    info = root / "server.json"
+    tmp = root / "server.json.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": handle.url, "pid": os.getpid()}, f)
+    os.replace(tmp, info)
+    handle._start()
+    log.info("serving %s on %s", root, handle.url)
+    return handle

@@ -1,10 +1,144 @@
-"""``glacierfs serve`` argument registration (placeholder until the server lands)."""
+"""``glacierfs serve``: run the local Glacier-compatible server until SIGINT/SIGTERM.
+
+The first line on stdout (flushed) is ``listening on http://HOST:PORT``; the access log
+goes to stderr (INFO with ``--verbose``). Bad input - a bad port, an unusable data dir, a
+bad fault spec, a data dir held by another server - is one line on stderr and exit
+status 2 (usage) or 1, never a traceback.
+
+This module imports nothing of the client side: errors are printed here, not raised as
+``GlacierFSError``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = "~/.local/share/glacierfs/server"
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: not a number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: must be 0-65535")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: not a number of seconds") from None
+    if value < 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be a finite number >= 0")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid interval {text!r}: must be > 0")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the local Glacier-compatible server")
-    p.set_defaults(func=lambda args: 1)
+    p = sub.add_parser(
+        "serve",
+        help="run the local Glacier-compatible server",
+        description="Run a local server speaking the Amazon Glacier vault REST API (for tests and --local).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=0, help="port (default 0: pick a free one)")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help=f"state directory (default {DEFAULT_DATA_DIR})")
+    p.add_argument("--job-delay", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="jobs complete this long after initiation (default 5; 0 = at once)")
+    p.add_argument("--inventory-interval", type=_positive_seconds, default=60.0, metavar="SECONDS",
+                   help="take inventory snapshots of changed vaults this often (default 60)")
+    p.add_argument("--faults", metavar="SPEC", default=None,
+                   help="inject faults, e.g. 500=0.05,throttle=0.05,408=0.02,reset=0.02,corrupt=0.05")
+    p.add_argument("--faults-ops", metavar="OPS", default=None,
+                   help="comma-separated operation names the faults apply to (default all)")
+    p.add_argument("--seed", type=int, default=None, help="seed for ids and faults (reproducible runs)")
+    p.add_argument("--omit-nulls", action="store_true", help="leave null fields out of responses")
+    p.add_argument("--loose-checksums", action="store_true",
+                   help="send GetJobOutput hashes for any MiB-aligned range (API reference rule)")
+    p.add_argument("--no-content-sha256-check", action="store_true",
+                   help="do not check x-amz-content-sha256 against upload bodies")
+    p.add_argument("--body-timeout", type=_positive_seconds, default=60.0, metavar="SECONDS",
+                   help="a request body silent this long fails with 408 (default 60)")
+    p.add_argument("--verify-sigv4", action="store_true", help="check SigV4 signatures (needs the keys below)")
+    p.add_argument("--access-key", default=None, help="access key id accepted with --verify-sigv4")
+    p.add_argument("--secret-key", default=None, help="secret key accepted with --verify-sigv4")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every request to stderr")
+    p.set_defaults(func=run)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"glacierfs serve: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import DataDirInUse, start_server
+    from .faults import FaultSpecError, parse_spec
+
+    if args.verbose or getattr(args, "debug", False):
+        logging.getLogger("glacierfs.server").setLevel(logging.INFO)
+        root = logging.getLogger()
+        if root.level > logging.INFO:
+            for h in root.handlers:
+                h.setLevel(logging.NOTSET)
+            root.setLevel(logging.INFO)
+            for noisy in ("botocore", "boto3", "urllib3"):
+                logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        faults = parse_spec(args.faults)
+    except FaultSpecError as exc:
+        return _fail(f"--faults: {exc}", 2)
+    ops = {o.strip() for o in args.faults_ops.split(",") if o.strip()} if args.faults_ops else None
+    keys = None
+    if args.verify_sigv4:
+        access = args.access_key or os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = args.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if not access or not secret:
+            return _fail("--verify-sigv4 needs --access-key and --secret-key (or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)", 2)
+        keys = (access, secret)
+    data_dir = Path(os.path.expanduser(args.data_dir))
+    if data_dir.exists() and not data_dir.is_dir():
+        return _fail(f"--data-dir {data_dir}: not a directory", 2)
+    try:
+        handle = start_server(
+            data_dir, host=args.host, port=args.port, job_delay=args.job_delay,
+            inventory_interval=args.inventory_interval, faults=faults, faults_ops=ops, seed=args.seed,
+            verify_content_sha256=not args.no_content_sha256_check, omit_nulls=args.omit_nulls,
+            loose_checksums=args.loose_checksums, body_timeout=args.body_timeout, sigv4_keys=keys,
+        )
+    except DataDirInUse as exc:
+        return _fail(str(exc))
+    except PermissionError as exc:
+        return _fail(f"--data-dir {data_dir}: {exc.strerror or exc}", 2)
+    except OSError as exc:
+        where = f"{args.host}:{args.port}" if exc.filename is None else str(exc.filename)
+        return _fail(f"cannot start on {where}: {exc.strerror or exc}")
+
+    def stop(signum: int, frame: object) -> None:
+        handle._stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"listening on {handle.url}", flush=True)
+    try:
+        while not handle.wait(1.0):
+            pass
+    finally:
+        handle.shutdown()
+    return 0
