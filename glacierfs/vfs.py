@@ -1,0 +1,1095 @@
+"""The mount's core: a vault as a directory tree. No FUSE import: paths in, plain data out.
+
+Every method takes a '/'-rooted path (or a handle number) and returns an :class:`Attr`, a
+list, bytes or None, or raises :class:`FSError` carrying the errno (see README "Semantics").
+:mod:`glacierfs.fuse_adapter` maps the methods 1:1 onto FUSE callbacks.
+
+Where things live:
+
+* archives: the catalog (last inventory + uploads/deletes since), looked up per call;
+* files written into the mount and not yet archives ("pending"): ``self._pending`` by path,
+  bytes in a staging file of :class:`~glacierfs.datacache.DataCache`; at the last close a
+  manifest makes them durable and they are queued for the upload workers, which run the
+  shared :class:`~glacierfs.upload.UploadEngine` with key ``mount:<staging id>`` so that an
+  interrupted upload resumes (same state, no second archive) at the next mount;
+* archive bytes: the data cache (uploaded from here or retrieved); a read of anything else
+  fails at once (never waits for Glacier) and the log says how to retrieve it.
+
+Thread-safety: FUSE calls arrive on many threads. One lock (``self._lock``) guards the
+pending table and handle table; it is never held during network calls or file I/O on data.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from glacierfs.datacache import DataCache
+from glacierfs.errors import (
+    CredentialsError,
+    GlacierFSError,
+    NotFoundError,
+    NotReadyError,
+    UsageError,
+    errno_for,
+)
+
+log = logging.getLogger(__name__)
+
+TIERS = ("Expedited", "Standard", "Bulk")
+XATTR_PREFIX = "user.glacier."
+XATTRS_ARCHIVE = ("treehash", "archive_id", "state", "description")
+KEY_PREFIX = "mount:"
+UPLOAD_ATTEMPTS = 4
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+
+class FSError(OSError):
+    """A filesystem error: ``errno`` is what the FUSE call returns."""
+
+    def __init__(self, err: int, message: str | None = None) -> None:
+        super().__init__(err, message or os.strerror(err))
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """What ``stat`` shows. ``mtime`` in epoch seconds."""
+
+    is_dir: bool
+    size: int = 0
+    mtime: float = 0.0
+
+
+@dataclass(eq=False)
+class Pending:
+    """A file written into the mount that is not (yet) an archive."""
+
+    sid: str
+    path: str
+    staging: Path
+    mtime: float | None = None  # set by utimens; else the staging file's mtime at the last close
+    state: str = "writing"  # writing | queued | uploading | failed
+    writers: int = 0
+    unflushed: int = 0  # writer handles never flushed (close() not called yet on them)
+    generation: int = 0  # bumped when an upload is restarted (rename, rewrite)
+    attempts: int = 0
+    error: str | None = None
+    cancelled: bool = False
+    restart: bool = False
+    started: bool = False
+    archive_id: str | None = None
+    tree_hash: str | None = None
+    description: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def key(self) -> str:
+        return f"{KEY_PREFIX}{self.sid}" if self.generation == 0 else f"{KEY_PREFIX}{self.sid}.{self.generation}"
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "mtime": self.mtime,
+            "generation": self.generation,
+            "started": self.started,
+            "failed": self.state == "failed",
+        }
+
+
+@dataclass(eq=False)
+class Handle:
+    fd: int
+    path: str
+    pending: Pending | None
+    writer: bool
+    archive_id: str | None = None
+    flushed: bool = False
+
+
+@dataclass(eq=False)
+class Retrieval:
+    archive_id: str
+    tier: str
+    next_check: float = 0.0
+    checks: int = 0
+    error: str | None = None
+
+
+class _Schedule:
+    """A delay queue of pending files for the upload workers (one heap, one condition)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Pending, int]] = []
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._closed = False
+
+    def put(self, p: Pending, delay: float = 0.0) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), p, p.generation))
+            self._cond.notify()
+
+    def get(self) -> tuple[Pending, int] | None:
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                if self._heap:
+                    due = self._heap[0][0] - time.monotonic()
+                    if due <= 0:
+                        _, _, p, gen = heapq.heappop(self._heap)
+                        return p, gen
+                    self._cond.wait(due)
+                else:
+                    self._cond.wait()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _split(path: str) -> tuple[str, str]:
+    parent, _, name = path.rpartition("/")
+    return parent or "/", name
+
+
+def _rel(path: str) -> str:
+    """'/a/b' -> 'a/b' (the catalog's spelling); '/' -> ''."""
+    return path.strip("/")
+
+
+def _parents(path: str) -> list[str]:
+    out = []
+    while path not in ("/", ""):
+        path = _split(path)[0]
+        out.append(path)
+    return out
+
+
+class VaultFS:
+    """One vault as a filesystem. Start workers with :meth:`start`, stop them with :meth:`stop`."""
+
+    def __init__(
+        self,
+        catalog: Any,
+        glacier: Any,
+        vault: str,
+        cache: DataCache,
+        *,
+        engine_factory: Callable[[], Any],
+        runner: Any = None,
+        read_only: bool = False,
+        auto_retrieve: str | None = None,
+        upload_workers: int = 2,
+        upload_delay: float = 0.5,
+        retry_delay: float = 2.0,
+        poll_interval: float = 2.0,
+        max_poll_interval: float = 300.0,
+    ) -> None:
+        self.catalog = catalog
+        self.glacier = glacier
+        self.vault = vault
+        self.cache = cache
+        self._engine_factory = engine_factory
+        self._runner = runner
+        self.read_only = read_only
+        self.auto_retrieve = normalize_tier(auto_retrieve) if auto_retrieve else None
+        self._upload_workers = max(1, upload_workers)
+        self._upload_delay = upload_delay
+        self._retry_delay = retry_delay
+        self._poll_interval = poll_interval
+        self._max_poll_interval = max_poll_interval
+        self._lock = threading.RLock()
+        self._pending: dict[str, Pending] = {}
+        self._handles: dict[int, Handle] = {}
+        self._fh = itertools.count(1)
+        self._schedule = _Schedule()
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._retrievals: dict[str, Retrieval] = {}
+        self._retrieval_wake = threading.Event()
+        self._hinted: dict[str, float] = {}
+        self._engines = threading.local()
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Recover staged files, resume their uploads, start the workers (call after daemonizing)."""
+        self._recover()
+        for i in range(self._upload_workers):
+            t = threading.Thread(target=self._upload_loop, name=f"upload-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        if self._runner is not None:
+            t = threading.Thread(target=self._retrieval_loop, name="retrievals", daemon=True)
+            t.start()
+            self._threads.append(t)
+            threading.Thread(target=self._reattach_retrievals, name="reattach", daemon=True).start()
+        threading.Thread(target=self._abort_orphans, name="orphans", daemon=True).start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the workers. Running uploads are interrupted; they resume at the next mount."""
+        self._stopping.set()
+        self._schedule.close()
+        self._retrieval_wake.set()
+        with self._lock:
+            for p in self._pending.values():
+                p.done.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            handles, self._handles = list(self._handles.values()), {}
+        for h in handles:
+            try:
+                os.close(h.fd)
+            except OSError:
+                pass
+
+    def _recover(self) -> None:
+        for sid, m in self.cache.recover().items():
+            path = m.get("path")
+            if not isinstance(path, str) or not path.startswith("/"):
+                log.warning("staging: manifest %s has no path: file not uploaded", sid)
+                continue
+            p = Pending(
+                sid=sid,
+                path=path,
+                staging=self.cache.staging_path(sid),
+                mtime=m.get("mtime"),
+                state="queued",
+                generation=int(m.get("generation") or 0),
+                started=bool(m.get("started")),
+            )
+            with self._lock:
+                if path in self._pending:
+                    log.warning("staging: two staged files for %s; keeping both under distinct names", path)
+                    p.path = f"{path}.{sid[:8]}"
+                self._pending[p.path] = p
+            log.info("resuming upload of %s", path)
+            self._schedule.put(p)
+
+    def _abort_orphans(self) -> None:
+        """Abort engine states of mount uploads whose staged file is gone (rm'ed, or done)."""
+        try:
+            uploads = self.catalog.list_uploads()
+        except Exception as exc:
+            log.debug("cannot list pending uploads: %s", exc)
+            return
+        with self._lock:
+            live = {p.key for p in self._pending.values()}
+        for key in uploads:
+            if isinstance(key, str) and key.startswith(KEY_PREFIX) and key not in live:
+                try:
+                    self._engine().abort(key)
+                    log.info("aborted orphaned upload %s", key)
+                except Exception as exc:
+                    log.warning("cannot abort orphaned upload %s: %s", key, exc)
+
+    # ------------------------------------------------------------------ lookups
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise FSError(errno.EROFS)
+
+    def _lookup(self, path: str) -> Any:
+        """``Pending`` | catalog ``Archive`` | ``"dir"`` | None."""
+        if path == "/":
+            return "dir"
+        with self._lock:
+            p = self._pending.get(path)
+            if p is not None:
+                return p
+        found = self.catalog.lookup(_rel(path))
+        if found is not None:
+            return found
+        prefix = path + "/"
+        with self._lock:
+            if any(k.startswith(prefix) for k in self._pending):
+                return "dir"
+        return None
+
+    def _lookup_dir(self, path: str) -> None:
+        found = self._lookup(path)
+        if found is None:
+            raise FSError(errno.ENOENT)
+        if found != "dir":
+            raise FSError(errno.ENOTDIR)
+
+    def _pending_attr(self, p: Pending) -> Attr:
+        try:
+            st = os.stat(p.staging)
+            size, mtime = st.st_size, st.st_mtime
+        except FileNotFoundError:
+            size, mtime = 0, time.time()
+        if p.mtime is not None:
+            mtime = p.mtime
+        return Attr(False, size, mtime)
+
+    @staticmethod
+    def _archive_attr(a: Any) -> Attr:
+        return Attr(False, int(a.size), float(a.mtime or 0.0))
+
+    def _attr_of(self, found: Any) -> Attr:
+        if found == "dir":
+            return Attr(True, 0, self.started_at)
+        if isinstance(found, Pending):
+            return self._pending_attr(found)
+        return self._archive_attr(found)
+
+    # ------------------------------------------------------------------ metadata
+
+    def getattr(self, path: str) -> Attr:
+        found = self._lookup(path)
+        if found is None:
+            raise FSError(errno.ENOENT)
+        return self._attr_of(found)
+
+    def readdir(self, path: str) -> list[tuple[str, Attr]]:
+        """Entries of a directory with their attributes (for readdirplus)."""
+        self._lookup_dir(path)
+        dir_attr = Attr(True, 0, self.started_at)
+        entries: dict[str, Attr] = {}
+        for name, archive in self.catalog.listdir(_rel(path)):
+            entries[name] = dir_attr if archive is None or archive == "dir" else self._archive_attr(archive)
+        prefix = "/" if path == "/" else path + "/"
+        with self._lock:
+            pend = [(k, p) for k, p in self._pending.items() if k.startswith(prefix)]
+        for k, p in pend:
+            rest = k[len(prefix) :]
+            name, sep, _ = rest.partition("/")
+            if sep:
+                entries.setdefault(name, dir_attr)
+            else:
+                entries[name] = self._pending_attr(p)
+        return list(entries.items())
+
+    def statfs(self) -> dict[str, int]:
+        """Glacier has no quota: report a large, constant free space so that tools do not refuse."""
+        blocks = 1 << 40
+        return {
+            "f_bsize": 1 << 20,
+            "f_frsize": 4096,
+            "f_blocks": blocks,
+            "f_bfree": blocks,
+            "f_bavail": blocks,
+            "f_files": 1 << 32,
+            "f_ffree": 1 << 31,
+            "f_favail": 1 << 31,
+            "f_namemax": 255,
+        }
+
+    def mkdir(self, path: str) -> None:
+        self._check_writable()
+        if self._lookup(path) is not None:
+            raise FSError(errno.EEXIST)
+        self._lookup_dir(_split(path)[0])
+        self.catalog.mkdir(_rel(path))
+
+    def rmdir(self, path: str) -> None:
+        self._check_writable()
+        if path == "/":
+            raise FSError(errno.EBUSY)
+        found = self._lookup(path)
+        if found is None:
+            raise FSError(errno.ENOENT)
+        if found != "dir":
+            raise FSError(errno.ENOTDIR)
+        if self.readdir(path):
+            raise FSError(errno.ENOTEMPTY)
+        self.catalog.rmdir(_rel(path))
+
+    def chmod(self, path: str, mode: int) -> None:
+        """Accepted and ignored: Glacier keeps no permissions (so ``cp -p``/``rsync -a`` work)."""
+        self.getattr(path)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        """Accepted and ignored, like chmod."""
+        self.getattr(path)
+
+    def utimens(self, path: str, mtime: float | None) -> None:
+        """Sets the mtime of a file not yet uploaded (it goes into the description); directories
+        accept and ignore; an archive's mtime is immutable (EPERM)."""
+        found = self._lookup(path)
+        if found is None:
+            raise FSError(errno.ENOENT)
+        if found == "dir":
+            return
+        if isinstance(found, Pending):
+            self._check_writable()
+            with self._lock:
+                if found.state in ("writing", "queued", "failed"):
+                    found.mtime = time.time() if mtime is None else mtime
+                    return
+            raise FSError(errno.EBUSY)
+        raise FSError(errno.EPERM, "archives are immutable")
+
+    # ------------------------------------------------------------------ files: open/create
+
+    def _new_handle(self, h: Handle) -> int:
+        with self._lock:
+            fh = next(self._fh)
+            self._handles[fh] = h
+        return fh
+
+    def _handle(self, fh: int) -> Handle:
+        with self._lock:
+            h = self._handles.get(fh)
+        if h is None:
+            raise FSError(errno.EBADF)
+        return h
+
+    def create(self, path: str, flags: int = os.O_WRONLY) -> int:
+        """A new file: staged on local disk, uploaded after its last close."""
+        self._check_writable()
+        if self._lookup(path) is not None:
+            raise FSError(errno.EEXIST)
+        self._lookup_dir(_split(path)[0])
+        self._check_name(path)
+        sid, staging = self.cache.new_staging()
+        p = Pending(sid=sid, path=path, staging=staging, writers=1, unflushed=1)
+        fd = os.open(staging, os.O_RDWR)
+        with self._lock:
+            if path in self._pending:  # lost a race with another create
+                os.close(fd)
+                self.cache.remove_staging(sid)
+                raise FSError(errno.EEXIST)
+            self._pending[path] = p
+        log.debug("create %s -> staging %s", path, sid)
+        return self._new_handle(Handle(fd=fd, path=path, pending=p, writer=True))
+
+    @staticmethod
+    def _check_name(path: str) -> None:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FSError(errno.EILSEQ, "file names must be UTF-8") from None
+        try:
+            from glacierfs.codec import encode_description
+
+            encode_description(_rel(path), time.time())
+        except UsageError:
+            raise FSError(errno.ENAMETOOLONG, "path too long for an archive description") from None
+        except ImportError:  # pragma: no cover - codec lands with the catalog
+            pass
+
+    def open(self, path: str, flags: int) -> int:
+        found = self._lookup(path)
+        if found is None:
+            raise FSError(errno.ENOENT)
+        if found == "dir":
+            raise FSError(errno.EISDIR)
+        write = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        if isinstance(found, Pending):
+            return self._open_pending(found, flags, write)
+        if write:
+            self._check_writable()
+            log.warning(
+                "%s is an archive: archives are immutable, writing to it is refused (rm it first to replace it)",
+                path,
+            )
+            raise FSError(errno.EPERM)
+        archive_id = found.archive_id
+        if not self.cache.has(archive_id):
+            self._not_cached(path, archive_id)
+        try:
+            fd = os.open(self.cache.path_for(archive_id), os.O_RDONLY)
+        except FileNotFoundError:  # evicted just now
+            self._not_cached(path, archive_id)
+        self.cache.touch(archive_id)
+        return self._new_handle(Handle(fd=fd, path=path, pending=None, writer=False, archive_id=archive_id))
+
+    def _not_cached(self, path: str, archive_id: str) -> None:
+        """Fail at once (EAGAIN), say how to retrieve, maybe start the retrieval."""
+        if self.auto_retrieve and self._runner is not None:
+            try:
+                self.retrieve(path, self.auto_retrieve)
+                log.warning("%s is not cached: started a %s retrieval (--auto-retrieve)", path, self.auto_retrieve)
+            except FSError as exc:
+                log.warning("%s: auto-retrieve failed: %s", path, exc.strerror)
+        else:
+            now = time.monotonic()
+            with self._lock:
+                last = self._hinted.get(archive_id, -1e9)
+                if now - last > 30:
+                    self._hinted[archive_id] = now
+                    hint = True
+                else:
+                    hint = False
+            if hint:
+                state = "a retrieval is running" if archive_id in self._retrievals else "retrieve it with"
+                log.warning(
+                    "%s is in Glacier and not cached locally (%s: "
+                    "setfattr -n user.glacier.retrieve -v Standard '%s', or glacierfs download %s %s)",
+                    path,
+                    state,
+                    path.lstrip("/"),
+                    self.vault,
+                    archive_id,
+                )
+        raise FSError(errno.EAGAIN, "archive not retrieved")
+
+    def _open_pending(self, p: Pending, flags: int, write: bool) -> int:
+        if not write:
+            fd = os.open(p.staging, os.O_RDONLY)
+            return self._new_handle(Handle(fd=fd, path=p.path, pending=p, writer=False))
+        self._check_writable()
+        abort_key = None
+        with self._lock:
+            if p.cancelled:
+                raise FSError(errno.ENOENT)
+            if p.state == "uploading":
+                # rewriting a file while it uploads: abort, upload the new content after close
+                p.restart = True
+                abort_key = p.key
+            p.state = "writing"
+            p.writers += 1
+            p.unflushed += 1
+            p.done.clear()
+        if abort_key:
+            self._abort_quietly(abort_key)
+        self.cache.remove_manifest(p.sid)
+        fd = os.open(p.staging, os.O_RDWR)
+        if flags & os.O_TRUNC:
+            os.ftruncate(fd, 0)
+        return self._new_handle(Handle(fd=fd, path=p.path, pending=p, writer=True))
+
+    # ------------------------------------------------------------------ files: I/O
+
+    def read(self, fh: int, size: int, offset: int) -> bytes:
+        return os.pread(self._handle(fh).fd, size, offset)
+
+    def write(self, fh: int, data: bytes, offset: int) -> int:
+        h = self._handle(fh)
+        if not h.writer:
+            raise FSError(errno.EBADF)
+        return os.pwrite(h.fd, data, offset)
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        if fh is not None:
+            h = self._handle(fh)
+            if h.writer:
+                os.ftruncate(h.fd, length)
+                return
+        found = self._lookup(path)
+        if found is None:
+            raise FSError(errno.ENOENT)
+        if found == "dir":
+            raise FSError(errno.EISDIR)
+        self._check_writable()
+        if isinstance(found, Pending):
+            with self._lock:
+                if found.state != "writing":
+                    raise FSError(errno.EPERM, "file already closed and queued for upload")
+            os.truncate(found.staging, length)
+            return
+        raise FSError(errno.EPERM, "archives are immutable")
+
+    def flush(self, fh: int) -> None:
+        """close(): never waits for the upload (that is fsync's job)."""
+        h = self._handle(fh)
+        if h.writer and h.pending is not None:
+            with self._lock:
+                if not h.flushed:
+                    h.flushed = True
+                    h.pending.unflushed -= 1
+
+    def fsync(self, fh: int, datasync: bool = False) -> None:
+        """Blocks until the archive exists; EIO if its upload failed for good.
+
+        On a handle still open for writing (or while another writer has not closed the
+        file) the staged bytes are made durable locally and 0 is returned: the archive can
+        only be made after the last close.
+        """
+        h = self._handle(fh)
+        p = h.pending
+        if p is None:
+            return
+        with self._lock:
+            still_writing = p.state == "writing" and (h.writer or p.unflushed > 0)
+        if still_writing:
+            os.fsync(h.fd)
+            return
+        self._expedite(p)
+        self.wait_uploaded(p)
+
+    def wait_uploaded(self, p: Pending, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not p.done.wait(0.5):
+            if self._stopping.is_set():
+                raise FSError(errno.EIO, "unmounting")
+            if deadline is not None and time.monotonic() > deadline:
+                raise FSError(errno.ETIMEDOUT)
+        with self._lock:
+            if p.cancelled:
+                raise FSError(errno.EIO, "upload cancelled (file removed)")
+            if p.state == "failed":
+                raise FSError(errno.EIO, p.error or "upload failed")
+            if p.archive_id is None:
+                raise FSError(errno.EIO, "unmounting" if self._stopping.is_set() else "no archive")
+
+    def _expedite(self, p: Pending) -> None:
+        with self._lock:
+            queued = p.state == "queued"
+        if queued:
+            self._schedule.put(p)
+
+    def release(self, fh: int) -> None:
+        """Last close of a handle; the last writer's close queues the upload."""
+        with self._lock:
+            h = self._handles.pop(fh, None)
+        if h is None:
+            return
+        try:
+            os.close(h.fd)
+        except OSError:
+            pass
+        p = h.pending
+        if p is None or not h.writer:
+            return
+        with self._lock:
+            p.writers -= 1
+            if not h.flushed:
+                p.unflushed -= 1
+            last = p.writers == 0
+            cancelled = p.cancelled
+        if not last:
+            return
+        if cancelled:
+            self.cache.remove_staging(p.sid)
+            return
+        self._finalize(p)
+
+    def _finalize(self, p: Pending) -> None:
+        """Make the staged file durable with its manifest, then queue it."""
+        if p.mtime is None:
+            try:
+                p.mtime = os.stat(p.staging).st_mtime
+            except OSError:
+                p.mtime = time.time()
+        try:
+            self.cache.write_manifest(p.sid, p.manifest())
+        except OSError as exc:
+            with self._lock:
+                p.state = "failed"
+                p.error = f"cannot record staged file: {exc}"
+                p.done.set()
+            log.error("%s: %s", p.path, p.error)
+            return
+        with self._lock:
+            if p.writers or p.cancelled:
+                return
+            p.state = "queued"
+        self._schedule.put(p, self._upload_delay)
+
+    # ------------------------------------------------------------------ namespace changes
+
+    def unlink(self, path: str) -> None:
+        """rm: deletes the archive in Glacier; for a file still uploading, aborts its upload."""
+        self._check_writable()
+        found = self._lookup(path)
+        if found is None:
+            raise FSError(errno.ENOENT)
+        if found == "dir":
+            raise FSError(errno.EISDIR)
+        if isinstance(found, Pending):
+            self._cancel(found)
+            return
+        self._delete_archive(found.archive_id)
+        log.info("deleted archive %s (%s)", found.archive_id, path)
+
+    def _delete_archive(self, archive_id: str) -> None:
+        try:
+            self.glacier.delete_archive(self.vault, archive_id)
+        except NotFoundError:
+            pass  # already gone: the catalog catches up below
+        self.catalog.mark_deleted(archive_id)
+        self.cache.discard(archive_id)
+        with self._lock:
+            self._retrievals.pop(archive_id, None)
+
+    def _cancel(self, p: Pending) -> None:
+        with self._lock:
+            p.cancelled = True
+            if self._pending.get(p.path) is p:
+                del self._pending[p.path]
+            state, writers, key = p.state, p.writers, p.key
+            p.done.set()
+        if state == "uploading":
+            self._abort_quietly(key)  # the worker removes the staging file when upload() returns
+        elif writers == 0:
+            self.cache.remove_staging(p.sid)
+        log.info("removed %s before it became an archive (%s)", p.path, state)
+
+    def _abort_quietly(self, key: str) -> None:
+        try:
+            self._engine().abort(key)
+        except Exception as exc:
+            log.debug("abort %s: %s", key, exc)
+
+    def rename(self, old: str, new: str) -> None:
+        """Files not yet archives and empty directories can be renamed; archives cannot (EPERM).
+
+        Never EXDEV: ``mv`` would fall back to copy+delete, which needs a retrieval.
+        """
+        self._check_writable()
+        found = self._lookup(old)
+        if found is None:
+            raise FSError(errno.ENOENT)
+        if old == new:
+            return
+        if new.startswith(old + "/"):
+            raise FSError(errno.EINVAL)
+        self._lookup_dir(_split(new)[0])
+        target = self._lookup(new)
+        if found == "dir":
+            if target is not None:
+                raise FSError(errno.EEXIST if target != "dir" else errno.ENOTEMPTY)
+            if self.readdir(old):
+                log.warning("rename %s: directories holding archives cannot be renamed (archives are immutable)", old)
+                raise FSError(errno.EPERM)
+            self.catalog.mkdir(_rel(new))
+            self.catalog.rmdir(_rel(old))
+            return
+        if not isinstance(found, Pending):
+            log.warning("rename %s: archives are immutable in Glacier (retrieve, copy, then rm)", old)
+            raise FSError(errno.EPERM)
+        if target == "dir":
+            raise FSError(errno.EISDIR)
+        if target is not None and not isinstance(target, Pending):
+            log.warning("rename onto %s refused: it is an archive (rm it first)", new)
+            raise FSError(errno.EPERM)
+        self._check_name(new)
+        abort_key = None
+        with self._lock:
+            if target is not None:
+                target.cancelled = True
+                self._pending.pop(new, None)
+                target.done.set()
+            if self._pending.get(old) is not found:
+                raise FSError(errno.ENOENT)
+            del self._pending[old]
+            found.path = new
+            self._pending[new] = found
+            if found.state == "uploading":
+                found.restart = True
+                abort_key = found.key
+            state = found.state
+        if target is not None:
+            if target.state == "uploading":
+                self._abort_quietly(target.key)
+            elif target.writers == 0:
+                self.cache.remove_staging(target.sid)
+        if abort_key:
+            self._abort_quietly(abort_key)
+        elif state in ("queued", "failed"):
+            self.cache.write_manifest(found.sid, found.manifest())
+            if state == "failed":
+                with self._lock:
+                    found.state = "queued"
+                    found.attempts = 0
+                    found.done.clear()
+                self._schedule.put(found, self._upload_delay)
+
+    def link(self, target: str, source: str) -> None:
+        raise FSError(errno.EPERM, "hard links are not supported")
+
+    def symlink(self, target: str, source: str) -> None:
+        raise FSError(errno.EPERM, "symbolic links are not supported")
+
+    # ------------------------------------------------------------------ upload workers
+
+    def _engine(self) -> Any:
+        """One engine per worker thread: engines need not be thread-safe."""
+        eng = getattr(self._engines, "engine", None)
+        if eng is None:
+            eng = self._engine_factory()
+            self._engines.engine = eng
+        return eng
+
+    def _upload_loop(self) -> None:
+        while not self._stopping.is_set():
+            item = self._schedule.get()
+            if item is None:
+                return
+            p, gen = item
+            with self._lock:
+                if p.cancelled or p.state != "queued" or p.generation != gen:
+                    continue
+                p.state = "uploading"
+            try:
+                self._upload_one(p)
+            except Exception:  # never let a worker die
+                log.exception("upload worker: unexpected error for %s", p.path)
+
+    def _upload_one(self, p: Pending) -> None:
+        with self._lock:
+            path, key, mtime = p.path, p.key, p.mtime
+        archive = None
+        error: BaseException | None = None
+        try:
+            if p.started and self._engine_state(key) is None:
+                archive = self._find_completed(p)
+            if archive is None:
+                if not p.started:
+                    p.started = True
+                    self.cache.write_manifest(p.sid, p.manifest())
+                log.info("uploading %s", path)
+                archive = self._engine().upload(p.staging, _rel(path), mtime=mtime, key=key)
+        except Exception as exc:
+            error = exc
+        if self._stopping.is_set() and archive is None:
+            return  # resumes at the next mount
+        with self._lock:
+            cancelled, restart = p.cancelled, p.restart
+            if restart:
+                p.restart = False
+                p.generation += 1
+                p.started = False
+                p.state = "queued" if p.writers == 0 else "writing"
+        if archive is not None and (cancelled or restart):
+            # it completed although it was removed or renamed meanwhile: remove that archive
+            try:
+                self._delete_archive(archive.archive_id)
+            except Exception as exc:
+                log.error("could not delete superseded archive %s: %s", archive.archive_id, exc)
+            archive = None
+        if cancelled:
+            self.cache.remove_staging(p.sid)
+            return
+        if restart:
+            if p.state == "queued":
+                self.cache.write_manifest(p.sid, p.manifest())
+                self._schedule.put(p, self._upload_delay)
+            return
+        if archive is None:
+            self._upload_failed(p, error)
+            return
+        try:
+            self.cache.add(archive.archive_id, p.staging)
+        except OSError as exc:
+            log.warning("could not keep the bytes of %s in the cache: %s", path, exc)
+        self.cache.remove_manifest(p.sid)
+        with self._lock:
+            p.archive_id = archive.archive_id
+            p.tree_hash = archive.tree_hash
+            if self._pending.get(p.path) is p:
+                del self._pending[p.path]
+            p.done.set()
+        log.info("uploaded %s as archive %s", path, archive.archive_id)
+
+    def _engine_state(self, key: str) -> Any:
+        try:
+            return self.catalog.get_upload(key)
+        except Exception:
+            return None
+
+    def _find_completed(self, p: Pending) -> Any:
+        """After a crash between the engine's completion and our bookkeeping: the archive exists."""
+        from glacierfs.treehash import tree_hash_file
+
+        found = self.catalog.lookup(_rel(p.path))
+        if found is None or found == "dir" or getattr(found, "source", "upload") != "upload":
+            return None
+        try:
+            size = os.stat(p.staging).st_size
+            if int(found.size) != size or tree_hash_file(str(p.staging)) != found.tree_hash:
+                return None
+        except OSError:
+            return None
+        log.info("%s was already uploaded as %s before the restart", p.path, found.archive_id)
+        return found
+
+    def _upload_failed(self, p: Pending, error: BaseException | None) -> None:
+        permanent = isinstance(error, UsageError | CredentialsError | NotFoundError)
+        with self._lock:
+            p.attempts += 1
+            retry = not permanent and p.attempts < UPLOAD_ATTEMPTS
+            p.error = str(error) if error is not None else "upload failed"
+            p.state = "queued" if retry else "failed"
+            if not retry:
+                p.done.set()
+        if retry:
+            delay = self._retry_delay * (2 ** (p.attempts - 1))
+            log.warning("upload of %s failed (%s); retrying in %.0f s", p.path, p.error, delay)
+            self._schedule.put(p, delay)
+            return
+        log.error(
+            "upload of %s failed for good: %s (the file stays staged; rm it, or remount to retry)",
+            p.path,
+            p.error,
+        )
+        try:
+            self.cache.write_manifest(p.sid, p.manifest())
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ retrievals
+
+    def retrieve(self, path: str, tier: str) -> None:
+        """Start (or reuse) a retrieval job; the background worker downloads into the cache."""
+        tier = normalize_tier(tier)
+        found = self._lookup(path)
+        if found is None:
+            raise FSError(errno.ENOENT)
+        if found == "dir" or isinstance(found, Pending):
+            raise FSError(errno.EINVAL, "only archives can be retrieved")
+        if self._runner is None:
+            raise FSError(errno.ENOTSUP)
+        archive_id = found.archive_id
+        if self.cache.has(archive_id):
+            return
+        self._runner.retrieval(archive_id, tier)
+        with self._lock:
+            self._retrievals[archive_id] = Retrieval(archive_id, tier, time.monotonic())
+        self._retrieval_wake.set()
+        log.info("retrieval (%s) started for %s (%s)", tier, path, archive_id)
+
+    def _reattach_retrievals(self) -> None:
+        """Follow retrieval jobs started before (by a previous mount or ``glacierfs download``)."""
+        try:
+            jobs = self.catalog.list_jobs(kind="retrieval")
+        except Exception as exc:
+            log.debug("cannot list jobs: %s", exc)
+            return
+        for job in jobs or []:
+            if not isinstance(job, dict):
+                continue
+            archive_id = job.get("archive_id") or job.get("ArchiveId")
+            status = job.get("status") or job.get("StatusCode")
+            if not archive_id or status == "Failed" or self.cache.has(archive_id):
+                continue
+            if self.catalog.get(archive_id) is None:
+                continue
+            tier = job.get("tier") or job.get("Tier") or "Standard"
+            with self._lock:
+                self._retrievals.setdefault(archive_id, Retrieval(archive_id, tier, time.monotonic()))
+        self._retrieval_wake.set()
+
+    def _retrieval_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._retrieval_wake.wait(1.0)
+            self._retrieval_wake.clear()
+            now = time.monotonic()
+            with self._lock:
+                due = [r for r in self._retrievals.values() if r.error is None and r.next_check <= now]
+            for r in due:
+                if self._stopping.is_set():
+                    return
+                self._check_retrieval(r)
+
+    def _check_retrieval(self, r: Retrieval) -> None:
+        out = self.cache.path_for(r.archive_id)
+        try:
+            self._runner.download(r.archive_id, out, tier=r.tier, wait=False)
+        except NotReadyError:
+            r.checks += 1
+            r.next_check = time.monotonic() + min(self._max_poll_interval, self._poll_interval * 1.5 ** min(r.checks, 30))
+            return
+        except GlacierFSError as exc:
+            r.error = str(exc)
+            log.error("retrieval of %s failed: %s", r.archive_id, exc)
+            return
+        except Exception as exc:
+            r.checks += 1
+            r.next_check = time.monotonic() + self._max_poll_interval
+            log.warning("retrieval of %s: %s (will retry)", r.archive_id, exc)
+            return
+        self.cache.add(r.archive_id)
+        with self._lock:
+            self._retrievals.pop(r.archive_id, None)
+        log.info("retrieved archive %s into the cache", r.archive_id)
+
+    # ------------------------------------------------------------------ xattrs
+
+    def state_of(self, found: Any) -> str:
+        if isinstance(found, Pending):
+            return "failed" if found.state == "failed" else "uploading"
+        archive_id = found.archive_id
+        if self.cache.has(archive_id):
+            return "cached"
+        with self._lock:
+            r = self._retrievals.get(archive_id)
+        if r is not None:
+            return "failed" if r.error else "retrieving"
+        return "archived"
+
+    def listxattr(self, path: str) -> list[str]:
+        found = self._lookup(path)
+        if found is None:
+            raise FSError(errno.ENOENT)
+        if found == "dir":
+            return []
+        if isinstance(found, Pending):
+            return [XATTR_PREFIX + "state"]
+        return [XATTR_PREFIX + n for n in XATTRS_ARCHIVE]
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        if not name.startswith("user."):
+            raise FSError(errno.EOPNOTSUPP)
+        found = self._lookup(path)
+        if found is None:
+            raise FSError(errno.ENOENT)
+        if found == "dir" or not name.startswith(XATTR_PREFIX):
+            raise FSError(errno.ENODATA)
+        key = name[len(XATTR_PREFIX) :]
+        if key == "state":
+            return self.state_of(found).encode()
+        if isinstance(found, Pending):
+            raise FSError(errno.ENODATA)
+        value = {
+            "treehash": found.tree_hash,
+            "archive_id": found.archive_id,
+            "description": getattr(found, "description", None),
+        }.get(key)
+        if value is None:
+            raise FSError(errno.ENODATA)
+        return str(value).encode()
+
+    def setxattr(self, path: str, name: str, value: bytes) -> None:
+        if not name.startswith("user."):
+            raise FSError(errno.EOPNOTSUPP)
+        if name == XATTR_PREFIX + "retrieve":
+            tier = value.decode("utf-8", "replace").strip().strip("\0")
+            self.retrieve(path, tier)
+            return
+        if self._lookup(path) is None:
+            raise FSError(errno.ENOENT)
+        raise FSError(errno.EOPNOTSUPP)
+
+    def removexattr(self, path: str, name: str) -> None:
+        if self._lookup(path) is None:
+            raise FSError(errno.ENOENT)
+        raise FSError(errno.EOPNOTSUPP)
+
+    # ------------------------------------------------------------------ status
+
+    def pending(self) -> dict[str, str]:
+        with self._lock:
+            return {path: p.state for path, p in self._pending.items()}
+
+
+def normalize_tier(tier: str) -> str:
+    for t in TIERS:
+        if t.lower() == (tier or "").strip().lower():
+            return t
+    raise FSError(errno.EINVAL, f"unknown retrieval tier {tier!r}: use {', '.join(TIERS)}")
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno for any exception from the core (FSError, GlacierFSError, OSError, other)."""
+    if isinstance(exc, FSError):
+        return exc.errno or errno.EIO
+    return errno_for(exc)
