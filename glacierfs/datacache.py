@@ -76,8 +76,17 @@ class DataCache:
         return self.data_dir / archive_id
 
     def has(self, archive_id: str) -> bool:
+        """Complete bytes are cached (checked on disk too: someone may have cleaned the directory)."""
         with self._lock:
-            return archive_id in self._lru
+            if archive_id not in self._lru:
+                return False
+        if os.path.exists(self.data_dir / archive_id):
+            return True
+        with self._lock:
+            size = self._lru.pop(archive_id, None)
+            if size is not None:
+                self._data_bytes -= size
+        return False
 
     def touch(self, archive_id: str) -> None:
         """Mark ``archive_id`` as recently used (memory and file mtime, so the order survives restarts)."""

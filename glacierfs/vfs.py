@@ -1093,3 +1093,229 @@ def errno_of(exc: BaseException) -> int:
     if isinstance(exc, FSError):
         return exc.errno or errno.EIO
     return errno_for(exc)
+
+
+class MultiVaultFS:
+    """``--all-vaults``: the root lists the region's vaults; each is a :class:`VaultFS` built on demand.
+
+    ``mkdir /VAULT`` creates a vault, ``rmdir /VAULT`` deletes it: Glacier deletes only a vault
+    that held no archives at its last inventory and had no writes since; when it refuses,
+    the log says so and rmdir returns ENOTEMPTY. Handles are renumbered so that numbers
+    from different vaults never collide.
+    """
+
+    VAULT_LIST_TTL = 10.0
+
+    def __init__(self, ctx: Any, factory: Callable[[str], VaultFS], *, read_only: bool = False) -> None:
+        self._ctx = ctx
+        self._factory = factory
+        self.read_only = read_only
+        self._lock = threading.RLock()
+        self._vaults: dict[str, VaultFS] = {}
+        self._names: tuple[float, list[str]] | None = None
+        self._handles: dict[int, tuple[VaultFS, int]] = {}
+        self._fh = itertools.count(1)
+        self._started = False
+        self.started_at = time.time()
+
+    def start(self) -> None:
+        with self._lock:
+            self._started = True
+            fss = list(self._vaults.values())
+        for fs in fss:
+            fs.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            self._started = False
+            fss = list(self._vaults.values())
+        for fs in fss:
+            fs.stop(timeout)
+
+    def _vault_names(self, refresh: bool = False) -> list[str]:
+        with self._lock:
+            cached = self._names
+        if cached is not None and not refresh and time.monotonic() - cached[0] < self.VAULT_LIST_TTL:
+            return cached[1]
+        names = sorted(v.get("VaultName") for v in self._ctx.glacier.list_vaults() if v.get("VaultName"))
+        with self._lock:
+            self._names = (time.monotonic(), names)
+        return names
+
+    def _split(self, path: str) -> tuple[str | None, str]:
+        if path == "/":
+            return None, "/"
+        vault, _, rest = path[1:].partition("/")
+        return vault, "/" + rest
+
+    def _fs(self, vault: str) -> VaultFS:
+        with self._lock:
+            fs = self._vaults.get(vault)
+            if fs is not None:
+                return fs
+        if vault not in self._vault_names() and vault not in self._vault_names(refresh=True):
+            raise FSError(errno.ENOENT)
+        with self._lock:
+            fs = self._vaults.get(vault)
+            if fs is None:
+                fs = self._factory(vault)
+                self._vaults[vault] = fs
+                if self._started:
+                    fs.start()
+        return fs
+
+    def _route(self, path: str) -> tuple[VaultFS, str]:
+        vault, rest = self._split(path)
+        if vault is None:
+            raise FSError(errno.EPERM)
+        return self._fs(vault), rest
+
+    def _wrap(self, fs: VaultFS, fh: int) -> int:
+        with self._lock:
+            n = next(self._fh)
+            self._handles[n] = (fs, fh)
+        return n
+
+    def _unwrap(self, n: int) -> tuple[VaultFS, int]:
+        with self._lock:
+            found = self._handles.get(n)
+        if found is None:
+            raise FSError(errno.EBADF)
+        return found
+
+    # -- metadata
+    def getattr(self, path: str) -> Attr:
+        if path == "/":
+            return Attr(True, 0, self.started_at)
+        fs, rest = self._route(path)
+        return fs.getattr(rest)
+
+    def readdir(self, path: str) -> list[tuple[str, Attr]]:
+        if path == "/":
+            return [(name, Attr(True, 0, self.started_at)) for name in self._vault_names(refresh=True)]
+        fs, rest = self._route(path)
+        return fs.readdir(rest)
+
+    def statfs(self) -> dict[str, int]:
+        return VaultFS.statfs(self)  # type: ignore[arg-type]
+
+    def mkdir(self, path: str) -> None:
+        vault, rest = self._split(path)
+        if vault is not None and rest == "/":
+            if self.read_only:
+                raise FSError(errno.EROFS)
+            if vault in self._vault_names(refresh=True):
+                raise FSError(errno.EEXIST)
+            from glacierfs.commands import check_vault_name
+
+            try:
+                check_vault_name(vault)
+            except UsageError:
+                raise FSError(errno.EINVAL, "vault names use A-Z a-z 0-9 _ . - (at most 255)") from None
+            self._ctx.glacier.create_vault(vault)
+            self._names = None
+            log.info("created vault %s", vault)
+            return
+        fs, rest = self._route(path)
+        fs.mkdir(rest)
+
+    def rmdir(self, path: str) -> None:
+        vault, rest = self._split(path)
+        if vault is None:
+            raise FSError(errno.EBUSY)
+        if rest != "/":
+            fs, rest = self._route(path)
+            fs.rmdir(rest)
+            return
+        if self.read_only:
+            raise FSError(errno.EROFS)
+        fs = self._fs(vault)
+        if fs.readdir("/"):
+            raise FSError(errno.ENOTEMPTY)
+        try:
+            self._ctx.glacier.delete_vault(vault)
+        except NotFoundError:
+            raise FSError(errno.ENOENT) from None
+        except GlacierFSError as exc:
+            log.warning(
+                "rmdir %s: Glacier refused to delete the vault (%s). It deletes a vault only when the vault "
+                "held no archives at its last inventory and had no writes since: delete the archives, wait "
+                "for the next inventory (about a day on AWS), then rmdir again",
+                vault,
+                exc,
+            )
+            raise FSError(errno.ENOTEMPTY) from None
+        with self._lock:
+            gone = self._vaults.pop(vault, None)
+            self._names = None
+        if gone is not None:
+            gone.stop()
+        log.info("deleted vault %s", vault)
+
+    def rename(self, old: str, new: str) -> None:
+        (fs1, r1), (fs2, r2) = self._route(old), self._route(new)
+        if fs1 is not fs2 or r1 == "/" or r2 == "/":
+            raise FSError(errno.EPERM, "nothing moves between vaults")
+        fs1.rename(r1, r2)
+
+    def open(self, path: str, flags: int) -> int:
+        fs, rest = self._route(path)
+        return self._wrap(fs, fs.open(rest, flags))
+
+    def create(self, path: str, flags: int = os.O_WRONLY) -> int:
+        fs, rest = self._route(path)
+        return self._wrap(fs, fs.create(rest, flags))
+
+    def read(self, fh: int, size: int, offset: int) -> bytes:
+        fs, h = self._unwrap(fh)
+        return fs.read(h, size, offset)
+
+    def write(self, fh: int, data: bytes, offset: int) -> int:
+        fs, h = self._unwrap(fh)
+        return fs.write(h, data, offset)
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        if fh is not None:
+            fs, h = self._unwrap(fh)
+            _, rest = self._split(path)
+            fs.truncate(rest, length, h)
+            return
+        fs, rest = self._route(path)
+        fs.truncate(rest, length)
+
+    def flush(self, fh: int) -> None:
+        fs, h = self._unwrap(fh)
+        fs.flush(h)
+
+    def fsync(self, fh: int, datasync: bool = False) -> None:
+        fs, h = self._unwrap(fh)
+        fs.fsync(h, datasync)
+
+    def release(self, fh: int) -> None:
+        with self._lock:
+            found = self._handles.pop(fh, None)
+        if found is not None:
+            found[0].release(found[1])
+
+
+def _delegate(name: str) -> Callable[..., Any]:
+    def method(self: MultiVaultFS, path: str, *args: Any) -> Any:
+        vault, rest = self._split(path)
+        if vault is None or (rest == "/" and name in ("unlink",)):
+            if name in ("getxattr",):
+                raise FSError(errno.ENODATA if args and str(args[0]).startswith("user.") else errno.EOPNOTSUPP)
+            if name == "listxattr":
+                return []
+            if name in ("chmod", "chown", "utimens"):
+                return None
+            raise FSError(errno.EPERM)
+        fs, rest = self._route(path)
+        return getattr(fs, name)(rest, *args)
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("unlink", "chmod", "chown", "utimens", "getxattr", "setxattr", "listxattr", "removexattr",
+              "link", "symlink"):
+    setattr(MultiVaultFS, _name, _delegate(_name))
