@@ -76,3 +76,16 @@ def glacier_server_factory(tmp_path: Path):
 def glacier_server(glacier_server_factory):
     """A fresh ``glacierfs serve`` (job delay 0, inventory every hour) on a tmp data dir."""
     return glacier_server_factory()
+
+
+@pytest.fixture(scope="module")
+def glacier_server_module(tmp_path_factory: pytest.TempPathFactory):
+    """One server shared by a test module (seed 7); tests must use their own vault names."""
+    from tests.glacier_server import GlacierServer
+
+    server = GlacierServer(tmp_path_factory.mktemp("glacier-module") / "data", "--seed", "7", start=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

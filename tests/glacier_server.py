@@ -145,3 +145,9 @@ class GlacierServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def error_of(exc: Any) -> tuple[int, str, str]:
+    """(HTTP status, error code, message) of a botocore ClientError (or a pytest ExceptionInfo of one)."""
+    err = getattr(exc, "value", exc).response
+    return err["ResponseMetadata"]["HTTPStatusCode"], err["Error"]["Code"], err["Error"]["Message"]

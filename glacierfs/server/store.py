@@ -49,6 +49,7 @@ UPLOAD_IDLE_EXPIRY = DAY
 IDEMPOTENCY_WINDOW = DAY
 MAX_VAULTS = 1000
 MAX_PARTS = 10_000
+SWEEP_EVERY = 30.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -116,6 +117,7 @@ class Store:
         self._set_meta("boot", str(boot))
         self.ids = IdGenerator(seed, boot)
         self.clock = Clock(float(self._meta("clock_offset", "0")), lambda off: self._set_meta("clock_offset", repr(off)))
+        self._last_sweep = 0.0
         self.bodies.clean_temp()
         self._sweep_orphans()
 
@@ -349,7 +351,14 @@ class Store:
             self._set_meta("last_inventory_run", repr(now))
             self.snapshot_all()
         self.complete_jobs()
-        self.sweep()
+        self.maybe_sweep()
+
+    def maybe_sweep(self) -> None:
+        """Sweep at most every ``SWEEP_EVERY`` virtual seconds (a sweep is a write transaction)."""
+        now = self.now()
+        if now - self._last_sweep >= SWEEP_EVERY or now < self._last_sweep:
+            self._last_sweep = now
+            self.sweep()
 
     # -- multipart ---------------------------------------------------------------------
     def initiate_upload(self, vault: str, part_size: int, description: str) -> str:
@@ -513,9 +522,9 @@ class Store:
     ) -> tuple[list[dict], int | None]:
         self._vault(vault)
         self.complete_jobs()
-        self.sweep()
-        sql = "SELECT * FROM jobs WHERE vault=? AND seq>=?"
-        args: list[Any] = [vault, after_seq]
+        self.maybe_sweep()
+        sql = "SELECT * FROM jobs WHERE vault=? AND seq>=? AND (completed IS NULL OR completed>?)"
+        args: list[Any] = [vault, after_seq, self.now() - JOB_RETENTION]
         if status:
             sql += " AND status=?"
             args.append(status)
