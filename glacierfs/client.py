@@ -301,9 +301,12 @@ class FileSlice(io.RawIOBase):
     ``x-amz-content-sha256`` header so nothing re-reads the slice to hash it.
     """
 
-    def __init__(self, path: str | os.PathLike[str], start: int, length: int, content_sha256: str | None = None):
+    def __init__(
+        self, path: str | os.PathLike[str] | int, start: int, length: int, content_sha256: str | None = None
+    ) -> None:
         super().__init__()
-        self._fd = os.open(os.fspath(path), os.O_RDONLY)
+        # An int is an open descriptor (duplicated, so the slice reads the file already opened).
+        self._fd = os.dup(path) if isinstance(path, int) else os.open(os.fspath(path), os.O_RDONLY)
         self._start = start
         self._length = length
         self._pos = 0

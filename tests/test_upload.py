@@ -1,0 +1,513 @@
+"""Upload engine: part sizes, verified parallel parts, durable resume, crash points.
+
+Integration tests run through a real ``glacierfs serve`` subprocess and the real catalog;
+"exactly one archive" is checked with an inventory job after a forced snapshot, and
+"parts re-sent" with the server's own request log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from glacierfs.client import ConnectionSettings, Glacier, make_glacier
+from glacierfs.errors import StateError, UsageError
+from glacierfs.treehash import MiB, tree_hash_file
+from glacierfs.upload import UploadEngine, choose_part_size
+
+REPO = Path(__file__).resolve().parent.parent
+VAULT = "uploads"
+
+
+class Crash(BaseException):
+    """Stands for the process dying: nothing catches it, nothing after it runs."""
+
+
+def write_random(path: Path, size: int, seed: int = 0) -> Path:
+    import random
+
+    rng = random.Random(seed)
+    path.write_bytes(rng.randbytes(size))
+    return path
+
+
+# --------------------------------------------------------------------------- part size (no server)
+
+
+def test_part_size_smallest_power_of_two_within_10000_parts():
+    assert choose_part_size(1) == MiB
+    assert choose_part_size(10_000 * MiB) == MiB
+    assert choose_part_size(10_000 * MiB + 1) == 2 * MiB
+    assert choose_part_size(100_000 * MiB) == 16 * MiB
+
+
+def test_requested_part_size_used_when_larger(caplog):
+    assert choose_part_size(5 * MiB, 8 * MiB) == 8 * MiB
+    with caplog.at_level(logging.WARNING, logger="glacierfs.upload"):
+        assert choose_part_size(20_000 * MiB, MiB) == 2 * MiB
+    assert "using 2 MiB" in caplog.text
+
+
+@pytest.mark.parametrize("bad", [0, 1000, 3 * MiB, 10 * MiB, 8192 * MiB])
+def test_invalid_requested_part_size(bad):
+    with pytest.raises(UsageError, match="power of two"):
+        choose_part_size(MiB, bad)
+
+
+def test_too_large_for_glacier():
+    with pytest.raises(UsageError, match="larger than Glacier"):
+        choose_part_size(10_000 * 4096 * MiB + 1)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def server(glacier_server):
+    return glacier_server
+
+
+def connect(server: Any, **kw: Any) -> Glacier:
+    return make_glacier(
+        ConnectionSettings(endpoint_url=server.url, access_key="testing", secret_key="testing", **kw)
+    )
+
+
+@pytest.fixture
+def glacier(server) -> Glacier:
+    g = connect(server, max_attempts=3)
+    g.create_vault(VAULT)
+    return g
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "cache"
+    d.mkdir()
+    return d
+
+
+def open_catalog(cache_dir: Path, server: Any) -> Any:
+    from glacierfs.catalog import Catalog
+
+    return Catalog.open(cache_dir, server.url, "us-east-1", VAULT)
+
+
+@pytest.fixture
+def catalog(cache_dir, server):
+    cat = open_catalog(cache_dir, server)
+    yield cat
+    closer = getattr(cat, "close", None)
+    if closer:
+        closer()
+
+
+def inventory(server: Any, glacier: Glacier, vault: str = VAULT) -> list[dict]:
+    """The vault's archives as the server holds them now (forced snapshot + inventory job)."""
+    server.snapshot(vault)
+    job_id = glacier.initiate_inventory(vault)
+    server.complete_jobs(job_id)
+    stream, _ = glacier.get_job_output(vault, job_id)
+    with stream:
+        return json.loads(stream.read())["ArchiveList"]
+
+
+def part_requests(server: Any) -> int:
+    """How many UploadMultipartPart requests the server accepted (from its request log)."""
+    return len(re.findall(r'" 204 UploadMultipartPart', server.log_path.read_text(errors="replace")))
+
+
+def open_uploads(glacier: Glacier) -> list[dict]:
+    return glacier.list_uploads(VAULT)
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def test_empty_file_is_refused(glacier, catalog, tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    with pytest.raises(UsageError, match="empty"):
+        UploadEngine(glacier, catalog, VAULT).upload(empty, "empty")
+    assert open_uploads(glacier) == []
+
+
+def test_missing_file_and_directory_are_refused(glacier, catalog, tmp_path):
+    engine = UploadEngine(glacier, catalog, VAULT)
+    with pytest.raises(UsageError, match="cannot read"):
+        engine.upload(tmp_path / "nope", "nope")
+    with pytest.raises(UsageError, match="not a regular file"):
+        engine.upload(tmp_path, "dir")
+
+
+def test_bad_description_is_refused_before_any_call(glacier, catalog, tmp_path):
+    f = write_random(tmp_path / "f", 10)
+    with pytest.raises(UsageError, match="printable ASCII"):
+        UploadEngine(glacier, catalog, VAULT).upload(f, "f", description="caf\u00e9")
+    assert catalog.list_uploads() == {}
+
+
+def test_invalid_part_size_option():
+    with pytest.raises(UsageError, match="power of two"):
+        UploadEngine(None, None, VAULT, part_size=3 * MiB)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def test_small_file_uploads_idempotently_as_one_part(server, glacier, catalog, tmp_path):
+    f = write_random(tmp_path / "small.txt", 1000)
+    engine = UploadEngine(glacier, catalog, VAULT)
+    archive = engine.upload(f, "docs/small.txt", mtime=1700000000.5)
+    assert archive.tree_hash == tree_hash_file(f)
+    assert archive.size == 1000
+    assert engine.last_stats.parts_sent == 1 and not engine.last_stats.single_request
+    assert catalog.get(archive.archive_id) is not None
+    assert engine.pending() == {}
+    assert open_uploads(glacier) == []
+    [listed] = inventory(server, glacier)
+    assert listed["ArchiveId"] == archive.archive_id
+    assert listed["SHA256TreeHash"] == archive.tree_hash
+    assert listed["ArchiveDescription"] == archive.description
+
+
+def test_single_request_mode_uses_upload_archive(server, glacier, catalog, tmp_path):
+    f = write_random(tmp_path / "s", 5000)
+    engine = UploadEngine(glacier, catalog, VAULT, single_request=True)
+    archive = engine.upload(f, "s", description="single")
+    assert engine.last_stats.single_request
+    assert archive.tree_hash == tree_hash_file(f)
+    assert "UploadArchive" in server.log_path.read_text()
+    assert engine.pending() == {}
+
+
+def test_parallel_parts_verify_and_combine(server, glacier, catalog, tmp_path):
+    f = write_random(tmp_path / "m.bin", 5 * MiB + 12345, seed=1)
+    engine = UploadEngine(glacier, catalog, VAULT, part_size=MiB, concurrency=3)
+    archive = engine.upload(f, "m.bin", description="m")
+    st = engine.last_stats
+    assert (st.parts_total, st.parts_sent, st.parts_reused) == (6, 6, 0)
+    assert sorted(st.sent_indices) == list(range(6))
+    assert archive.tree_hash == tree_hash_file(f)
+    assert open_uploads(glacier) == []
+    assert part_requests(server) == 6
+
+
+def test_large_parts_are_streamed_not_buffered(server, glacier, catalog, tmp_path, monkeypatch):
+    import glacierfs.upload as up
+
+    monkeypatch.setattr(up, "BUFFER_LIMIT", MiB)  # 2 MiB parts now take the streaming path
+    f = write_random(tmp_path / "big", 5 * MiB + 7, seed=2)
+    engine = UploadEngine(glacier, catalog, VAULT, part_size=2 * MiB, concurrency=2)
+    archive = engine.upload(f, "big", description="big")
+    assert archive.tree_hash == tree_hash_file(f)
+    assert engine.last_stats.parts_sent == 3
+
+
+# --------------------------------------------------------------------------- crash points (in process)
+
+
+def interrupted(engine: UploadEngine, after_parts: int) -> None:
+    def hook(index: int, stats: Any) -> None:
+        if stats.parts_sent >= after_parts:
+            raise Crash()
+
+    engine.on_part = hook
+
+
+def test_resume_sends_only_missing_parts(server, glacier, catalog, tmp_path):
+    f = write_random(tmp_path / "r.bin", 8 * MiB, seed=3)
+    engine = UploadEngine(glacier, catalog, VAULT, part_size=MiB, concurrency=2)
+    interrupted(engine, 3)
+    with pytest.raises(Crash):
+        engine.upload(f, "r.bin", description="r")
+    [pending] = engine.pending().values()
+    assert pending["status"] == "uploading" and pending["upload_id"]
+    on_server = {int(p["RangeInBytes"].split("-")[0]) // MiB for p in glacier.list_parts(VAULT, pending["upload_id"])["Parts"]}
+    assert len(on_server) >= 3
+
+    engine = UploadEngine(glacier, catalog, VAULT, concurrency=2)
+    archive = engine.upload(f, "r.bin", description="r")
+    st = engine.last_stats
+    assert st.resumed and st.restarted is None
+    assert st.parts_reused == len(on_server)
+    assert set(st.sent_indices) == set(range(8)) - on_server
+    assert part_requests(server) == 8  # every part reached the server exactly once
+    assert archive.tree_hash == tree_hash_file(f)
+    assert open_uploads(glacier) == [] and engine.pending() == {}
+    assert [a["ArchiveId"] for a in inventory(server, glacier)] == [archive.archive_id]
+
+
+def test_resume_resends_a_server_part_that_differs_from_the_file(server, glacier, catalog, tmp_path):
+    f = write_random(tmp_path / "d.bin", 4 * MiB, seed=4)
+    engine = UploadEngine(glacier, catalog, VAULT, part_size=MiB, concurrency=1)
+    interrupted(engine, 2)
+    with pytest.raises(Crash):
+        engine.upload(f, "d.bin", description="d")
+    # Change part 0 in place but keep the file's identity (size, mtime, inode): only the
+    # tree-hash check against ListParts can notice.
+    st = os.stat(f)
+    with open(f, "r+b") as fh:
+        fh.write(b"\0" * 100)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    engine = UploadEngine(glacier, catalog, VAULT)
+    archive = engine.upload(f, "d.bin", description="d")
+    assert 0 in engine.last_stats.sent_indices
+    assert archive.tree_hash == tree_hash_file(f)
+
+
+def test_changed_file_restarts_and_aborts_the_old_upload(server, glacier, catalog, tmp_path, caplog):
+    f = write_random(tmp_path / "c.bin", 3 * MiB, seed=5)
+    engine = UploadEngine(glacier, catalog, VAULT, part_size=MiB, concurrency=1)
+    interrupted(engine, 1)
+    with pytest.raises(Crash):
+        engine.upload(f, "c.bin", description="c")
+    [old] = engine.pending().values()
+    write_random(f, 3 * MiB + 10, seed=6)
+    engine = UploadEngine(glacier, catalog, VAULT, part_size=MiB)
+    with caplog.at_level(logging.WARNING, logger="glacierfs.upload"):
+        archive = engine.upload(f, "c.bin", description="c")
+    assert "changed" in caplog.text
+    assert engine.last_stats.restarted and engine.last_stats.upload_id != old["upload_id"]
+    assert archive.tree_hash == tree_hash_file(f)
+    assert open_uploads(glacier) == []
+    assert len(inventory(server, glacier)) == 1
+
+
+def test_vanished_upload_id_restarts(server, glacier, catalog, tmp_path, caplog):
+    f = write_random(tmp_path / "e.bin", 3 * MiB, seed=7)
+    engine = UploadEngine(glacier, catalog, VAULT, part_size=MiB, concurrency=1)
+    interrupted(engine, 1)
+    with pytest.raises(Crash):
+        engine.upload(f, "e.bin", description="e")
+    [old] = engine.pending().values()
+    glacier.abort_multipart(VAULT, old["upload_id"])  # as if it expired after 24 h idle
+    engine = UploadEngine(glacier, catalog, VAULT)
+    with caplog.at_level(logging.WARNING, logger="glacierfs.upload"):
+        archive = engine.upload(f, "e.bin", description="e")
+    assert "no longer knows upload" in caplog.text
+    assert archive.tree_hash == tree_hash_file(f)
+    assert len(inventory(server, glacier)) == 1
+
+
+class CrashingCatalog:
+    """The real catalog, except that the process 'dies' in add_uploaded the first time."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.crashed = False
+
+    def add_uploaded(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.crashed:
+            self.crashed = True
+            raise Crash()
+        return self.inner.add_uploaded(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_crash_between_complete_and_record_gives_the_same_archive(server, glacier, catalog, tmp_path):
+    f = write_random(tmp_path / "k.bin", 2 * MiB + 1, seed=8)
+    completed: list[str] = []
+    real_complete = glacier.complete_multipart
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        result = real_complete(*args, **kwargs)
+        completed.append(result[0])
+        return result
+
+    glacier.complete_multipart = spy  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        UploadEngine(glacier, CrashingCatalog(catalog), VAULT, part_size=MiB).upload(f, "k.bin", description="k")
+    [state] = catalog.list_uploads().values()
+    assert state["status"] == "completing"
+    engine = UploadEngine(glacier, catalog, VAULT)
+    archive = engine.upload(f, "k.bin", description="k")
+    assert completed == [archive.archive_id, archive.archive_id]  # Complete repeated, same archive
+    assert engine.last_stats.parts_sent == 0
+    assert [a["ArchiveId"] for a in inventory(server, glacier)] == [archive.archive_id]
+    assert engine.pending() == {}
+
+
+def test_completed_long_ago_is_never_uploaded_twice(server, glacier, catalog, tmp_path):
+    f = write_random(tmp_path / "o.bin", MiB + 1, seed=9)
+    with pytest.raises(Crash):
+        UploadEngine(glacier, CrashingCatalog(catalog), VAULT, part_size=MiB).upload(f, "o.bin", description="o")
+    server.advance(3 * 86400)  # past the repeat-Complete window: the upload id is forgotten
+    engine = UploadEngine(glacier, catalog, VAULT)
+    with pytest.raises(StateError, match="completed earlier or has expired"):
+        engine.upload(f, "o.bin", description="o")
+    assert len(catalog.list_uploads()) == 1  # kept: the user decides (abort) after an inventory
+    # Once an inventory lists the archive, the pending upload is recognised and adopted.
+    from glacierfs.inventory import InventoryItem
+
+    [item] = inventory(server, glacier)
+    catalog.import_inventory(
+        [InventoryItem(item["ArchiveId"], item["ArchiveDescription"], item["CreationDate"], item["Size"], item["SHA256TreeHash"])],
+        "2100-01-01T00:00:00Z",
+    )
+    archive = engine.upload(f, "o.bin", description="o")
+    assert archive.archive_id == item["ArchiveId"]
+    assert engine.pending() == {}
+    assert len(inventory(server, glacier)) == 1
+
+
+def test_crash_around_initiate_aborts_the_orphan(server, glacier, catalog, tmp_path):
+    f = write_random(tmp_path / "i.bin", 2 * MiB, seed=10)
+    real = glacier.initiate_multipart_ex
+
+    def dies_after_initiate(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)  # the server made the upload; we die before learning its id
+        raise Crash()
+
+    glacier.initiate_multipart_ex = dies_after_initiate  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        UploadEngine(glacier, catalog, VAULT, part_size=MiB).upload(f, "i.bin", description="i")
+    assert len(open_uploads(glacier)) == 1
+    [state] = catalog.list_uploads().values()
+    assert state["status"] == "initiating" and state["upload_id"] is None
+    glacier.initiate_multipart_ex = real  # type: ignore[method-assign]
+    engine = UploadEngine(glacier, catalog, VAULT, part_size=MiB)
+    archive = engine.upload(f, "i.bin", description="i")
+    assert engine.last_stats.orphans_aborted == 1
+    assert open_uploads(glacier) == []
+    assert archive.tree_hash == tree_hash_file(f)
+
+
+def test_abort_forgets_and_aborts(server, glacier, catalog, tmp_path):
+    f = write_random(tmp_path / "a.bin", 3 * MiB, seed=11)
+    engine = UploadEngine(glacier, catalog, VAULT, part_size=MiB, concurrency=1)
+    interrupted(engine, 1)
+    with pytest.raises(Crash):
+        engine.upload(f, "a.bin", description="a", key="the-key")
+    assert list(engine.pending()) == ["the-key"]
+    assert engine.abort("the-key") is True
+    assert engine.pending() == {} and open_uploads(glacier) == []
+    assert engine.abort("the-key") is False
+
+
+def test_a_live_process_owning_the_upload_is_respected(glacier, catalog, tmp_path):
+    import socket
+
+    f = write_random(tmp_path / "l.bin", 10, seed=12)
+    catalog.put_upload("k", {"status": "uploading", "pid": os.getppid(), "host": socket.gethostname()})
+    with pytest.raises(StateError, match="being uploaded by process"):
+        UploadEngine(glacier, catalog, VAULT).upload(f, "l.bin", description="l", key="k")
+
+
+# --------------------------------------------------------------------------- done-when scenarios
+
+
+DRIVER = r"""
+import json, sys, time
+from pathlib import Path
+from glacierfs.catalog import Catalog
+from glacierfs.client import ConnectionSettings, make_glacier
+from glacierfs.upload import UploadEngine
+
+url, cache, vault, path, linger = sys.argv[1:6]
+glacier = make_glacier(ConnectionSettings(endpoint_url=url, access_key="testing", secret_key="testing"))
+if float(linger):
+    real = glacier.upload_part
+
+    def upload_part(*args, **kwargs):
+        echoed = real(*args, **kwargs)
+        time.sleep(float(linger))  # the server holds the part; this process does not know yet
+        return echoed
+
+    glacier.upload_part = upload_part
+catalog = Catalog.open(Path(cache), url, "us-east-1", vault)
+engine = UploadEngine(glacier, catalog, vault, part_size=1 << 20, concurrency=1)
+engine.on_part = lambda index, stats: print("part", index, flush=True)
+archive = engine.upload(Path(path), "big.bin")
+st = engine.last_stats
+print("done " + json.dumps({"archive_id": archive.archive_id, "tree_hash": archive.tree_hash,
+      "sent": st.parts_sent, "reused": st.parts_reused, "sent_indices": st.sent_indices}), flush=True)
+"""
+
+
+def run_driver(args: list[str], kill_after_parts: int | None = None) -> tuple[int, list[str]]:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.strip())
+            if kill_after_parts is not None and sum(x.startswith("part") for x in lines) >= kill_after_parts:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        err = proc.stderr.read() if proc.stderr else ""
+        if proc.stdout:
+            proc.stdout.close()
+        if proc.stderr:
+            proc.stderr.close()
+    if kill_after_parts is None and proc.returncode != 0:
+        raise AssertionError(f"driver failed ({proc.returncode}):\n{err}")
+    return proc.returncode, lines
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigkill_mid_upload_then_rerun_makes_exactly_one_archive(server, glacier, cache_dir, tmp_path):
+    f = write_random(tmp_path / "big.bin", 40 * MiB, seed=13)
+    args = [server.url, str(cache_dir), VAULT, str(f)]
+    code, _ = run_driver([*args, "0.05"], kill_after_parts=10)
+    assert code == -signal.SIGKILL
+
+    [upload] = open_uploads(glacier)
+    held = {int(p["RangeInBytes"].split("-")[0]) // MiB for p in glacier.list_parts(VAULT, upload["MultipartUploadId"])["Parts"]}
+    assert 10 <= len(held) < 40
+
+    code, lines = run_driver([*args, "0"])
+    result = json.loads(lines[-1].removeprefix("done "))
+    assert result["reused"] == len(held)
+    assert set(result["sent_indices"]) == set(range(40)) - held  # only what the server lacked
+    assert part_requests(server) == 40  # no part was sent twice
+
+    assert result["tree_hash"] == tree_hash_file(f)  # what `glacierfs treehash` prints
+    assert open_uploads(glacier) == []
+    archives = inventory(server, glacier)
+    assert [(a["ArchiveId"], a["SHA256TreeHash"]) for a in archives] == [(result["archive_id"], result["tree_hash"])]
+    catalog = open_catalog(cache_dir, server)
+    assert catalog.list_uploads() == {}
+    assert catalog.get(result["archive_id"]) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_twenty_uploads_through_injected_faults(glacier_server_factory, cache_dir, tmp_path):
+    ops = "InitiateMultipartUpload,UploadMultipartPart,CompleteMultipartUpload,ListParts,ListMultipartUploads"
+    server = glacier_server_factory("--faults", "500=0.04,throttle=0.03,reset=0.03", "--faults-ops", ops, "--seed", "42")
+    glacier = connect(server, max_attempts=5)
+    glacier.create_vault(VAULT)
+    catalog = open_catalog(cache_dir, server)
+    engine = UploadEngine(glacier, catalog, VAULT, part_size=MiB, concurrency=2)
+    expected = {}
+    for i in range(20):
+        f = write_random(tmp_path / f"f{i}", 1000 + i * 150_000, seed=100 + i)  # 1 to 3 parts
+        archive = engine.upload(f, f"f{i}", description=f"file {i}")
+        assert archive.tree_hash == tree_hash_file(f)
+        expected[archive.archive_id] = archive.tree_hash
+    assert engine.pending() == {}
+    assert open_uploads(glacier) == []
+    got = {a["ArchiveId"]: a["SHA256TreeHash"] for a in inventory(server, glacier)}
+    assert got == expected
+    assert server.log_path.read_text().count("injecting fault") >= 3  # the faults really happened
