@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -663,10 +664,15 @@ def _nested_common(common_factory: Callable[[], argparse.ArgumentParser]) -> arg
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Add the client commands to the top-level sub-parsers (``common``: the shared options)."""
+    """Add the client commands to the top-level sub-parsers (``common``: the shared options).
+
+    Each command gets a private deep copy of ``common``: argparse shares the parent's action
+    objects, so a later sub-parser that redefines a common option with
+    ``conflict_handler="resolve"`` would otherwise strip it from every command.
+    """
     p = sub.add_parser(
         "treehash",
-        parents=[common],
+        parents=[copy.deepcopy(common)],
         help="print the Glacier tree hash of files",
         description="Print '<tree hash>  <FILE>' for each FILE, like sha256sum.",
     )
@@ -675,7 +681,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     p = sub.add_parser(
         "upload",
-        parents=[common],
+        parents=[copy.deepcopy(common)],
         help="upload files (re-run to resume)",
         description=(
             "Upload each FILE as one archive and print '<archive id>  <tree hash>  <size>  <path>'. "
@@ -691,14 +697,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_upload)
 
-    p = sub.add_parser("abort", parents=[common], help="abort a file's pending upload and forget it")
+    p = sub.add_parser("abort", parents=[copy.deepcopy(common)], help="abort a file's pending upload and forget it")
     _vault_arg(p)
     p.add_argument("file", metavar="FILE")
     p.set_defaults(func=cmd_abort)
 
     p = sub.add_parser(
         "inventory",
-        parents=[common],
+        parents=[copy.deepcopy(common)],
         help="list a vault (from the catalog, or via an inventory job)",
         description=(
             "Print one line per archive: path<TAB>size<TAB>creation date<TAB>archive id, sorted by "
@@ -717,7 +723,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     p = sub.add_parser(
         "delete",
-        parents=[common],
+        parents=[copy.deepcopy(common)],
         help="delete an archive by id or path",
         description="Delete one archive, by -a ARCHIVE_ID (ids starting with '-': -a=-xyz) or by PATH.",
     )
@@ -727,7 +733,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     p = sub.add_parser(
         "download",
-        parents=[common],
+        parents=[copy.deepcopy(common)],
         help="retrieve an archive (job, wait, verified resumable download)",
         description=(
             "Reuse a running or finished retrieval job for the archive or start one, wait, then "
@@ -750,16 +756,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     p = sub.add_parser(
         "vaults",
-        parents=[common],
+        parents=[copy.deepcopy(common)],
         help="list, create or delete vaults",
         description="Without a sub-command: list vaults as name<TAB>archives<TAB>bytes<TAB>last inventory.",
     )
     p.add_argument("--json", action="store_true", help="print the ListVaults records as JSON")
     p.set_defaults(func=cmd_vaults_list)
     vsub = p.add_subparsers(dest="vaults_command", metavar="SUBCOMMAND")
-    from glacierfs.cli import common_options
-
-    nested = _nested_common(common_options)
+    nested = _nested_common(lambda: copy.deepcopy(common))
     q = vsub.add_parser("create", parents=[nested], help="create a vault")
     q.add_argument("name", metavar="NAME")
     q.set_defaults(func=cmd_vaults_create)
@@ -772,7 +776,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     p = sub.add_parser(
         "status",
-        parents=[common],
+        parents=[copy.deepcopy(common)],
         help="pending uploads, jobs in flight, catalog age",
         description="Show pending uploads with progress, jobs in flight and the age of the catalog.",
     )

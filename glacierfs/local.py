@@ -121,8 +121,10 @@ def start_embedded(data_dir: Path, **options: Any) -> tuple[str, Callable[[], No
         raise StateError(f"the embedded local server is unavailable: {exc}") from None
     try:
         handle = start_server(data_dir, port=0, **options)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise StateError(f"cannot start a local server on {data_dir}: {exc}") from None
+    except Exception as exc:  # DataDirInUse: a server we could not reach holds the lock
+        raise StateError(f"{exc}; is it still starting or hung?") from None
     log.debug("embedded server on %s at %s", data_dir, handle.url)
 
     def stop() -> None:

@@ -1,0 +1,365 @@
+"""The client commands, run as real subprocesses (``python -m glacierfs ...``) against a real
+``glacierfs serve``: output formats, exit statuses and the one-line error messages.
+
+Every error test checks the message *and* the exit status (errors.py): 2 usage, 3 not
+found, 5 service, 6 integrity, 7 state, 8 not ready, 9 conflict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from glacierfs.treehash import MiB, tree_hash
+
+REPO = Path(__file__).resolve().parent.parent
+HEX64 = r"[0-9a-f]{64}"
+
+
+@dataclass
+class Result:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def lines(self) -> list[str]:
+        return self.stdout.splitlines()
+
+    def __str__(self) -> str:
+        return f"$ {' '.join(self.args)}\n[exit {self.returncode}]\n{self.stdout}\n--- stderr\n{self.stderr}"
+
+
+class Cli:
+    """Runs ``glacierfs COMMAND ... --endpoint-url URL --cache-dir DIR`` in a subprocess."""
+
+    def __init__(self, url: str | None, cache_dir: Path, cwd: Path) -> None:
+        self.url = url
+        self.cache_dir = cache_dir
+        self.cwd = cwd
+
+    def argv(self, args: Sequence[str], connect: bool = True) -> list[str]:
+        extra = ["--cache-dir", str(self.cache_dir)]
+        if connect and self.url:
+            extra += ["--endpoint-url", self.url]
+        return [sys.executable, "-m", "glacierfs", *args, *extra]
+
+    @staticmethod
+    def env() -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "GLACIERFS_CACHE_DIR"}
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def __call__(
+        self, *args: str, code: int | None = 0, timeout: float = 180, connect: bool = True
+    ) -> Result:
+        argv = self.argv(args, connect)
+        proc = subprocess.run(
+            argv, cwd=self.cwd, env=self.env(), capture_output=True, text=True, timeout=timeout, check=False
+        )
+        res = Result(argv[3:], proc.returncode, proc.stdout, proc.stderr)
+        if code is not None:
+            assert res.returncode == code, str(res)
+        assert "Traceback" not in res.stderr, str(res)
+        return res
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(args),
+            cwd=self.cwd,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def error(self, code: int, *args: str, match: str) -> Result:
+        """Run a command that must fail with ``code`` and one error line containing ``match``."""
+        res = self(*args, code=code)
+        err = [line for line in res.stderr.splitlines() if line.startswith("glacierfs: error: ")]
+        assert len(err) == 1, str(res)
+        assert match in err[0], str(res)
+        return res
+
+
+def write(path: Path, size: int, seed: int = 0) -> bytes:
+    data = bytes((i * 13 + seed + i // 1021) % 256 for i in range(size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def cli(glacier_server, tmp_path: Path, work: Path) -> Cli:
+    return Cli(glacier_server.url, tmp_path / "cache", work)
+
+
+@pytest.fixture
+def vault(cli: Cli) -> str:
+    cli("vaults", "create", "v1")
+    return "v1"
+
+
+# --------------------------------------------------------------------------- treehash
+
+
+def test_treehash_prints_like_sha256sum(cli: Cli, work: Path) -> None:
+    small = write(work / "a.bin", 1000)
+    big = write(work / "sub" / "b.bin", 3 * MiB + 17, seed=3)
+    res = cli("treehash", "a.bin", "sub/b.bin", connect=False)
+    assert res.lines == [f"{tree_hash(small)}  a.bin", f"{tree_hash(big)}  sub/b.bin"]
+
+
+def test_treehash_errors(cli: Cli, work: Path) -> None:
+    write(work / "a.bin", 10)
+    res = cli.error(2, "treehash", "a.bin", "missing.bin", match="missing.bin: no such file")
+    assert res.stdout == ""  # nothing hashed before the arguments were checked
+    (work / "d").mkdir()
+    cli.error(2, "treehash", "d", match="d: is a directory")
+
+
+# --------------------------------------------------------------------------- vaults
+
+
+def test_vaults_create_list_delete(cli: Cli) -> None:
+    assert cli("vaults").lines == []
+    assert cli("vaults", "create", "photos").lines == ["created photos"]
+    cli("vaults", "create", "b.v-2_x")
+    names = [line.split("\t")[0] for line in cli("vaults").lines]
+    assert names == ["b.v-2_x", "photos"]
+    fields = cli("vaults", "list").lines[1].split("\t")
+    assert fields == ["photos", "0", "0", "-"]
+    assert json.loads(cli("vaults", "--json").stdout)[0]["VaultName"] == "b.v-2_x"
+    assert cli("vaults", "delete", "photos").lines == ["deleted photos"]
+    assert [line.split("\t")[0] for line in cli("vaults").lines] == ["b.v-2_x"]
+
+
+def test_vaults_errors(cli: Cli, glacier_server, work: Path) -> None:
+    cli.error(2, "vaults", "create", "bad name!", match="invalid vault name 'bad name!'")
+    cli.error(3, "vaults", "delete", "nope", match="Vault not found")
+    cli("vaults", "create", "full")
+    glacier_server.populate("full", 1, snapshot=True)
+    cli.error(9, "vaults", "delete", "full", match="Vault not empty")
+
+
+def test_vault_options_before_the_subcommand_are_kept(cli: Cli, glacier_server, tmp_path: Path) -> None:
+    argv = [
+        sys.executable,
+        "-m",
+        "glacierfs",
+        "vaults",
+        "--endpoint-url",
+        glacier_server.url,
+        "--cache-dir",
+        str(tmp_path / "c2"),
+        "create",
+        "early",
+    ]
+    proc = subprocess.run(argv, env=Cli.env(), capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "early" in cli("vaults").stdout
+
+
+def test_unreachable_endpoint_and_bad_url(tmp_path: Path, work: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli = Cli(f"http://127.0.0.1:{port}", tmp_path / "cache", work)
+    cli.error(5, "vaults", match="cannot reach")
+    Cli("ftp://x", tmp_path / "cache", work).error(2, "vaults", match="invalid --endpoint-url")
+
+
+def test_cache_dir_that_cannot_be_created(cli: Cli, work: Path) -> None:
+    write(work / "file", 1)
+    bad = Cli(cli.url, work / "file" / "cache", work)
+    bad.error(2, "vaults", match="cannot create cache directory")
+
+
+# --------------------------------------------------------------------------- upload / abort
+
+
+def test_upload_prints_archive_lines_and_normalizes_paths(
+    cli: Cli, vault: str, work: Path, glacier_server
+) -> None:
+    a = write(work / "a.txt", 100)
+    b = write(work / "dir" / "b.bin", 2 * MiB + 5, seed=1)
+    res = cli("upload", "-v", vault, "--part-size", "1M", "--concurrency", "2", "./a.txt", "dir/../dir/b.bin")
+    lines = [line.split("  ") for line in res.lines]
+    assert [(x[1], x[2], x[3]) for x in lines] == [
+        (tree_hash(a), "100", "a.txt"),
+        (tree_hash(b), str(len(b)), "dir/b.bin"),
+    ]
+    ids = {x[0] for x in lines}
+    before = json.loads(cli("inventory", "-v", vault, "--json", code=8).stdout)  # no inventory yet
+    assert {(d["path"], d["archive_id"], d["source"]) for d in before} == {
+        ("a.txt", lines[0][0], "upload"),
+        ("dir/b.bin", lines[1][0], "upload"),
+    }
+    glacier_server.snapshot(vault)
+    inv = cli("inventory", "-v", vault, "-f").lines
+    assert sorted((p, s, i) for p, s, _, i in (line.split("\t") for line in inv)) == sorted(
+        [("a.txt", "100", lines[0][0]), ("dir/b.bin", str(len(b)), lines[1][0])]
+    )
+    assert ids == {line.split("\t")[3] for line in inv}
+
+
+def test_upload_absolute_path_and_description(cli: Cli, vault: str, work: Path, glacier_server) -> None:
+    write(work / "abs.txt", 10)
+    res = cli("upload", "-v", vault, str(work / "abs.txt"))
+    assert res.lines[0].split("  ")[3] == str(work / "abs.txt").lstrip("/")
+    write(work / "d.txt", 10, seed=2)
+    res = cli("upload", "-v", vault, "--description", "my old name", "d.txt")
+    archive_id = res.lines[0].split("  ")[0]
+    glacier_server.snapshot(vault)
+    descs = {a["ArchiveId"]: a["ArchiveDescription"] for a in _server_inventory(glacier_server, vault)}
+    assert descs[archive_id] == "my old name"
+    assert sorted(d.startswith("mt2 ") for d in descs.values()) == [False, True]
+
+
+def _server_inventory(server, vault: str) -> list[dict]:
+    g = server.client()
+    job = g.initiate_job(vaultName=vault, jobParameters={"Type": "inventory-retrieval"})["jobId"]
+    server.complete_jobs(job)
+    return json.loads(g.get_job_output(vaultName=vault, jobId=job)["body"].read())["ArchiveList"]
+
+
+def test_upload_errors(cli: Cli, vault: str, work: Path) -> None:
+    write(work / "a.txt", 10)
+    cli.error(2, "upload", "-v", vault, "a.txt", "nope.txt", match="nope.txt: no such file")
+    cli.error(2, "upload", "-v", vault, "--part-size", "3M", "a.txt", match="3M")
+    cli.error(2, "upload", "-v", vault, "--part-size", "lots", "a.txt", match="lots")
+    cli.error(
+        2, "upload", "-v", vault, "--concurrency", "0", "a.txt", match="--concurrency must be at least 1"
+    )
+    cli.error(3, "upload", "-v", "novault", "a.txt", match="Vault not found")
+    cli.error(2, "upload", "-v", "bad/vault", "a.txt", match="invalid vault name")
+    (work / "empty").write_bytes(b"")
+    cli.error(2, "upload", "-v", vault, "empty", match="empty file")
+    cli.error(
+        2,
+        "upload",
+        "-v",
+        vault,
+        "--description",
+        "x",
+        "a.txt",
+        "a.txt",
+        match="--description applies to one FILE",
+    )
+
+
+def test_abort_pending_upload_and_status(glacier_server_factory, tmp_path: Path, work: Path) -> None:
+    # Every part upload fails, so the upload stays pending (state in the catalog, upload open on the server).
+    server = glacier_server_factory("--faults", "500=1.0", "--faults-ops", "UploadMultipartPart")
+    cli = Cli(server.url, tmp_path / "cache", work)
+    cli("vaults", "create", "v")
+    write(work / "big.bin", 2 * MiB + 1)
+    res = cli("upload", "-v", "v", "--part-size", "1M", "big.bin", code=None)
+    assert res.returncode in (5, 6), str(res)
+    assert len(server.client().list_multipart_uploads(vaultName="v")["UploadsList"]) == 1
+    st = cli("status", "-v", "v")
+    assert "upload pending: big.bin" in st.stdout
+    st_json = json.loads(cli("status", "-v", "v", "--json").stdout)
+    assert [u["path"] for u in st_json["pending_uploads"]] == ["big.bin"]
+    assert cli("abort", "-v", "v", "big.bin").lines == ["aborted big.bin"]
+    assert server.client().list_multipart_uploads(vaultName="v")["UploadsList"] == []
+    assert json.loads(cli("status", "-v", "v", "--json").stdout)["pending_uploads"] == []
+    cli("status", "-v", "v", "--wait", timeout=60)  # nothing pending: returns at once
+    cli.error(3, "abort", "-v", "v", "big.bin", match="no pending upload of big.bin to vault v")
+
+
+# --------------------------------------------------------------------------- inventory
+
+
+def test_inventory_of_a_vault_without_inventory_yet(cli: Cli, vault: str, work: Path) -> None:
+    write(work / "x.txt", 5)
+    uploaded = cli("upload", "-v", vault, "x.txt").lines[0].split("  ")
+    res = cli.error(8, "inventory", "-v", vault, match=f"vault {vault} has no inventory yet")
+    assert "1 archive(s) uploaded from here are listed" in res.stderr
+    assert res.lines == [f"x.txt\t5\t{res.lines[0].split(chr(9))[2]}\t{uploaded[0]}"]
+
+
+def test_inventory_lists_from_catalog_without_a_job(cli: Cli, vault: str, glacier_server) -> None:
+    glacier_server.populate(vault, 3, size=10, descriptions=["one", "two/three", "/abs/four"], snapshot=True)
+    first = cli("inventory", "-v", vault)
+    assert sorted(line.split("\t")[0] for line in first.lines) == ["abs/four", "one", "two/three"]
+    jobs = glacier_server.client().list_jobs(vaultName=vault)["JobList"]
+    assert len(jobs) == 1
+    again = cli("inventory", "-v", vault)  # from the catalog: no second job
+    assert again.lines == first.lines
+    assert len(glacier_server.client().list_jobs(vaultName=vault)["JobList"]) == 1
+    data = json.loads(cli("inventory", "-v", vault, "--json").stdout)
+    assert {d["path"] for d in data} == {"abs/four", "one", "two/three"}
+    assert set(data[0]) >= {"path", "size", "creation_date", "archive_id", "tree_hash", "description"}
+    cli("inventory", "-v", vault, "-f")  # -f: a fresh job
+    assert len(glacier_server.client().list_jobs(vaultName=vault)["JobList"]) == 2
+
+
+def test_inventory_errors(cli: Cli) -> None:
+    cli.error(3, "inventory", "-v", "nope", match="Vault not found")
+    cli.error(2, "inventory", "-v", "no such", match="invalid vault name")
+
+
+# --------------------------------------------------------------------------- delete
+
+
+def test_delete_by_path_and_by_id(cli: Cli, vault: str, glacier_server, work: Path) -> None:
+    write(work / "a.txt", 3)
+    write(work / "b.txt", 4)
+    ids = [line.split("  ")[0] for line in cli("upload", "-v", vault, "a.txt", "b.txt").lines]
+    glacier_server.snapshot(vault)
+    cli("inventory", "-v", vault, "-f")
+    assert cli("delete", "-v", vault, "a.txt").lines == [f"deleted {ids[0]}  a.txt"]
+    assert cli("delete", "-v", vault, f"-a={ids[1]}").lines == [f"deleted {ids[1]}  b.txt"]
+    assert cli("inventory", "-v", vault).lines == []  # hidden at once, before any new inventory
+    glacier_server.snapshot(vault)
+    assert cli("inventory", "-v", vault, "-f").lines == []
+
+
+def test_delete_id_starting_with_dash(cli: Cli, vault: str, glacier_server) -> None:
+    # Ids are opaque and may begin with '-'; argparse needs the '=' form.
+    ids = glacier_server.populate(vault, 40, size=5, snapshot=True)
+    dash = next((i for i in ids if i.startswith("-")), None)
+    if dash is None:  # pragma: no cover - depends on the server's id generator
+        pytest.skip("the server generated no id starting with '-'")
+    assert cli("delete", "-v", vault, f"-a={dash}").lines == [f"deleted {dash}  -"]
+    assert cli("delete", "-v", vault, f"--archive-id={dash}").returncode == 0  # idempotent
+
+
+def test_delete_errors(cli: Cli, vault: str, glacier_server) -> None:
+    glacier_server.populate(vault, 1, size=5, descriptions=["dir/f"], snapshot=True)
+    cli("inventory", "-v", vault)
+    cli.error(3, "delete", "-v", vault, "nothing/here", match=f"no archive nothing/here in vault {vault}")
+    cli.error(2, "delete", "-v", vault, "dir", match="is a directory")
+    cli.error(2, "delete", "-v", vault, match="give either -a ARCHIVE_ID or PATH")
+    cli.error(2, "delete", "-v", vault, "-a=x", "dir/f", match="give either -a ARCHIVE_ID or PATH")
+    cli.error(3, "delete", "-v", "novault", "-a=x", match="Vault not found")
+    res = cli("delete", "-v", vault, "-a", "-xyz", code=2)  # argparse: '-xyz' looks like an option
+    assert "expected one argument" in res.stderr
+
+
+def test_duplicate_paths_get_distinct_names_each_addressable(cli: Cli, vault: str, glacier_server) -> None:
+    ids = glacier_server.populate(vault, 2, size=5, descriptions=["same", "same"], snapshot=True)
+    paths = sorted(line.split("\t")[0] for line in cli("inventory", "-v", vault).lines)
+    assert len(set(paths)) == 2 and "same" in paths  # distinct names for the duplicates
+    # the displayed names address exactly one archive each
+    res = cli("delete", "-v", vault, "same")
+    assert res.lines[0].startswith("deleted ")
+    assert {res.lines[0].split()[1]} <= set(ids)
