@@ -41,9 +41,13 @@ def default_local_dir() -> str:
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from glacierfs.cli import common_options
+
+    # a private copy of the common options: "resolve" below edits the parent's --local action,
+    # which must not leak into the other commands sharing ``common``
     p = sub.add_parser(
         "mount",
-        parents=[common],
+        parents=[common_options()],
         conflict_handler="resolve",
         help="mount a vault (or all vaults) as a filesystem",
         description="Mount VAULT on MOUNTPOINT. Returns once the mount is ready unless --foreground. "

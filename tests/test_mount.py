@@ -1,0 +1,479 @@
+"""FUSE mount tests: real mounts against a real `glacierfs serve`, driven by real cp, ls, rm, sync, cat, getfattr, setfattr.
+
+Helpers and fixtures here are shared with test_mount_slow.py. Every fixture unmounts (lazily if needed)
+and kills the mount process at teardown, even when the test failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 30.0
+
+
+def fuse_available() -> str | None:
+    """None when FUSE mounts can run here, else the reason to skip."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed"
+    return None
+
+
+def skip_without_fuse() -> None:
+    reason = fuse_available()
+    if reason:
+        pytest.skip(reason)
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def glacierfs(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a subprocess."""
+    res = subprocess.run(
+        [sys.executable, "-m", "glacierfs", *args], capture_output=True, text=True, timeout=timeout, env=env(), cwd=REPO
+    )
+    if check and res.returncode != 0:
+        raise AssertionError(f"glacierfs {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def unmount(mnt: Path) -> None:
+    """Unmount, lazily if busy; never raises."""
+    for cmd in (["fusermount3", "-u", str(mnt)], ["fusermount3", "-u", "-z", str(mnt)]):
+        if not _mounted(mnt):
+            return
+        subprocess.run(cmd, capture_output=True, timeout=30, check=False)
+        for _ in range(50):
+            if not _mounted(mnt):
+                return
+            time.sleep(0.1)
+
+
+def _mounted(mnt: Path) -> bool:
+    target = str(mnt)
+    try:
+        with open("/proc/mounts") as f:
+            return any(line.split()[1] == target for line in f if len(line.split()) > 1)
+    except OSError:
+        return False
+
+
+class Mount:
+    """``glacierfs mount --foreground`` in a subprocess owned by the test."""
+
+    def __init__(self, mnt: Path, cache_dir: Path, endpoint: str | None, vault: str | None, *extra: str) -> None:
+        self.mnt = mnt
+        self.cache_dir = cache_dir
+        self.endpoint = endpoint
+        self.vault = vault
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = mnt.parent / f"{mnt.name}.mount.log"
+
+    def start(self) -> Mount:
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "glacierfs", "mount", "--foreground", "--cache-dir", str(self.cache_dir)]
+        if self.endpoint:
+            args += ["--endpoint-url", self.endpoint, "--region", "us-east-1"]
+        args += self.extra
+        if self.vault:
+            args.append(self.vault)
+        args.append(str(self.mnt))
+        logf = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env(), cwd=REPO)
+        logf.close()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not _mounted(self.mnt):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mount exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"mount not ready:\n{self.log()}")
+            time.sleep(0.05)
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL the mount process (the mount point stays, dead, until unmounted)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+        unmount(self.mnt)
+
+    def stop(self) -> None:
+        """Unmount cleanly, then make sure the process is gone."""
+        unmount(self.mnt)
+        if self.proc is not None:
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def server_inventory(server: Any, vault: str) -> list[dict]:
+    """The vault's archives as the server's next inventory lists them."""
+    server.snapshot(vault)
+    c = server.client(max_attempts=3)
+    job = c.initiate_job(vaultName=vault, jobParameters={"Type": "inventory-retrieval", "Format": "JSON"})
+    for _ in range(100):
+        desc = c.describe_job(vaultName=vault, jobId=job["jobId"])
+        if desc["Completed"]:
+            break
+        server.complete_jobs(job["jobId"])
+        time.sleep(0.1)
+    out = c.get_job_output(vaultName=vault, jobId=job["jobId"])
+    return json.loads(out["body"].read())["ArchiveList"]
+
+
+def open_uploads(server: Any, vault: str) -> list[dict]:
+    return server.client(max_attempts=3).list_multipart_uploads(vaultName=vault)["UploadsList"]
+
+
+def run(*cmd: str, timeout: float = 120, check: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=check, cwd=cwd)
+
+
+def getfattr(path: Path, name: str) -> str | None:
+    res = run("getfattr", "--only-values", "-n", name, str(path))
+    return res.stdout if res.returncode == 0 else None
+
+
+# --------------------------------------------------------------------------- fixtures
+
+VAULT = "mnt-vault"
+
+
+@pytest.fixture
+def mount_factory(tmp_path: Path):
+    """``factory(server, *extra, vault=VAULT, cache=None, name="mnt")`` -> a started :class:`Mount`.
+
+    The vault is created on the server first. All mounts are stopped at teardown.
+    """
+    skip_without_fuse()
+    mounts: list[Mount] = []
+
+    def factory(server: Any, *extra: str, vault: str | None = VAULT, cache: Path | None = None,
+                name: str = "mnt") -> Mount:
+        if vault and server is not None:
+            server.client(max_attempts=3).create_vault(vaultName=vault)
+        m = Mount(tmp_path / name, cache or tmp_path / "cache", server.url if server is not None else None, vault,
+                  *extra)
+        mounts.append(m)
+        return m.start()
+
+    yield factory
+    for m in mounts:
+        try:
+            m.stop()
+        finally:
+            if m.proc is not None and m.proc.poll() is None:
+                m.proc.kill()
+                m.proc.wait(10)
+            unmount(m.mnt)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _treehash(path: Path) -> str:
+    return glacierfs("treehash", str(path)).stdout.split()[0]
+
+
+# --------------------------------------------------------------------------- done-when scenarios
+
+
+def test_cp_nonascii_nested_sync_treehash_then_remount(glacier_server, mount_factory, tmp_path):
+    src = tmp_path / "src"
+    (src / "dïr" / "sübdir ünï").mkdir(parents=True)
+    (src / "dïr" / "héllo wörld.txt").write_bytes("grüße\n".encode() * 1000)
+    (src / "dïr" / "sübdir ünï" / "日本語.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    (src / "top.dat").write_bytes(os.urandom(4097))
+    m = mount_factory(glacier_server)
+    res = run("cp", "-r", str(src / "dïr"), str(src / "top.dat"), str(m.mnt))
+    assert res.returncode == 0, res.stderr
+    files = sorted(p for p in m.mnt.rglob("*") if p.is_file())
+    assert [str(p.relative_to(m.mnt)) for p in files] == sorted(_files(src))
+    res = run("sync", *map(str, files), timeout=120)
+    assert res.returncode == 0, res.stderr + m.log()
+    for p in files:
+        assert getfattr(p, "user.glacier.state") in ("cached",), m.log()
+        assert getfattr(p, "user.glacier.treehash") == _treehash(src / p.relative_to(m.mnt))
+        assert getfattr(p, "user.glacier.archive_id")
+    m.stop()
+    m2 = mount_factory(glacier_server, name="mnt")
+    assert _files(m2.mnt) == _files(src)
+    listed = run("ls", "-lR", str(m2.mnt))
+    assert "日本語.bin" in listed.stdout
+    archives = server_inventory(glacier_server, VAULT)
+    assert sorted(a["SHA256TreeHash"] for a in archives) == sorted(_treehash(p) for p in src.rglob("*") if p.is_file())
+
+
+def _cli_upload(server: Any, cache: Path, cwd: Path, *files: str) -> None:
+    """Upload with the CLI (same catalog as the mount, but nothing in the mount's data cache)."""
+    res = subprocess.run(
+        [sys.executable, "-m", "glacierfs", "upload", "--endpoint-url", server.url, "--region", "us-east-1",
+         "--cache-dir", str(cache), "-q", "-v", VAULT, *files],
+        capture_output=True, text=True, timeout=120, env=env(), cwd=cwd,
+    )
+    assert res.returncode == 0, res.stderr
+
+
+def test_cat_uncached_fails_fast_then_retrieve(glacier_server_factory, mount_factory, tmp_path):
+    server = glacier_server_factory("--job-delay", "2")
+    server.client(max_attempts=3).create_vault(vaultName=VAULT)
+    src = tmp_path / "src"
+    (src / "cold").mkdir(parents=True)
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    (src / "cold" / "file.bin").write_bytes(data)
+    _cli_upload(server, tmp_path / "cache", src, "cold/file.bin")
+    m = mount_factory(server, vault=VAULT)
+    target = m.mnt / "cold" / "file.bin"
+    assert target.stat().st_size == len(data)
+    assert getfattr(target, "user.glacier.state") == "archived"
+    t0 = time.monotonic()
+    res = run("cat", str(target), timeout=30)
+    elapsed = time.monotonic() - t0
+    assert res.returncode != 0
+    assert "Resource temporarily unavailable" in res.stderr
+    assert elapsed < 5, "a read of an uncached archive must fail at once, not wait"
+    assert "setfattr -n user.glacier.retrieve" in m.log()
+    res = run("setfattr", "-n", "user.glacier.retrieve", "-v", "Standard", str(target))
+    assert res.returncode == 0, res.stderr
+    assert getfattr(target, "user.glacier.state") in ("retrieving", "cached")
+    deadline = time.monotonic() + 60
+    while getfattr(target, "user.glacier.state") != "cached":
+        assert time.monotonic() < deadline, m.log()
+        time.sleep(0.2)
+    assert target.read_bytes() == data
+    res = run("setfattr", "-n", "user.glacier.retrieve", "-v", "Sometime", str(target))
+    assert res.returncode != 0 and "Invalid argument" in res.stderr
+
+
+def test_rm_deletes_archive_in_vault(glacier_server, mount_factory, tmp_path):
+    m = mount_factory(glacier_server)
+    (tmp_path / "a.txt").write_bytes(b"first\n" * 100)
+    (tmp_path / "b.txt").write_bytes(b"second\n" * 100)
+    assert run("cp", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), str(m.mnt)).returncode == 0
+    assert run("sync", str(m.mnt / "a.txt"), str(m.mnt / "b.txt")).returncode == 0, m.log()
+    doomed = getfattr(m.mnt / "a.txt", "user.glacier.archive_id")
+    kept = getfattr(m.mnt / "b.txt", "user.glacier.archive_id")
+    res = run("rm", str(m.mnt / "a.txt"))
+    assert res.returncode == 0, res.stderr
+    assert sorted(os.listdir(m.mnt)) == ["b.txt"]
+    ids = [a["ArchiveId"] for a in server_inventory(glacier_server, VAULT)]
+    assert doomed not in ids and kept in ids
+
+
+# --------------------------------------------------------------------------- semantics
+
+
+def test_posix_semantics_table(glacier_server, mount_factory, tmp_path):
+    m = mount_factory(glacier_server)
+    f = m.mnt / "doc.txt"
+    f.write_bytes(b"v1\n")
+    assert run("sync", str(f)).returncode == 0, m.log()
+    # archives are immutable: documented errnos, never EXDEV (mv would copy+delete)
+    assert "Operation not permitted" in run("mv", str(f), str(m.mnt / "other.txt")).stderr
+    assert "Operation not permitted" in run("sh", "-c", f"echo v2 > '{f}'").stderr
+    assert "Operation not permitted" in run("truncate", "-s", "0", str(f)).stderr
+    assert "Operation not permitted" in run("ln", str(f), str(m.mnt / "hard")).stderr
+    assert "Operation not permitted" in run("ln", "-s", "doc.txt", str(m.mnt / "soft")).stderr
+    assert run("chmod", "600", str(f)).returncode == 0  # accepted and ignored
+    assert run("getfattr", "-n", "security.selinux", str(f)).returncode != 0
+    assert "Operation not supported" in run("getfattr", "-n", "security.selinux", str(f)).stderr
+    assert run("getfattr", "-n", "user.other", str(f)).returncode != 0
+    assert f.read_bytes() == b"v1\n"
+    # files not yet archives can be renamed and rewritten before they upload
+    g = m.mnt / "draft.txt"
+    g.write_bytes(b"draft")
+    assert run("mv", str(g), str(m.mnt / "final.txt")).returncode == 0
+    assert run("sync", str(m.mnt / "final.txt")).returncode == 0, m.log()
+    assert (m.mnt / "final.txt").read_bytes() == b"draft"
+    # directories: mkdir persists, rmdir removes empty ones only
+    (m.mnt / "empty" / "deeper").mkdir(parents=True)
+    assert "Directory not empty" in run("rmdir", str(m.mnt / "empty")).stderr
+    assert run("rmdir", str(m.mnt / "empty" / "deeper")).returncode == 0
+    m.stop()
+    m2 = mount_factory(glacier_server)
+    assert sorted(os.listdir(m2.mnt)) == ["doc.txt", "empty", "final.txt"]
+    assert run("rmdir", str(m2.mnt / "empty")).returncode == 0
+    assert sorted(os.listdir(m2.mnt)) == ["doc.txt", "final.txt"]
+    xattrs = run("getfattr", "-d", str(m2.mnt / "doc.txt")).stdout
+    for name in ("treehash", "archive_id", "state", "description"):
+        assert f"user.glacier.{name}=" in xattrs
+
+
+def test_rm_while_uploading_aborts(glacier_server, mount_factory, tmp_path):
+    m = mount_factory(glacier_server, "--part-size", "1M", "--concurrency", "1")
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(24 * 1024 * 1024))
+    assert run("cp", str(big), str(m.mnt)).returncode == 0
+    time.sleep(0.7)  # let the upload start (either way the invariants below hold)
+    assert run("rm", str(m.mnt / "big.bin")).returncode == 0
+    assert os.listdir(m.mnt) == []
+    small = m.mnt / "marker"
+    small.write_bytes(b"x")
+    assert run("sync", str(small)).returncode == 0, m.log()
+    deadline = time.monotonic() + 30
+    while open_uploads(glacier_server, VAULT):
+        assert time.monotonic() < deadline, f"multipart upload left open\n{m.log()}"
+        time.sleep(0.2)
+    sizes = [a["Size"] for a in server_inventory(glacier_server, VAULT)]
+    assert sizes == [1]
+
+
+def test_daemon_mode_local_and_umount(tmp_path):
+    skip_without_fuse()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    data_dir = tmp_path / "glacier-data"
+    cache = tmp_path / "cache"
+    common = ["--cache-dir", str(cache), "--local", str(data_dir)]
+    pid = None
+    try:
+        res = glacierfs("mount", *common, "localvault", str(mnt), timeout=60)
+        assert _mounted(mnt), res.stderr
+        found = re.search(r"pid (\d+)", res.stderr)
+        assert found, res.stderr
+        pid = int(found.group(1))
+        (mnt / "hello.txt").write_bytes(b"hello local\n")
+        assert run("sync", str(mnt / "hello.txt")).returncode == 0
+        # the CLI reaches the same local data through the server the mount runs
+        out = tmp_path / "fetched.txt"
+        got = glacierfs("download", *common, "-q", "-v", "localvault", "hello.txt", "-o", str(out), timeout=120,
+                        check=False)
+        assert got.returncode == 0, got.stderr
+        assert out.read_bytes() == b"hello local\n"
+        again = glacierfs("mount", *common, "localvault", str(mnt), check=False)
+        assert again.returncode != 0 and "already" in again.stderr
+        glacierfs("umount", str(mnt))
+        assert not _mounted(mnt)
+    finally:
+        unmount(mnt)
+        if pid is not None:
+            for _ in range(100):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- slow scenarios
+
+MiB = 1024 * 1024
+
+
+def _write_file(path, size: int) -> None:
+    with open(path, "wb") as f:
+        for _ in range(size // MiB):
+            f.write(os.urandom(MiB))
+        f.write(os.urandom(size % MiB))
+
+
+@pytest.mark.slow
+def test_sigkill_during_upload_resumes_to_exactly_one_archive(glacier_server, mount_factory, tmp_path):
+    big = tmp_path / "big.bin"
+    _write_file(big, 200 * MiB)
+    expected = _treehash(big)
+    m = mount_factory(glacier_server, "--part-size", "1M", "--concurrency", "1")
+    assert run("cp", str(big), str(m.mnt / "big.bin"), timeout=300).returncode == 0
+    # a second copy that is still being written when the mount dies
+    writer = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys,time\nf=open(sys.argv[1],'wb')\n"
+         "while True:\n f.write(b'x'*65536); f.flush(); time.sleep(0.05)\n",
+         str(m.mnt / "cut-off.bin")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        parts = 0
+        while parts < 5:
+            assert time.monotonic() < deadline, f"upload did not start\n{m.log()}"
+            uploads = open_uploads(glacier_server, VAULT)
+            if uploads:
+                c = glacier_server.client(max_attempts=3)
+                parts = len(c.list_parts(vaultName=VAULT, uploadId=uploads[0]["MultipartUploadId"])["Parts"])
+            time.sleep(0.1)
+        assert (m.mnt / "cut-off.bin").stat().st_size > 0
+        m.kill()
+    finally:
+        writer.kill()
+        writer.wait(10)
+    assert open_uploads(glacier_server, VAULT), "the kill should have interrupted the upload"
+    m2 = mount_factory(glacier_server)
+    assert sorted(os.listdir(m2.mnt)) == ["big.bin"], m2.log()
+    res = run("sync", str(m2.mnt / "big.bin"), timeout=300)
+    assert res.returncode == 0, res.stderr + m2.log()
+    assert getfattr(m2.mnt / "big.bin", "user.glacier.treehash") == expected
+    archives = server_inventory(glacier_server, VAULT)
+    assert [a["SHA256TreeHash"] for a in archives] == [expected]
+    assert open_uploads(glacier_server, VAULT) == []
+    assert "resum" in m2.log().lower()
+
+
+@pytest.mark.slow
+def test_parallel_copies_while_listing(glacier_server, mount_factory, tmp_path):
+    sources = []
+    for i in range(4):
+        p = tmp_path / f"src{i}.bin"
+        _write_file(p, 50 * MiB)
+        sources.append(p)
+    m = mount_factory(glacier_server)
+    (m.mnt / "d").mkdir()
+    stop = threading.Event()
+    listings: list[int] = []
+    failures: list[str] = []
+
+    def lister() -> None:
+        while not stop.is_set():
+            res = run("ls", "-lR", str(m.mnt), timeout=60)
+            if res.returncode != 0:
+                failures.append(res.stderr)
+            listings.append(res.returncode)
+
+    t = threading.Thread(target=lister)
+    t.start()
+    try:
+        procs = [subprocess.Popen(["cp", str(p), str(m.mnt / "d" / p.name)], stderr=subprocess.PIPE) for p in sources]
+        for p in procs:
+            assert p.wait(300) == 0, p.stderr.read() if p.stderr else ""
+        res = run("sync", *[str(m.mnt / "d" / p.name) for p in sources], timeout=600)
+        assert res.returncode == 0, res.stderr + m.log()
+    finally:
+        stop.set()
+        t.join(120)
+    assert listings and not failures, failures[:3]
+    for p in sources:
+        target = m.mnt / "d" / p.name
+        assert getfattr(target, "user.glacier.treehash") == _treehash(p)
+        assert run("cmp", str(p), str(target)).returncode == 0
+    assert sorted(a["SHA256TreeHash"] for a in server_inventory(glacier_server, VAULT)) == sorted(
+        _treehash(p) for p in sources
+    )
