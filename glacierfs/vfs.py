@@ -227,6 +227,8 @@ class VaultFS:
 
     def start(self) -> None:
         """Recover staged files, resume their uploads, start the workers (call after daemonizing)."""
+        if self._threads:
+            return
         self._recover()
         for i in range(self._upload_workers):
             t = threading.Thread(target=self._upload_loop, name=f"upload-{i}", daemon=True)
@@ -362,7 +364,11 @@ class VaultFS:
         self._lookup_dir(path)
         dir_attr = Attr(True, 0, self.started_at)
         entries: dict[str, Attr] = {}
-        for name, archive in self.catalog.listdir(_rel(path)):
+        try:
+            listed = self.catalog.listdir(_rel(path))
+        except NotFoundError:  # a directory that only holds files not uploaded yet
+            listed = []
+        for name, archive in listed:
             entries[name] = dir_attr if archive is None or archive == "dir" else self._archive_attr(archive)
         prefix = "/" if path == "/" else path + "/"
         with self._lock:

@@ -1,0 +1,360 @@
+"""The mount core without FUSE: VaultFS over a real catalog, upload engine and job runner, against
+a real ``glacierfs serve``; and the data cache (staging recovery, bounded LRU)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from glacierfs.datacache import DataCache
+from glacierfs.errors import ServiceError
+from glacierfs.treehash import tree_hash
+from glacierfs.vfs import FSError, MultiVaultFS, VaultFS
+
+VAULT = "v"
+
+
+# --------------------------------------------------------------------------- data cache
+
+
+def test_recover_keeps_released_files_and_discards_cut_off_copies(tmp_path):
+    cache = DataCache(tmp_path, 1 << 30)
+    done, done_path = cache.new_staging()
+    done_path.write_bytes(b"complete")
+    cache.write_manifest(done, {"path": "/a"})
+    _cut, cut_path = cache.new_staging()
+    cut_path.write_bytes(b"partial")
+    (cache.staging_dir / "x.json.tmp").write_text("{")
+    again = DataCache(tmp_path, 1 << 30)
+    assert again.recover() == {done: {"path": "/a"}}
+    assert not cut_path.exists() and done_path.read_bytes() == b"complete"
+    assert sorted(os.listdir(cache.staging_dir)) == sorted([f"{done}.data", f"{done}.json"])
+
+
+def test_lru_bound_never_evicts_staging_or_the_newest_entry(tmp_path):
+    cache = DataCache(tmp_path, 250)
+    for name in ("a", "b", "c"):
+        src = tmp_path / f"src-{name}"
+        src.write_bytes(b"x" * 100)
+        cache.add(name, src)
+        time.sleep(0.01)
+    assert cache.cached_ids() == ["b", "c"]
+    cache.touch("b")
+    _sid, staging = cache.new_staging()
+    staging.write_bytes(b"y" * 200)
+    src = tmp_path / "src-d"
+    src.write_bytes(b"z" * 10)
+    cache.add("d", src)
+    assert cache.cached_ids() == ["d"]  # staging counts against the bound but stays
+    assert staging.exists()
+    assert cache.usage() == 210
+    # order survives a restart (file mtimes)
+    assert DataCache(tmp_path, 1000).cached_ids() == ["d"]
+    os.unlink(cache.path_for("d"))
+    assert not cache.has("d")
+
+
+# --------------------------------------------------------------------------- VaultFS fixtures
+
+
+class Env:
+    def __init__(self, server: Any, root: Path) -> None:
+        from glacierfs.catalog import Catalog
+        from glacierfs.client import ConnectionSettings, make_glacier
+
+        self.server = server
+        self.root = root
+        settings = ConnectionSettings(
+            endpoint_url=server.url, region="us-east-1", access_key="testing", secret_key="testing", max_attempts=2
+        )
+        self.glacier = make_glacier(settings)
+        try:
+            self.glacier.create_vault(VAULT)
+        except Exception:
+            pass
+        self.catalog = Catalog.open(root / "cache", "test", "us-east-1", VAULT)
+        self.fss: list[VaultFS] = []
+
+    def fs(self, *, engine_factory: Any = None, cache_size: int = 1 << 30, **kw: Any) -> VaultFS:
+        from glacierfs.jobs import Backoff, JobRunner
+        from glacierfs.upload import UploadEngine
+
+        kw.setdefault("upload_delay", 0.0)
+        kw.setdefault("retry_delay", 0.05)
+        kw.setdefault("poll_interval", 0.1)
+        kw.setdefault("max_poll_interval", 0.5)
+        fs = VaultFS(
+            self.catalog,
+            self.glacier,
+            VAULT,
+            DataCache(self.root / "state", cache_size),
+            engine_factory=engine_factory
+            or (lambda: UploadEngine(self.glacier, self.catalog, VAULT, concurrency=2)),
+            runner=JobRunner(self.glacier, self.catalog, VAULT, poll=Backoff.local()),
+            **kw,
+        )
+        self.fss.append(fs)
+        fs.start()
+        return fs
+
+    def close(self) -> None:
+        for fs in self.fss:
+            fs.stop()
+
+
+@pytest.fixture
+def env(glacier_server, tmp_path):
+    pytest.importorskip("glacierfs.catalog")
+    e = Env(glacier_server, tmp_path)
+    yield e
+    e.close()
+
+
+def write_file(fs: VaultFS, path: str, data: bytes, chunk: int = 65536) -> None:
+    fh = fs.create(path)
+    # out of order on purpose: any write pattern is staged
+    offsets = list(range(0, len(data), chunk))
+    for off in reversed(offsets):
+        assert fs.write(fh, data[off : off + chunk], off) == len(data[off : off + chunk])
+    fs.flush(fh)
+    fs.release(fh)
+
+
+def sync(fs: VaultFS, path: str) -> None:
+    fh = fs.open(path, os.O_RDONLY)
+    try:
+        fs.fsync(fh)
+    finally:
+        fs.release(fh)
+
+
+def read_all(fs: VaultFS, path: str) -> bytes:
+    fh = fs.open(path, os.O_RDONLY)
+    try:
+        return fs.read(fh, 1 << 30, 0)
+    finally:
+        fs.release(fh)
+
+
+def err(fn: Any, *args: Any) -> int:
+    with pytest.raises(FSError) as exc:
+        fn(*args)
+    return exc.value.errno
+
+
+# --------------------------------------------------------------------------- VaultFS
+
+
+def test_write_fsync_gives_archive_readable_from_cache(env):
+    fs = env.fs()
+    fs.mkdir("/dïr")
+    data = os.urandom(3 * 1024 * 1024 + 11)
+    write_file(fs, "/dïr/fïle.bin", data)
+    assert fs.getattr("/dïr/fïle.bin").size == len(data)
+    assert fs.getxattr("/dïr/fïle.bin", "user.glacier.state") == b"uploading"
+    sync(fs, "/dïr/fïle.bin")
+    assert fs.getxattr("/dïr/fïle.bin", "user.glacier.treehash").decode() == tree_hash(data)
+    assert fs.getxattr("/dïr/fïle.bin", "user.glacier.state") == b"cached"
+    archive_id = fs.getxattr("/dïr/fïle.bin", "user.glacier.archive_id").decode()
+    assert env.catalog.get(archive_id).tree_hash == tree_hash(data)
+    assert read_all(fs, "/dïr/fïle.bin") == data
+    assert [n for n, _ in fs.readdir("/dïr")] == ["fïle.bin"]
+    assert fs.pending() == {}
+    assert env.catalog.list_uploads() == {}
+
+
+def test_fsync_on_a_writer_does_not_wait_and_close_never_waits(env):
+    fs = env.fs(upload_delay=3600)
+    fh = fs.create("/f")
+    fs.write(fh, b"abc", 0)
+    fs.fsync(fh)  # local durability only: the archive can only exist after the last close
+    fs.flush(fh)
+    fs.release(fh)
+    assert fs.pending() == {"/f": "queued"}
+    sync(fs, "/f")  # expedites the delayed upload and waits for it
+    assert fs.getxattr("/f", "user.glacier.state") == b"cached"
+
+
+def test_uncached_archive_fails_at_once_then_retrieval_fills_cache(env, tmp_path):
+    fs = env.fs(cache_size=1)  # every new entry evicts the previous ones
+    write_file(fs, "/cold", b"cold bytes" * 1000)
+    sync(fs, "/cold")
+    write_file(fs, "/warm", b"warm")
+    sync(fs, "/warm")
+    assert fs.getxattr("/cold", "user.glacier.state") == b"archived"
+    t0 = time.monotonic()
+    assert err(fs.open, "/cold", os.O_RDONLY) == errno.EAGAIN
+    assert time.monotonic() - t0 < 5
+    assert err(fs.setxattr, "/cold", "user.glacier.retrieve", b"Soon") == errno.EINVAL
+    fs.setxattr("/cold", "user.glacier.retrieve", b"standard")
+    deadline = time.monotonic() + 60
+    while fs.getxattr("/cold", "user.glacier.state") != b"cached":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert read_all(fs, "/cold") == b"cold bytes" * 1000
+
+
+def test_auto_retrieve_starts_on_open(env):
+    fs = env.fs(cache_size=1, auto_retrieve="Bulk")
+    write_file(fs, "/a", b"a" * 10)
+    sync(fs, "/a")
+    write_file(fs, "/b", b"b")
+    sync(fs, "/b")
+    assert err(fs.open, "/a", os.O_RDONLY) == errno.EAGAIN
+    assert fs.getxattr("/a", "user.glacier.state") in (b"retrieving", b"cached")
+
+
+def test_unlink_deletes_archive_and_aborts_pending(env):
+    fs = env.fs(upload_delay=3600)
+    write_file(fs, "/keep", b"k")
+    sync(fs, "/keep")
+    write_file(fs, "/gone", b"g")
+    sync(fs, "/gone")
+    gone_id = fs.getxattr("/gone", "user.glacier.archive_id").decode()
+    fs.unlink("/gone")
+    assert err(fs.getattr, "/gone") == errno.ENOENT
+    assert env.catalog.lookup("gone") is None
+    write_file(fs, "/queued", b"q")
+    fs.unlink("/queued")
+    assert [n for n, _ in fs.readdir("/")] == ["keep"]
+    assert os.listdir(fs.cache.staging_dir) == []
+    ids = [a["ArchiveId"] for a in _inventory(env.server)]
+    assert gone_id not in ids and len(ids) == 1
+
+
+def _inventory(server: Any) -> list[dict]:
+    from tests.test_mount import server_inventory
+
+    return server_inventory(server, VAULT)
+
+
+def test_errnos_for_archives(env):
+    fs = env.fs()
+    write_file(fs, "/a", b"data")
+    sync(fs, "/a")
+    assert err(fs.open, "/a", os.O_WRONLY) == errno.EPERM
+    assert err(fs.open, "/a", os.O_RDONLY | os.O_TRUNC) == errno.EPERM
+    assert err(fs.create, "/a") == errno.EEXIST
+    assert err(fs.rename, "/a", "/b") == errno.EPERM
+    assert err(fs.truncate, "/a", 0) == errno.EPERM
+    assert err(fs.utimens, "/a", 1.0) == errno.EPERM
+    assert err(fs.link, "/b", "/a") == errno.EPERM
+    assert err(fs.symlink, "/b", "/a") == errno.EPERM
+    fs.chmod("/a", 0o600)
+    fs.chown("/a", 0, 0)
+    assert err(fs.getxattr, "/a", "security.selinux") == errno.EOPNOTSUPP
+    assert err(fs.getxattr, "/a", "system.posix_acl_access") == errno.EOPNOTSUPP
+    assert err(fs.getxattr, "/a", "user.other") == errno.ENODATA
+    assert err(fs.setxattr, "/a", "user.other", b"x") == errno.EOPNOTSUPP
+    assert err(fs.getattr, "/missing") == errno.ENOENT
+    assert err(fs.create, "/missing/x") == errno.ENOENT
+    assert err(fs.create, "/a/x") == errno.ENOTDIR
+    assert err(fs.open, "/", os.O_RDONLY) == errno.EISDIR
+    assert sorted(fs.listxattr("/a")) == sorted(
+        f"user.glacier.{n}" for n in ("treehash", "archive_id", "state", "description")
+    )
+
+
+def test_rename_and_rewrite_before_upload(env):
+    fs = env.fs(upload_delay=3600)
+    write_file(fs, "/tmp.part", b"one")
+    fs.rename("/tmp.part", "/final")
+    fh = fs.open("/final", os.O_WRONLY | os.O_TRUNC)
+    fs.write(fh, b"two!", 0)
+    fs.utimens("/final", 1_600_000_000.0)
+    fs.flush(fh)
+    fs.release(fh)
+    sync(fs, "/final")
+    assert read_all(fs, "/final") == b"two!"
+    assert fs.getattr("/final").mtime == pytest.approx(1_600_000_000.0)
+    assert [n for n, _ in fs.readdir("/")] == ["final"]
+    assert len(_inventory(env.server)) == 1
+
+
+def test_mkdir_rmdir(env):
+    fs = env.fs()
+    fs.mkdir("/d")
+    fs.mkdir("/d/e")
+    assert err(fs.mkdir, "/d") == errno.EEXIST
+    assert err(fs.rmdir, "/d") == errno.ENOTEMPTY
+    fs.rmdir("/d/e")
+    write_file(fs, "/d/f", b"x")
+    assert err(fs.rmdir, "/d") == errno.ENOTEMPTY
+    assert err(fs.unlink, "/d") == errno.EISDIR
+    sync(fs, "/d/f")
+    fs.unlink("/d/f")
+    fs.rmdir("/d")
+    assert fs.readdir("/") == []
+
+
+def test_read_only(env):
+    fs = env.fs(read_only=True)
+    assert err(fs.create, "/x") == errno.EROFS
+    assert err(fs.mkdir, "/x") == errno.EROFS
+
+
+def test_restart_resumes_released_files_only(env):
+    fs = env.fs(upload_delay=3600)
+    write_file(fs, "/released", b"r" * 5000)
+    fh = fs.create("/open")
+    fs.write(fh, b"never closed", 0)
+    fs.stop()  # like a crash: no release for /open, /released never uploaded
+    fs2 = env.fs()
+    assert [n for n, _ in fs2.readdir("/")] == ["released"]
+    sync(fs2, "/released")
+    assert read_all(fs2, "/released") == b"r" * 5000
+    assert [a["Size"] for a in _inventory(env.server)] == [5000]
+    assert os.listdir(fs2.cache.staging_dir) == []
+
+
+def test_failed_upload_gives_eio_and_empty_files_stay_local(env):
+    class Broken:
+        def upload(self, *a: Any, **k: Any) -> Any:
+            raise ServiceError("service unavailable")
+
+        def abort(self, key: str) -> bool:
+            return False
+
+    fs = env.fs(engine_factory=Broken)
+    write_file(fs, "/f", b"data")
+    assert err(sync, fs, "/f") == errno.EIO
+    assert fs.getxattr("/f", "user.glacier.state") == b"failed"
+    fs.unlink("/f")
+    assert fs.readdir("/") == []
+    fs2 = env.fs()
+    write_file(fs2, "/empty", b"")
+    assert err(sync, fs2, "/empty") == errno.EIO
+    assert fs2.getxattr("/empty", "user.glacier.state") == b"failed"
+
+
+def test_multivault_root_lists_and_creates_vaults(env):
+    class Ctx:
+        glacier = env.glacier
+
+    made: list[str] = []
+
+    def factory(vault: str) -> VaultFS:
+        made.append(vault)
+        return env.fs()
+
+    multi = MultiVaultFS(Ctx(), factory)
+    multi.start()
+    try:
+        assert [n for n, a in multi.readdir("/") if a.is_dir] == [VAULT]
+        multi.mkdir("/second")
+        assert sorted(n for n, _ in multi.readdir("/")) == sorted([VAULT, "second"])
+        multi.rmdir("/second")
+        assert [n for n, _ in multi.readdir("/")] == [VAULT]
+        assert err(multi.mkdir, "/bad name!") == errno.EINVAL
+        fh = multi.create(f"/{VAULT}/x")
+        multi.write(fh, b"hi", 0)
+        multi.release(fh)
+        assert multi.getattr(f"/{VAULT}/x").size == 2
+        assert made == ["second", VAULT]  # rmdir looked into the vault first
+    finally:
+        multi.stop()
