@@ -76,13 +76,17 @@ def check_vault_name(name: str) -> str:
 
 
 def normalize_archive_path(path: str) -> str:
-    """Archive path for a FILE argument, normalized like tar does.
+    """Archive path for a FILE argument, normalized the way GNU tar names members.
 
-    The leading ``/`` is stripped and ``.``/``..``/empty components are dropped, so
-    ``/home/me/a.txt`` -> ``home/me/a.txt`` and ``../x/./y`` -> ``x/y``. The result is
-    what the mount and ``inventory`` show, so it must never escape the vault root.
+    The leading ``/`` is stripped, everything up to and including the last ``..``
+    component is removed (tar's "Removing leading `../'") and ``.``/empty components are
+    dropped: ``/home/me/a.txt`` -> ``home/me/a.txt``, ``../x/./y`` -> ``x/y``,
+    ``dir/../dir/b`` -> ``dir/b``. The result never escapes the vault root.
     """
-    parts = [p for p in path.replace(os.sep, "/").split("/") if p not in ("", ".", "..")]
+    parts = path.replace(os.sep, "/").split("/")
+    if ".." in parts:
+        parts = parts[len(parts) - parts[::-1].index("..") :]
+    parts = [p for p in parts if p not in ("", ".")]
     if not parts:
         raise UsageError(f"{path!r} does not name a file")
     return "/".join(parts)
@@ -298,8 +302,8 @@ def _close_bar(bar: Any) -> None:
 def cmd_upload(args: argparse.Namespace) -> int:
     """Upload each FILE; re-running the same command resumes (state keyed by the file's real path).
 
-    The archive path is FILE as given, normalized like tar (leading ``/`` stripped, ``.``
-    and ``..`` dropped) and stored in the mt2 description with the file's mtime. With
+    The archive path is FILE as given, normalized like GNU tar (see
+    :func:`normalize_archive_path`) and stored in the mt2 description with the file's mtime. With
     ``--description`` the text is sent as-is (compatibility with the original script).
     """
     from glacierfs.upload import UploadEngine
@@ -685,8 +689,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="upload files (re-run to resume)",
         description=(
             "Upload each FILE as one archive and print '<archive id>  <tree hash>  <size>  <path>'. "
-            "The archive path is FILE as given, normalized like tar (leading '/' stripped, '.' and "
-            "'..' dropped), stored as an mt2 description with the mtime; --description sends its "
+            "The archive path is FILE as given, normalized like GNU tar (leading '/' stripped, "
+            "everything up to the last '..' removed, '.' dropped), stored as an mt2 description with the mtime; --description sends its "
             "text as-is instead. Re-running the same command after an interruption resumes."
         ),
     )

@@ -243,7 +243,7 @@ def _server_inventory(server, vault: str) -> list[dict]:
 def test_upload_errors(cli: Cli, vault: str, work: Path) -> None:
     write(work / "a.txt", 10)
     cli.error(2, "upload", "-v", vault, "a.txt", "nope.txt", match="nope.txt: no such file")
-    cli.error(2, "upload", "-v", vault, "--part-size", "3M", "a.txt", match="3M")
+    cli.error(2, "upload", "-v", vault, "--part-size", "3M", "a.txt", match="invalid part size 3145728")
     cli.error(2, "upload", "-v", vault, "--part-size", "lots", "a.txt", match="lots")
     cli.error(
         2, "upload", "-v", vault, "--concurrency", "0", "a.txt", match="--concurrency must be at least 1"
