@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -181,6 +182,7 @@ class Handler(BaseHTTPRequestHandler):
         self._reset_done = False
         self._corrupt = False
         self._fault: str | None = None
+        self._body_cache: bytes | None = None
         te = self.headers.get("Transfer-Encoding", "")
         self._chunked = "chunked" in te.lower()
         try:
@@ -232,10 +234,13 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _read_json(self) -> dict[str, Any]:
-        if self._remaining > MAX_JSON:
-            raise invalid("Request body too large")
-        raw = self.rfile.read(self._remaining) if self._remaining else b""
-        self._remaining -= len(raw)
+        if self._body_cache is not None:
+            raw = self._body_cache
+        else:
+            if self._remaining > MAX_JSON:
+                raise invalid("Request body too large")
+            raw = self.rfile.read(self._remaining) if self._remaining else b""
+            self._remaining -= len(raw)
         if not raw.strip():
             return {}
         try:
@@ -365,10 +370,25 @@ class Handler(BaseHTTPRequestHandler):
         if version != API_VERSION:
             raise invalid(f"Invalid API version: {version}")
         if self.options.sigv4 is not None:
-            self.options.sigv4.verify(method, self.path, self.headers)
+            self._check_signature(method, op)
         if args and op != "CreateVault" and not VAULT_NAME.match(args[0]):
             raise vault_not_found(args[0])
         fn(*args)
+
+    def _check_signature(self, method: str, op: str) -> None:
+        """SigV4 over the request as received; small bodies without x-amz-content-sha256 are read here."""
+        assert self.options.sigv4 is not None
+        payload_hash = self.headers.get("x-amz-content-sha256")
+        if not payload_hash:
+            if op in ("UploadArchive", "UploadMultipartPart"):
+                raise missing("Required parameter missing: x-amz-content-sha256")
+            if self._remaining > MAX_JSON:
+                raise invalid("Request body too large")
+            self._body_cache = self.rfile.read(self._remaining) if self._remaining else b""
+            self._remaining -= len(self._body_cache)
+            payload_hash = hashlib.sha256(self._body_cache).hexdigest()
+        raw_path, _, raw_query = self.path.partition("?")
+        self.options.sigv4.verify(method, raw_path, raw_query, self.headers, payload_hash)
 
     # -- helpers -----------------------------------------------------------------------
     def _acct(self) -> str:
@@ -415,7 +435,7 @@ class Handler(BaseHTTPRequestHandler):
     def _verify(self, received: Received, expected_tree: str) -> None:
         content = self.headers.get("x-amz-content-sha256")
         if (
-            self.options.verify_content_sha256
+            (self.options.verify_content_sha256 or self.options.sigv4 is not None)
             and content
             and content != "UNSIGNED-PAYLOAD"
             and content.lower() != received.sha256
