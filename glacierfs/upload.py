@@ -528,17 +528,7 @@ class UploadEngine:
         end = start + length - 1
         for attempt in range(self.part_attempts):
             try:
-                hasher = TreeHasher(linear=True)
-                if length <= BUFFER_LIMIT:
-                    body: Any = _pread_exact(job.fd, start, length)
-                    hasher.update(body)
-                else:
-                    pos = start
-                    while pos <= end:
-                        chunk = _pread_exact(job.fd, pos, min(READ_CHUNK, end + 1 - pos))
-                        hasher.update(chunk)
-                        pos += len(chunk)
-                    body = FileSlice(job.fd, start, length)
+                hasher, body = _hash_and_body(job.fd, start, length)
                 tree = hasher.hexdigest()
                 try:
                     echoed = self.glacier.upload_part(
@@ -590,18 +580,20 @@ class UploadEngine:
 
     def _single(self, key: str, source: Path, fd: int, state: dict, stats: UploadStats) -> Any:
         stats.single_request = True
-        data = _pread_exact(fd, 0, state["size"])
-        hasher = TreeHasher(linear=True)
-        hasher.update(data)
+        hasher, body = _hash_and_body(fd, 0, state["size"])
         state["status"] = "sending"
         state["tree_hash"] = tree = hasher.hexdigest()
         self._save(key, state)
-        if _identity(os.fstat(fd)) != state["identity"]:
-            self.catalog.remove_upload(key)
-            raise StateError(f"{source} changed while it was read; run the upload again")
-        archive_id, _ = self.glacier.upload_archive(
-            self.vault, data, tree, state["description"], content_sha256=hasher.linear_hexdigest()
-        )
+        try:
+            if _identity(os.fstat(fd)) != state["identity"]:
+                self.catalog.remove_upload(key)
+                raise StateError(f"{source} changed while it was read; run the upload again")
+            archive_id, _ = self.glacier.upload_archive(
+                self.vault, body, tree, state["description"], content_sha256=hasher.linear_hexdigest()
+            )
+        finally:
+            if isinstance(body, FileSlice):
+                body.close()
         stats.parts_total = stats.parts_sent = 1
         stats.bytes_sent = state["size"]
         stats.part_size = state["part_size"]
@@ -651,6 +643,25 @@ class UploadEngine:
             )
         self.catalog.remove_upload(key)
         return archive
+
+
+def _hash_and_body(fd: int, start: int, length: int) -> tuple[TreeHasher, bytes | FileSlice]:
+    """Tree hash + SHA-256 of a file range in one read, and the body to send it with.
+
+    Up to ``BUFFER_LIMIT`` the bytes read are the body (read once); larger ranges are
+    hashed in chunks and sent from a :class:`FileSlice` (memory stays bounded).
+    """
+    hasher = TreeHasher(linear=True)
+    if length <= BUFFER_LIMIT:
+        data = _pread_exact(fd, start, length)
+        hasher.update(data)
+        return hasher, data
+    pos, end = start, start + length
+    while pos < end:
+        chunk = _pread_exact(fd, pos, min(READ_CHUNK, end - pos))
+        hasher.update(chunk)
+        pos += len(chunk)
+    return hasher, FileSlice(fd, start, length)
 
 
 def _pread_exact(fd: int, offset: int, length: int) -> bytes:

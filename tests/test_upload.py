@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -436,10 +437,23 @@ print("done " + json.dumps({"archive_id": archive.archive_id, "tree_hash": archi
 """
 
 
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def cli_treehash(path: Path) -> str:
+    """What ``glacierfs treehash FILE`` prints for ``path``."""
+    cli = subprocess.run(
+        [sys.executable, "-m", "glacierfs", "treehash", str(path)],
+        capture_output=True, text=True, timeout=120, env=cli_env(),
+    )
+    assert cli.returncode == 0, cli.stderr
+    return cli.stdout.split()[0]
+
+
 def run_driver(args: list[str], kill_after_parts: int | None = None) -> tuple[int, list[str]]:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", DRIVER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env()
     )
     lines: list[str] = []
     try:
@@ -482,7 +496,7 @@ def test_sigkill_mid_upload_then_rerun_makes_exactly_one_archive(server, glacier
     assert set(result["sent_indices"]) == set(range(40)) - held  # only what the server lacked
     assert part_requests(server) == 40  # no part was sent twice
 
-    assert result["tree_hash"] == tree_hash_file(f)  # what `glacierfs treehash` prints
+    assert result["tree_hash"] == cli_treehash(f)
     assert open_uploads(glacier) == []
     archives = inventory(server, glacier)
     assert [(a["ArchiveId"], a["SHA256TreeHash"]) for a in archives] == [(result["archive_id"], result["tree_hash"])]
@@ -511,3 +525,66 @@ def test_twenty_uploads_through_injected_faults(glacier_server_factory, cache_di
     got = {a["ArchiveId"]: a["SHA256TreeHash"] for a in inventory(server, glacier)}
     assert got == expected
     assert server.log_path.read_text().count("injecting fault") >= 3  # the faults really happened
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cli_upload_sigkilled_with_a_part_in_flight_then_rerun(glacier_server_factory, cache_dir, tmp_path):
+    """The done-when scenario through the real command: ``glacierfs upload --part-size 1M --concurrency 1``.
+
+    To kill the client deterministically part-way with a part in flight, the *server* is
+    frozen (SIGSTOP) once it has accepted 10 parts, the client is SIGKILLed, and the server
+    is thawed and restarted (same port, so the same catalog) to settle the orphaned request.
+    """
+    server = glacier_server_factory("--port", str(free_port()))
+    glacier = connect(server)
+    glacier.create_vault(VAULT)
+    f = write_random(tmp_path / "big.bin", 40 * MiB, seed=14)
+    cmd = [
+        sys.executable, "-m", "glacierfs", "upload", "--endpoint-url", server.url, "--cache-dir", str(cache_dir),
+        "-q", "--part-size", "1M", "--concurrency", "1", "-v", VAULT, str(f),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    frozen = False
+    try:
+        while part_requests(server) < 10:
+            if proc.poll() is not None:
+                pytest.fail(f"upload ended before it could be interrupted: {proc.returncode} {proc.stderr.read()}")
+            time.sleep(0.005)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        frozen = True
+        proc.kill()
+        proc.wait(30)
+    finally:
+        if frozen:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    server.restart()
+
+    [upload] = glacier.list_uploads(VAULT)
+    held = len(glacier.list_parts(VAULT, upload["MultipartUploadId"])["Parts"])
+    assert 10 <= held < 40
+    before = part_requests(server)
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=cli_env())
+    assert rerun.returncode == 0, rerun.stderr
+    archive_id, tree, size, _path = rerun.stdout.split()
+    assert part_requests(server) - before == 40 - held  # only the parts the server lacked
+    assert part_requests(server) == 40
+    assert int(size) == 40 * MiB
+    assert tree == cli_treehash(f)
+    assert glacier.list_uploads(VAULT) == []
+    assert [(a["ArchiveId"], a["SHA256TreeHash"]) for a in inventory(server, glacier)] == [(archive_id, tree)]
