@@ -108,8 +108,11 @@ class GlacierServer:
         import boto3
         from botocore.config import Config
 
-        retries = config.pop("retries", {"max_attempts": max_attempts, "mode": "standard"})
-        cfg = Config(retries=retries, connect_timeout=10, read_timeout=60, **config)
+        settings: dict[str, Any] = {
+            "retries": {"max_attempts": max_attempts, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60,
+        }
+        settings.update(config)
+        cfg = Config(**settings)
         return boto3.client("glacier", region_name="us-east-1", endpoint_url=self.url, config=cfg)
 
     def admin(self, path: str, method: str = "POST", body: dict | None = None) -> dict:

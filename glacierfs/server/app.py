@@ -101,6 +101,7 @@ class GlacierHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # parallel part uploads and mounts open many connections at once
 
     def __init__(self, address: tuple[str, int], store: Store, options: Options) -> None:
         self.store = store

@@ -52,16 +52,23 @@ def _key(ident: str) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:40]
 
 
+GEN_BLOCK = 64 * 1024
+
+
 def gen_bytes(seed: str, start: int, end: int) -> Iterator[bytes]:
-    """Deterministic bytes ``[start, end)`` of a generated body, in ≤1 MiB chunks."""
+    """Deterministic bytes ``[start, end)`` of a generated body, in ≤64 KiB chunks.
+
+    Each 64 KiB block comes from its own seeded RNG, so any range can be produced
+    without generating what precedes it, and small archives cost little to populate.
+    """
     pos = start
     while pos < end:
-        block = pos // MiB
-        data = random.Random(f"{seed}:{block}").randbytes(MiB)
-        lo = pos - block * MiB
-        hi = min(MiB, end - block * MiB)
+        block = pos // GEN_BLOCK
+        data = random.Random(f"{seed}:{block}").randbytes(GEN_BLOCK)
+        lo = pos - block * GEN_BLOCK
+        hi = min(GEN_BLOCK, end - block * GEN_BLOCK)
         yield data[lo:hi]
-        pos = block * MiB + hi
+        pos = block * GEN_BLOCK + hi
 
 
 class BodyStore:

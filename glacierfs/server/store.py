@@ -113,6 +113,7 @@ class Store:
             if p.exists():
                 os.chmod(p, FILE_MODE)
         self._lock = threading.RLock()
+        self._complete_lock = threading.Lock()
         boot = int(self._meta("boot", "0")) + 1
         self._set_meta("boot", str(boot))
         self.ids = IdGenerator(seed, boot)
@@ -535,6 +536,10 @@ class Store:
 
     def complete_jobs(self, force: bool = False, job_id: str | None = None) -> list[str]:
         """Complete due jobs (all in-progress ones with ``force``, or just ``job_id``)."""
+        with self._complete_lock:  # one completer at a time: an output file is written once
+            return self._complete_jobs(force, job_id)
+
+    def _complete_jobs(self, force: bool, job_id: str | None) -> list[str]:
         now = self.now()
         if job_id is not None:
             rows = self._q("SELECT * FROM jobs WHERE id=? AND status='InProgress'", (job_id,))
@@ -587,8 +592,6 @@ class Store:
             sets = ", ".join(f"{k}=?" for k in updates)
             cur = db.execute(f"UPDATE jobs SET {sets} WHERE id=? AND status='InProgress'", (*updates.values(), job["id"]))
             changed = cur.rowcount == 1
-        if not changed and out_path is not None:
-            pass  # another thread completed it first and wrote the same file name: keep it
         return changed
 
     def _inventory_items(self, vault: str, params: dict[str, Any]) -> tuple[list[Item], str | None]:
