@@ -21,10 +21,12 @@ it is sent.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -360,20 +362,26 @@ class FileSlice(io.RawIOBase):
                 super().close()
 
 
-class _HashedBytes(io.BytesIO):
-    """In-memory body carrying its precomputed SHA-256 (see :class:`FileSlice`)."""
-
-    def __init__(self, data: bytes, content_sha256: str | None) -> None:
-        super().__init__(data)
-        self.content_sha256 = content_sha256
+_TLS = threading.local()  # the SHA-256 of an in-memory body, for the handler below (same thread)
 
 
 def _set_content_sha256(params: dict, **_: Any) -> None:
     """before-call handler, registered first: use the body's precomputed SHA-256 if it has one."""
     body = params.get("body")
-    sha = getattr(body, "content_sha256", None)
+    sha = getattr(body, "content_sha256", None) or getattr(_TLS, "content_sha256", None)
     if sha and _CONTENT_SHA256 not in params["headers"]:
         params["headers"][_CONTENT_SHA256] = sha
+
+
+@contextlib.contextmanager
+def _precomputed_sha256(sha: str | None) -> Iterator[None]:
+    """Hand ``sha`` to :func:`_set_content_sha256` for the call made inside (bytes bodies
+    cannot carry an attribute, and a BytesIO would be sent in small blocks)."""
+    _TLS.content_sha256 = sha
+    try:
+        yield
+    finally:
+        _TLS.content_sha256 = None
 
 
 # --------------------------------------------------------------------------- job output stream
@@ -518,7 +526,8 @@ class Glacier:
         params: dict[str, Any] = {"vaultName": vault, "checksum": tree_hash, "body": _body(body, content_sha256)}
         if description is not None:
             params["archiveDescription"] = description
-        resp = self._call("upload_archive", ctx, **params)
+        with _precomputed_sha256(content_sha256):
+            resp = self._call("upload_archive", ctx, **params)
         _check_echo(resp.get("checksum"), tree_hash, ctx)
         archive_id = resp.get("archiveId")
         if not archive_id:
@@ -559,15 +568,16 @@ class Glacier:
     ) -> str | None:
         """Send bytes ``[start, end]`` (``end`` inclusive, as on the wire); returns the server's
         tree hash of the part (``None`` if it sent none; the caller compares)."""
-        resp = self._call(
-            "upload_multipart_part",
-            f"uploading part {start}-{end} to {self._vctx(vault)}",
-            vaultName=vault,
-            uploadId=upload_id,
-            range=f"bytes {start}-{end}/*",
-            checksum=tree_hash,
-            body=_body(body, content_sha256),
-        )
+        with _precomputed_sha256(content_sha256):
+            resp = self._call(
+                "upload_multipart_part",
+                f"uploading part {start}-{end} to {self._vctx(vault)}",
+                vaultName=vault,
+                uploadId=upload_id,
+                range=f"bytes {start}-{end}/*",
+                checksum=tree_hash,
+                body=_body(body, content_sha256),
+            )
         return resp.get("checksum")
 
     def complete_multipart(self, vault: str, upload_id: str, size: int, tree_hash: str) -> tuple[str, str | None]:
@@ -694,7 +704,7 @@ class Glacier:
 
 def _body(body: bytes | BinaryIO, content_sha256: str | None) -> Any:
     if isinstance(body, bytes | bytearray | memoryview):
-        return _HashedBytes(bytes(body), content_sha256) if content_sha256 else bytes(body)
+        return bytes(body)  # sent in one piece; the SHA-256 goes through _precomputed_sha256
     if content_sha256 and getattr(body, "content_sha256", None) is None:
         try:
             body.content_sha256 = content_sha256  # type: ignore[union-attr]

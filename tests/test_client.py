@@ -336,3 +336,22 @@ def test_multipart_listing_and_abort(glacier, tmp_path):
     assert upload_id in [u["MultipartUploadId"] for u in glacier.list_uploads("mp")]
     glacier.abort_multipart("mp", upload_id)
     assert upload_id not in [u["MultipartUploadId"] for u in glacier.list_uploads("mp")]
+
+
+@needs_server
+@pytest.mark.parametrize("as_file", [False, True])
+def test_precomputed_sha256_is_what_is_sent(glacier, tmp_path, as_file):
+    """The SHA-256 we pass is sent as is (botocore does not recompute it): a wrong one is refused."""
+    glacier.create_vault("sha")
+    data = os.urandom(MiB)
+    upload_id = glacier.initiate_multipart("sha", MiB, "d")
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    body = FileSlice(path, 0, MiB) if as_file else data
+    with pytest.raises(IntegrityError, match="SHA-256"):
+        glacier.upload_part("sha", upload_id, body, 0, MiB - 1, tree_hash(data), content_sha256="0" * 64)
+    body = FileSlice(path, 0, MiB) if as_file else data
+    good = hashlib.sha256(data).hexdigest()
+    assert glacier.upload_part("sha", upload_id, body, 0, MiB - 1, tree_hash(data), content_sha256=good) == tree_hash(data)
+    archive_id, _ = glacier.complete_multipart("sha", upload_id, MiB, tree_hash(data))
+    assert glacier.complete_multipart("sha", upload_id, MiB, tree_hash(data))[0] == archive_id  # idempotent

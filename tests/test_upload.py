@@ -7,6 +7,7 @@ Integration tests run through a real ``glacierfs serve`` subprocess and the real
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -67,6 +68,38 @@ def test_invalid_requested_part_size(bad):
 def test_too_large_for_glacier():
     with pytest.raises(UsageError, match="larger than Glacier"):
         choose_part_size(10_000 * 4096 * MiB + 1)
+
+
+# --------------------------------------------------------------------------- progress (no server)
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_silent_off_terminal_and_when_quiet():
+    from glacierfs.progress import Progress
+
+    for progress in (Progress(stream=io.StringIO()), Progress(quiet=True, stream=FakeTerminal())):
+        assert not progress.enabled
+        with progress.bar("x", 100) as bar:
+            bar.update(100)
+        progress.status("waiting for job")
+        assert progress.stream.getvalue() == ""
+
+
+def test_progress_on_a_terminal():
+    from glacierfs.progress import Progress
+
+    progress = Progress(stream=FakeTerminal())
+    assert progress.enabled
+    bar = progress.bar(2048, "upload f")  # either argument order
+    bar.update(1024)
+    bar.close()
+    progress.status("waiting for job abc")
+    out = progress.stream.getvalue()
+    assert "upload f" in out and "waiting for job abc" in out
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -588,3 +621,13 @@ def test_cli_upload_sigkilled_with_a_part_in_flight_then_rerun(glacier_server_fa
     assert tree == cli_treehash(f)
     assert glacier.list_uploads(VAULT) == []
     assert [(a["ArchiveId"], a["SHA256TreeHash"]) for a in inventory(server, glacier)] == [(archive_id, tree)]
+
+
+def test_upload_shows_progress_on_a_terminal(glacier, catalog, tmp_path):
+    from glacierfs.progress import Progress
+
+    f = write_random(tmp_path / "p.bin", 2 * MiB + 5, seed=15)
+    progress = Progress(stream=FakeTerminal())
+    archive = UploadEngine(glacier, catalog, VAULT, part_size=MiB, progress=progress).upload(f, "p.bin", description="p")
+    assert archive.tree_hash == tree_hash_file(f)
+    assert "upload p.bin" in progress.stream.getvalue()
