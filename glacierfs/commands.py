@@ -545,7 +545,7 @@ def cmd_vaults_delete(args: argparse.Namespace) -> int:
 def vault_status(ctx: Context, vault: str) -> dict[str, Any]:
     catalog = ctx.catalog(vault)
     uploads = catalog.list_uploads()
-    jobs = catalog.list_jobs()
+    jobs = [j for j in catalog.list_jobs() if _job_is_current(j)]
     return {
         "vault": vault,
         "inventory_date": catalog.inventory_date,
@@ -569,6 +569,17 @@ def _upload_summary(state: dict[str, Any]) -> dict[str, Any]:
         "done": done,
         "upload_id": state.get("upload_id"),
     }
+
+
+def _job_is_current(job: dict[str, Any], now: float | None = None) -> bool:
+    """Running, or finished recently enough that its output may still be fetched (24 h)."""
+    from glacierfs.jobs import JOB_RETENTION, parse_iso
+
+    now = time.time() if now is None else now
+    if job.get("status") == "InProgress":
+        return True
+    done = parse_iso(job.get("completed")) or job.get("recorded_at") or 0
+    return now - float(done) < JOB_RETENTION
 
 
 def _job_summary(job: dict[str, Any]) -> dict[str, Any]:
@@ -742,7 +753,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         description=(
             "Reuse a running or finished retrieval job for the archive or start one, wait, then "
             "download it in tree-hash-aligned verified ranges, resuming a partial download; the "
-            "file is verified whole and moved into place atomically. Output: OUT if -o names a "
+            "file is verified whole and moved into place atomically (a running or finished job is "
+            "reused whatever its tier). Output: OUT if -o names a "
             "file (replaced), else the archive's base name in -o DIR or the current directory "
             "(never replaced). Prints '<archive id>  <tree hash>  <size>  <file>'."
         ),

@@ -222,6 +222,19 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def partial_paths(out: Path) -> tuple[Path, Path]:
+    """The hidden partial file and its sidecar next to ``out`` (same filesystem: atomic rename).
+
+    ``.NAME.glacierfs-part`` and ``.NAME.glacierfs-part.json``; a hashed name when NAME is
+    too long to take the prefix and suffix within the 255-byte name limit.
+    """
+    name = f".{out.name}.glacierfs-part"
+    if len((name + ".json").encode("utf-8", "surrogateescape")) > 255:
+        digest = hashlib.sha256(out.name.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        name = f".glacierfs-part-{digest}"
+    return out.with_name(name), out.with_name(name + ".json")
+
+
 # Errors raised while reading a response body (connection reset, truncated stream).
 def _stream_errors() -> tuple[type[BaseException], ...]:
     errs: list[type[BaseException]] = [OSError, EOFError]
@@ -679,10 +692,12 @@ class JobRunner:
             raise IntegrityError(f"archive {archive_id}: no tree hash to verify the download against")
         if out.is_dir():
             raise UsageError(f"{out} is a directory")
-        part = out.with_name(f".{out.name}.glacierfs-part")
-        state_path = out.with_name(f".{out.name}.glacierfs-part.json")
+        part, state_path = partial_paths(out)
         chunk = self.chunk_size or chunk_size_for(size)
-        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise UsageError(f"cannot write in {out.parent}: {exc.strerror or exc}") from None
         try:
             try:
                 import fcntl
@@ -692,11 +707,14 @@ class JobRunner:
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise StateError(f"another glacierfs process is downloading to {out}") from None
                 raise
-            state = self._load_state(state_path, archive_id, size, expected, chunk, fd)
-            self._fetch_chunks(job_id, archive_id, fd, size, chunk, state, state_path)
-            self._verify_whole(job_id, archive_id, fd, part, size, chunk, expected, state, state_path)
-            os.fsync(fd)
-            os.replace(part, out)
+            try:
+                state = self._load_state(state_path, archive_id, size, expected, chunk, fd)
+                self._fetch_chunks(job_id, archive_id, fd, size, chunk, state, state_path)
+                self._verify_whole(job_id, archive_id, fd, part, size, chunk, expected, state, state_path)
+                os.fsync(fd)
+                os.replace(part, out)
+            except OSError as exc:  # local disk trouble (full, read-only, removed directory)
+                raise StateError(f"writing {out}: {exc.strerror or exc}") from None
             _fsync_dir(out.parent)
         finally:
             os.close(fd)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from glacierfs.errors import StateError, UsageError
+from glacierfs.errors import CredentialsError, StateError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def default_region(profile: str | None = None) -> str:
         try:
             region = boto3.session.Session(profile_name=profile).region_name
         except botocore.exceptions.ProfileNotFound:
-            raise UsageError(f"AWS profile {profile!r} not found") from None
+            raise CredentialsError(f"AWS profile {profile!r} not found in the AWS config") from None
     except ImportError:  # pragma: no cover
         region = None
     return region or "us-east-1"
@@ -63,7 +63,7 @@ def _has_credentials(profile: str | None) -> bool:
         try:
             return boto3.session.Session(profile_name=profile).get_credentials() is not None
         except botocore.exceptions.ProfileNotFound:
-            raise UsageError(f"AWS profile {profile!r} not found") from None
+            raise CredentialsError(f"AWS profile {profile!r} not found in the AWS config") from None
         except botocore.exceptions.BotoCoreError:
             return False
     except ImportError:  # pragma: no cover

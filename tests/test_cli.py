@@ -59,11 +59,22 @@ class Cli:
         return env
 
     def __call__(
-        self, *args: str, code: int | None = 0, timeout: float = 180, connect: bool = True
+        self,
+        *args: str,
+        code: int | None = 0,
+        timeout: float = 180,
+        connect: bool = True,
+        env: dict[str, str | None] | None = None,
     ) -> Result:
         argv = self.argv(args, connect)
+        run_env = self.env()
+        for k, v in (env or {}).items():
+            if v is None:
+                run_env.pop(k, None)
+            else:
+                run_env[k] = v
         proc = subprocess.run(
-            argv, cwd=self.cwd, env=self.env(), capture_output=True, text=True, timeout=timeout, check=False
+            argv, cwd=self.cwd, env=run_env, capture_output=True, text=True, timeout=timeout, check=False
         )
         res = Result(argv[3:], proc.returncode, proc.stdout, proc.stderr)
         if code is not None:
@@ -81,9 +92,16 @@ class Cli:
             text=True,
         )
 
-    def error(self, code: int, *args: str, match: str) -> Result:
+    def error(
+        self,
+        code: int,
+        *args: str,
+        match: str,
+        env: dict[str, str | None] | None = None,
+        connect: bool = True,
+    ) -> Result:
         """Run a command that must fail with ``code`` and one error line containing ``match``."""
-        res = self(*args, code=code)
+        res = self(*args, code=code, env=env, connect=connect)
         err = [line for line in res.stderr.splitlines() if line.startswith("glacierfs: error: ")]
         assert len(err) == 1, str(res)
         assert match in err[0], str(res)
@@ -186,6 +204,17 @@ def test_unreachable_endpoint_and_bad_url(tmp_path: Path, work: Path) -> None:
     Cli("ftp://x", tmp_path / "cache", work).error(2, "vaults", match="invalid --endpoint-url")
 
 
+def test_missing_credentials(cli: Cli) -> None:
+    no_keys = {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}
+    cli.error(4, "vaults", match="no AWS credentials found", env=no_keys)
+    cli.error(4, "vaults", "--profile", "nobody", match="AWS profile 'nobody' not found")
+
+
+def test_local_data_dir_errors(cli: Cli, work: Path) -> None:
+    write(work / "plainfile", 1)
+    cli.error(2, "vaults", "--local", str(work / "plainfile"), match="as a data directory", connect=False)
+
+
 def test_cache_dir_that_cannot_be_created(cli: Cli, work: Path) -> None:
     write(work / "file", 1)
     bad = Cli(cli.url, work / "file" / "cache", work)
@@ -278,11 +307,40 @@ def test_abort_pending_upload_and_status(glacier_server_factory, tmp_path: Path,
     assert "upload pending: big.bin" in st.stdout
     st_json = json.loads(cli("status", "-v", "v", "--json").stdout)
     assert [u["path"] for u in st_json["pending_uploads"]] == ["big.bin"]
-    assert cli("abort", "-v", "v", "big.bin").lines == ["aborted big.bin"]
+    waiter = subprocess.Popen(
+        cli.argv(["status", "--wait", "-v", "v"]),
+        env=cli.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiter.wait(timeout=1.5)  # an upload is pending: still waiting
+        assert cli("abort", "-v", "v", "big.bin").lines == ["aborted big.bin"]
+        waiter.communicate(timeout=60)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate(timeout=30)
+    assert waiter.returncode == 0
     assert server.client().list_multipart_uploads(vaultName="v")["UploadsList"] == []
     assert json.loads(cli("status", "-v", "v", "--json").stdout)["pending_uploads"] == []
     cli("status", "-v", "v", "--wait", timeout=60)  # nothing pending: returns at once
     cli.error(3, "abort", "-v", "v", "big.bin", match="no pending upload of big.bin to vault v")
+
+
+def test_status_of_every_known_vault(cli: Cli, glacier_server, work: Path) -> None:
+    cli("vaults", "create", "s1")
+    cli("vaults", "create", "s2")
+    glacier_server.populate("s1", 1, size=5, descriptions=["k"], snapshot=True)
+    cli("inventory", "-v", "s1")
+    report = json.loads(cli("status", "--json").stdout)
+    by_vault = {r["vault"]: r for r in report}
+    assert by_vault["s1"]["inventory_date"] and by_vault["s1"]["inventory_age"] is not None
+    assert by_vault["s1"]["pending_uploads"] == [] and by_vault["s1"]["jobs"][0]["kind"] == "inventory"
+    text = cli("status").stdout
+    assert "vault s1: inventory 20" in text
+    cli.error(2, "status", "-v", "bad name", match="invalid vault name")
 
 
 # --------------------------------------------------------------------------- inventory

@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from glacierfs.errors import IntegrityError, NotFoundError, NotReadyError, ServiceError, StateError
+from glacierfs.errors import (
+    IntegrityError,
+    NotFoundError,
+    NotReadyError,
+    ServiceError,
+    StateError,
+    UsageError,
+)
 from glacierfs.jobs import Backoff, JobRunner, NoInventoryYet, chunk_size_for, parse_iso
 from glacierfs.treehash import MiB, tree_hash
 
@@ -608,3 +615,21 @@ def test_inventory_wait_false_returns_none_while_running(env) -> None:
     assert len(g.jobs) == 1 and len(c.jobs) == 1
     assert runner.inventory(wait=False) is None
     assert len(g.jobs) == 1
+
+
+def test_long_target_names_get_a_hashed_partial_name(env, tmp_path: Path) -> None:
+    g, _, runner = env
+    g.add_archive("a", payload(MiB + 1))
+    g.complete(g.initiate_retrieval(VAULT, "a"))
+    out = tmp_path / ("n" * 250)
+    runner.download("a", out)
+    assert out.read_bytes() == payload(MiB + 1)
+    assert os.listdir(tmp_path) == [out.name]
+
+
+def test_unwritable_target_directory_is_a_usage_error(env, tmp_path: Path) -> None:
+    g, _, runner = env
+    g.add_archive("a", payload(10))
+    g.complete(g.initiate_retrieval(VAULT, "a"))
+    with pytest.raises(UsageError, match="cannot write in"):
+        runner.download("a", tmp_path / "missing-dir" / "f")
