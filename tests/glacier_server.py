@@ -126,10 +126,12 @@ class GlacierServer:
         """Take the vault's inventory snapshot now (even if it never had a write)."""
         return self.admin(f"vaults/{vault}/inventory")
 
-    def complete_jobs(self, job_id: str | None = None) -> list[str]:
-        """Complete every in-progress job now (or just ``job_id``); returns the completed ids."""
-        q = f"?job_id={job_id}" if job_id else ""
-        return self.admin(f"jobs/complete{q}")["completed"]
+    def complete_jobs(self, job_id: str | None = None, status: str = "Succeeded") -> list[str]:
+        """Complete every in-progress job now (or just ``job_id``), as ``status`` (Succeeded or Failed)."""
+        from urllib.parse import urlencode
+
+        q = {"status": status} | ({"job_id": job_id} if job_id else {})
+        return self.admin(f"jobs/complete?{urlencode(q)}")["completed"]
 
     def advance(self, seconds: float) -> dict:
         """Move the server's virtual clock forward (jobs, retention and inventory schedule follow)."""

@@ -367,3 +367,18 @@ def test_upload_idle_expiry(slow):
     with pytest.raises(ClientError) as exc:
         c.list_parts(vaultName="v", uploadId=uid)
     assert error_of(exc)[0] == 404
+
+
+def test_admin_can_fail_a_job(slow):
+    c = slow.client()
+    c.create_vault(vaultName="v")
+    aid = c.upload_archive(vaultName="v", body=b"x")["archiveId"]
+    job = c.initiate_job(vaultName="v", jobParameters={"Type": "archive-retrieval", "ArchiveId": aid})["jobId"]
+    other = c.initiate_job(vaultName="v", jobParameters={"Type": "archive-retrieval", "ArchiveId": aid})["jobId"]
+    assert slow.complete_jobs(job, status="Failed") == [job]
+    d = c.describe_job(vaultName="v", jobId=job)
+    assert d["Completed"] is True and d["StatusCode"] == "Failed"
+    assert c.describe_job(vaultName="v", jobId=other)["StatusCode"] == "InProgress"
+    with pytest.raises(ClientError) as exc:
+        c.get_job_output(vaultName="v", jobId=job)
+    assert error_of(exc)[:2] == (400, "InvalidParameterValueException")

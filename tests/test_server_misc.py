@@ -106,3 +106,20 @@ def test_populated_archives_are_real_archives(glacier_server):
     assert len(body) == 2 * MiB + 1
     assert tree_hash(body) == by_id[ids[0]]["SHA256TreeHash"] == out["checksum"]
     assert c.describe_vault(vaultName="v")["NumberOfArchives"] == 3
+
+
+def test_vault_limit(tmp_path, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    import glacierfs.server.store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_VAULTS", 3)
+    with start_server(tmp_path / "d") as handle:
+        c = _client(handle.url)
+        for i in range(3):
+            c.create_vault(vaultName=f"v{i}")
+        c.create_vault(vaultName="v0")  # existing: still fine
+        with pytest.raises(ClientError) as exc:
+            c.create_vault(vaultName="v3")
+        assert exc.value.response["Error"]["Code"] == "LimitExceededException"
+        assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400

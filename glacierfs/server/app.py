@@ -17,6 +17,21 @@ Choices where the service is silent (documented here, tested in tests/test_serve
 * DescribeVault ``SizeInBytes`` adds 32 KiB per archive, like the service's example.
 * A zero-byte UploadArchive is 400 ``Invalid Content-Length: 0``.
 * GetJobOutput of a failed job is 400 like an unfinished one; an unsatisfiable Range is 400.
+
+Admin endpoints (under ``/_admin/``, which cannot collide with an account id; never faulted,
+never signature-checked, no version header needed; JSON answers):
+
+* ``GET  /_admin/status`` - ``{"url", "now", "account"}``;
+* ``POST /_admin/vaults/{vault}/inventory`` - take the vault's inventory snapshot now (also for a
+  never-written vault that has none yet) -> ``{"changed", "InventoryDate"}``;
+* ``POST /_admin/inventory`` - the periodic run now: every vault written since its inventory;
+* ``POST /_admin/jobs/complete[?job_id=ID][&due=1][&status=Failed]`` - complete every in-progress
+  job (or one, or only those due) -> ``{"completed": [ids]}``;
+* ``POST /_admin/clock/advance?seconds=N`` - move the virtual clock (job delays, retention,
+  upload expiry, inventory schedule all follow) and run what became due -> ``{"now"}``;
+* ``POST /_admin/vaults/{vault}/populate?count=N&size=S[&snapshot=1]`` (or the same keys plus
+  ``descriptions`` in a JSON body) - add N archives whose bodies are generated
+  deterministically (no upload, no disk) -> ``{"count", "archive_ids" (null above 1000)}``.
 """
 
 from __future__ import annotations
@@ -901,7 +916,10 @@ class Handler(BaseHTTPRequestHandler):
         elif segs == ["jobs", "complete"]:
             job_id = q.get("job_id") or q.get("id")
             due_only = q.get("due") in ("1", "true")
-            done = store.complete_jobs(force=not due_only, job_id=job_id)
+            status = q.get("status", "Succeeded")
+            if status not in ("Succeeded", "Failed"):
+                raise invalid("status must be Succeeded or Failed")
+            done = store.complete_jobs(force=not due_only, job_id=job_id, fail=status == "Failed")
             self._send_json(200, {"completed": done})
         elif segs == ["clock", "advance"]:
             try:

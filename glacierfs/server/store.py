@@ -534,12 +534,12 @@ class Store:
         rows = self._q(sql + " ORDER BY seq LIMIT ?", (*args, limit + 1))
         return [dict(r) for r in rows[:limit]], (rows[limit]["seq"] if len(rows) > limit else None)
 
-    def complete_jobs(self, force: bool = False, job_id: str | None = None) -> list[str]:
-        """Complete due jobs (all in-progress ones with ``force``, or just ``job_id``)."""
+    def complete_jobs(self, force: bool = False, job_id: str | None = None, fail: bool = False) -> list[str]:
+        """Complete due jobs (all in-progress ones with ``force``, or just ``job_id``); ``fail`` ends them Failed."""
         with self._complete_lock:  # one completer at a time: an output file is written once
-            return self._complete_jobs(force, job_id)
+            return self._complete_jobs(force, job_id, fail)
 
-    def _complete_jobs(self, force: bool, job_id: str | None) -> list[str]:
+    def _complete_jobs(self, force: bool, job_id: str | None, fail: bool) -> list[str]:
         now = self.now()
         if job_id is not None:
             rows = self._q("SELECT * FROM jobs WHERE id=? AND status='InProgress'", (job_id,))
@@ -550,16 +550,17 @@ class Store:
         done = []
         for row in rows:
             try:
-                if self._complete_job(dict(row)):
+                if self._complete_job(dict(row), fail):
                     done.append(row["id"])
             except Exception:  # a bug or a vanished file must not stop the others
                 log.exception("completing job %s failed", row["id"])
         return done
 
-    def _complete_job(self, job: dict[str, Any]) -> bool:
+    def _complete_job(self, job: dict[str, Any], fail: bool = False) -> bool:
         updates: dict[str, Any]
-        out_path = None
-        if job["action"] == "ArchiveRetrieval":
+        if fail:
+            updates = {"status": "Failed", "status_message": "The job failed (injected by the admin hook)."}
+        elif job["action"] == "ArchiveRetrieval":
             arch = self.archive(job["archive_id"])
             if arch is None or arch["deleted"] is not None:
                 updates = {"status": "Failed", "status_message": "The archive was deleted before the job completed."}
