@@ -353,3 +353,28 @@ def test_local_embedded_server_and_running_server(glacier_server, tmp_path: Path
     res = cli("vaults", "--local", str(glacier_server.data_dir), connect=False)
     assert "seen-by-server" in res.stdout
     cli.error(2, "vaults", "--local", str(data_dir), "--endpoint-url", "http://x", match="exclude each other")
+
+
+def test_upload_rerun_resumes_on_the_same_local_data_dir(
+    glacier_server_factory, tmp_path: Path, work: Path
+) -> None:
+    """--local finds the running server via server.json; the catalog is keyed by the data dir, so the
+    re-run after a failed upload (against a restarted server on another port) resumes it."""
+    data_dir = tmp_path / "shared-data"
+    failing = glacier_server_factory(
+        "--faults", "500=1.0", "--faults-ops", "UploadMultipartPart", data_dir=data_dir
+    )
+    cli = Cli(None, tmp_path / "cache", work)
+    cli("vaults", "create", "v", "--local", str(data_dir))
+    data = write(work / "r.bin", 2 * MiB + 9)
+    res = cli("upload", "-v", "v", "--part-size", "1M", "r.bin", "--local", str(data_dir), code=None)
+    assert res.returncode in (5, 6), str(res)
+    assert len(failing.client().list_multipart_uploads(vaultName="v")["UploadsList"]) == 1
+    failing.stop()
+    healthy = glacier_server_factory(data_dir=data_dir)
+    line = cli("upload", "-v", "v", "--part-size", "1M", "r.bin", "--local", str(data_dir)).lines[0]
+    assert line.split("  ")[1:] == [tree_hash(data), str(len(data)), "r.bin"]
+    assert healthy.client().list_multipart_uploads(vaultName="v")["UploadsList"] == []
+    healthy.snapshot("v")
+    listed = cli("inventory", "-v", "v", "-f", "--local", str(data_dir)).lines
+    assert [x.split("\t")[0] for x in listed] == ["r.bin"]  # one archive: resumed, not uploaded twice
