@@ -170,6 +170,34 @@ def _check_description(description: str) -> str:
     return description
 
 
+def _state_usable(state: Any) -> bool:
+    """Whether a saved state has what resuming needs (else it is dropped with a warning)."""
+    if not isinstance(state, dict):
+        return False
+    try:
+        ok = (
+            isinstance(state["identity"], dict)
+            and int(state["size"]) > 0
+            and is_valid_part_size(int(state["part_size"]))
+            and isinstance(state["parts"], dict)
+            and isinstance(state["description"], str)
+            and state["status"] in ("initiating", "uploading", "completing", "sending")
+            and isinstance(state.get("created", 0.0), int | float)
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
+    return ok
+
+
+def _proc_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux), so a reused pid is not mistaken for it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -293,7 +321,9 @@ class UploadEngine:
         if state is not None:
             self._check_not_running(key, state)
             reason = None
-            if state.get("identity") != identity:
+            if not _state_usable(state):
+                reason = f"the saved upload state of {source} is unreadable"
+            elif state.get("identity") != identity:
                 reason = f"{source} changed since its upload was interrupted"
             elif state.get("archive_path") != archive_path or state.get("description") != description:
                 reason = f"{source} is now uploaded as {archive_path!r} with another description"
@@ -326,9 +356,14 @@ class UploadEngine:
             return self._single(key, source, fd, state, stats)
         return self._multipart_fresh(key, source, fd, state, stats)
 
-    def _check_not_running(self, key: str, state: dict) -> None:
+    def _check_not_running(self, key: str, state: Any) -> None:
+        if not isinstance(state, dict):
+            return
         pid, host = state.get("pid"), state.get("host")
-        if host == socket.gethostname() and isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
+        if not (host == socket.gethostname() and isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid)):
+            return
+        started = state.get("pid_start")
+        if started is None or started == _proc_start(pid):
             raise StateError(f"{key} is being uploaded by process {pid}; wait for it or stop it first")
 
     def _save(self, key: str, state: dict, force: bool = True) -> None:
@@ -337,6 +372,7 @@ class UploadEngine:
             return
         state["updated"] = time.time()
         state["pid"] = os.getpid()
+        state["pid_start"] = _proc_start(os.getpid())
         state["host"] = socket.gethostname()
         self.catalog.put_upload(key, state)
         self._last_save = now
@@ -344,7 +380,7 @@ class UploadEngine:
     def _restart(self, key: str, state: dict, reason: str, stats: UploadStats) -> None:
         log.warning("%s; restarting the upload", reason)
         stats.restarted = reason
-        upload_id = state.get("upload_id")
+        upload_id = state.get("upload_id") if isinstance(state, dict) else None
         if upload_id and state.get("status") != "completing":
             try:
                 self.glacier.abort_multipart(self.vault, upload_id)

@@ -433,10 +433,28 @@ def test_abort_forgets_and_aborts(server, glacier, catalog, tmp_path):
 def test_a_live_process_owning_the_upload_is_respected(glacier, catalog, tmp_path):
     import socket
 
+    from glacierfs.upload import _proc_start
+
     f = write_random(tmp_path / "l.bin", 10, seed=12)
-    catalog.put_upload("k", {"status": "uploading", "pid": os.getppid(), "host": socket.gethostname()})
+    owner = {"status": "uploading", "pid": os.getppid(), "host": socket.gethostname()}
+    catalog.put_upload("k", {**owner, "pid_start": _proc_start(os.getppid())})
     with pytest.raises(StateError, match="being uploaded by process"):
         UploadEngine(glacier, catalog, VAULT).upload(f, "l.bin", description="l", key="k")
+    # the same pid number, but another process (started at another time): a dead owner
+    catalog.put_upload("k", {**owner, "pid_start": "1"})
+    archive = UploadEngine(glacier, catalog, VAULT).upload(f, "l.bin", description="l", key="k")
+    assert archive.tree_hash == tree_hash_file(f)
+
+
+@pytest.mark.parametrize("garbage", [{"status": "uploading"}, {"identity": 1, "size": "x"}, {"status": "bogus", "parts": []}])
+def test_unreadable_state_is_dropped_with_a_warning(glacier, catalog, tmp_path, caplog, garbage):
+    f = write_random(tmp_path / "g.bin", 10, seed=16)
+    catalog.put_upload("k", garbage)
+    with caplog.at_level(logging.WARNING, logger="glacierfs.upload"):
+        archive = UploadEngine(glacier, catalog, VAULT).upload(f, "g.bin", description="g", key="k")
+    assert "unreadable" in caplog.text
+    assert archive.tree_hash == tree_hash_file(f)
+    assert catalog.list_uploads() == {}
 
 
 # --------------------------------------------------------------------------- done-when scenarios
