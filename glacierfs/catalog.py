@@ -783,6 +783,7 @@ class Catalog:
             )
             try:
                 total = self._stage(con, items)
+                staged = time.monotonic()
                 if date is None:
                     date = header.get("InventoryDate") if header else None
                     if not isinstance(date, str) or not date:
@@ -790,6 +791,10 @@ class Catalog:
                 d_epoch = iso_epoch(date)
                 con.execute("CREATE INDEX temp.gfs_stage_id ON gfs_stage(archive_id)")
                 stats = self._merge(con, date, d_epoch, total, dict(header))
+                stats.extra["timings"] = {
+                    "parse_and_stage": staged - started,
+                    **stats.extra.get("timings", {}),
+                }
             finally:
                 with contextlib.suppress(sqlite3.Error):
                     con.execute("DROP TABLE IF EXISTS temp.gfs_stage")
@@ -872,6 +877,16 @@ class Catalog:
                 )
                 return ImportStats(date, total=total, ignored=True, previous_date=current)
             stats = ImportStats(date, total=total, previous_date=current)
+            timings: dict[str, float] = {}
+            stats.extra["timings"] = timings
+            mark = time.monotonic()
+
+            def lap(label: str) -> None:
+                nonlocal mark
+                now = time.monotonic()
+                timings[label] = now - mark
+                mark = now
+
             removed, forgotten, confirmed, still_deleted, kept, known = con.execute(
                 "SELECT"
                 " coalesce(sum(s.archive_id IS NULL AND o.deleted IS NULL AND NOT (o.source = 'upload' AND o.created >= :d)), 0),"
@@ -885,6 +900,7 @@ class Catalog:
             ).fetchone()
             stats.removed, stats.forgotten, stats.confirmed = removed, forgotten, confirmed
             stats.still_deleted, stats.kept_uploads, stats.added = still_deleted, kept, total - known
+            lap("compare")
 
             con.execute("DROP TABLE IF EXISTS gfs_archive_next")
             self._create_archive_table(con, "gfs_archive_next", indexes=False)
@@ -909,13 +925,16 @@ class Catalog:
                 " WINDOW w AS (PARTITION BY dir, base, deleted IS NULL ORDER BY created DESC, archive_id)",
                 {"d": d},
             )
+            lap("build")
             try:
                 self._create_archive_indexes(con, "gfs_archive_next")
             except sqlite3.IntegrityError:
                 raise IntegrityError("the inventory lists the same archive id more than once") from None
             con.execute("DROP TABLE gfs_archive")
             con.execute("ALTER TABLE gfs_archive_next RENAME TO gfs_archive")
+            lap("index_and_swap")
             self._rebuild_dirs(con)
+            lap("dirs")
             # directories beat files; then every archive without a name gets its variant
             con.executemany(
                 "UPDATE gfs_archive SET name = NULL WHERE dir = ? AND name = ?",
@@ -927,6 +946,7 @@ class Catalog:
             for aid, dname, base in unnamed:
                 v = self._free_variant(con, dname, base, aid)
                 con.execute("UPDATE gfs_archive SET name = ? WHERE archive_id = ?", (v, aid))
+            lap("variants")
             header = {k: v for k, v in header.items() if isinstance(v, str | int | float | bool) or v is None}
             header.update(date=date, epoch=d, imported_at=time.time(), archives=total)
             self._cache.set(("meta", "inventory"), header)

@@ -102,11 +102,24 @@ def parse_mtime(text: object) -> float | None:
     """Epoch seconds of ``YYYYMMDDTHHMMSSZ``, or None when ``text`` is not such a timestamp."""
     if not isinstance(text, str):
         return None
-    m = _MTIME_RE.fullmatch(text)
-    if m is None:
+    if len(text) != 16 or text[8] != "T" or text[15] != "Z":
+        m = _MTIME_RE.fullmatch(text)  # the slow, whitespace-tolerant path
+        if m is None:
+            return None
+        text = "".join(m.groups()[:3]) + "T" + "".join(m.groups()[3:]) + "Z"
+    digits = text[:8] + text[9:15]
+    if not (digits.isascii() and digits.isdigit()):
         return None
     try:
-        dt = datetime(*(int(g) for g in m.groups()), tzinfo=UTC)  # type: ignore[misc]
+        dt = datetime(
+            int(text[0:4]),
+            int(text[4:6]),
+            int(text[6:8]),
+            int(text[9:11]),
+            int(text[11:13]),
+            int(text[13:15]),
+            tzinfo=UTC,
+        )
     except ValueError:
         return None
     return (dt - _EPOCH).total_seconds()
@@ -291,6 +304,8 @@ def _truncate_utf8(text: str, limit: int) -> str:
 
 
 def _shorten(component: str) -> str:
+    if len(component) <= MAX_COMPONENT_BYTES // 4:  # cannot exceed 255 bytes: skip the encode
+        return component
     data = component.encode("utf-8")
     if len(data) <= MAX_COMPONENT_BYTES:
         return component
