@@ -382,3 +382,20 @@ def test_admin_can_fail_a_job(slow):
     with pytest.raises(ClientError) as exc:
         c.get_job_output(vaultName="v", jobId=job)
     assert error_of(exc)[:2] == (400, "InvalidParameterValueException")
+
+
+def test_sns_sink_records_job_and_vault_topics(server, c, vault):
+    job_topic = f"arn:aws:sns:us-east-1:{ACCT}:job-{vault}"
+    vault_topic = f"arn:aws:sns:us-east-1:{ACCT}:vault-{vault}"
+    c.set_vault_notifications(vaultName=vault, vaultNotificationConfig={
+        "SNSTopic": vault_topic, "Events": ["ArchiveRetrievalCompleted"]})
+    aid = c.upload_archive(vaultName=vault, body=b"notify")["archiveId"]
+    job = c.initiate_job(vaultName=vault, jobParameters={
+        "Type": "archive-retrieval", "ArchiveId": aid, "SNSTopic": job_topic})["jobId"]
+    server.snapshot(vault)
+    c.initiate_job(vaultName=vault, jobParameters={"Type": "inventory-retrieval"})  # event not enabled
+    for topic in (job_topic, vault_topic):
+        msgs = server.admin(f"sns?topic={topic}", method="GET")["messages"]
+        assert len(msgs) == 1
+        message = json.loads(msgs[0]["Message"])
+        assert message["JobId"] == job and message["StatusCode"] == "Succeeded" and message["Completed"] is True

@@ -22,6 +22,8 @@ Admin endpoints (under ``/_admin/``, which cannot collide with an account id; ne
 never signature-checked, no version header needed; JSON answers):
 
 * ``GET  /_admin/status`` - ``{"url", "now", "account"}``;
+* ``GET  /_admin/sns[?topic=ARN]`` - recorded job-completion notifications
+  ``{"messages": [{"Topic", "Date", "Message"}]}`` (Message: the DescribeJob JSON as text);
 * ``POST /_admin/vaults/{vault}/inventory`` - take the vault's inventory snapshot now (also for a
   never-written vault that has none yet) -> ``{"changed", "InventoryDate"}``;
 * ``POST /_admin/inventory`` - the periodic run now: every vault written since its inventory;
@@ -122,6 +124,7 @@ class GlacierHTTPServer(ThreadingHTTPServer):
         self.store = store
         self.options = options
         self.connections: set[socket.socket] = set()
+        store.describe_job = lambda job: describe_job(store, job)
         self.conn_lock = threading.Lock()
         super().__init__(address, Handler)
 
@@ -736,41 +739,7 @@ class Handler(BaseHTTPRequestHandler):
         raise invalid(f"Invalid job type: {kind}. Valid values are archive-retrieval and inventory-retrieval")
 
     def _describe_job(self, j: dict[str, Any]) -> dict[str, Any]:
-        done = j["completed"] is not None
-        archive = j["action"] == "ArchiveRetrieval"
-        out: dict[str, Any] = {
-            "Action": j["action"],
-            "ArchiveId": j["archive_id"],
-            "ArchiveSHA256TreeHash": j["archive_tree_hash"],
-            "ArchiveSizeInBytes": j["archive_size"],
-            "Completed": done,
-            "CompletionDate": iso_ms(j["completed"]) if done else None,
-            "CreationDate": iso_ms(j["created"]),
-            "InventorySizeInBytes": j["output_size"] if not archive else None,
-            "JobDescription": j["description"],
-            "JobId": j["id"],
-            "RetrievalByteRange": f"{j['range_start']}-{j['range_end']}" if archive else None,
-            "SHA256TreeHash": j["tree_hash"] if archive and j["status"] == "Succeeded" else None,
-            "SNSTopic": j["sns_topic"],
-            "StatusCode": j["status"],
-            "StatusMessage": j["status_message"],
-            "Tier": j["tier"],
-            "VaultARN": self.store.arn(j["vault"]),
-        }
-        if not archive:
-            echo = json.loads(j["inv_params"] or "{}").get("echo", {})
-            marker = echo.get("Marker")
-            if done:
-                nxt = j["next_marker"]
-                marker = encode_marker(json.loads(nxt)) if nxt else None
-            out["InventoryRetrievalParameters"] = {
-                "EndDate": echo.get("EndDate"),
-                "Format": j["format"],
-                "Limit": str(echo["Limit"]) if echo.get("Limit") is not None else None,
-                "Marker": marker,
-                "StartDate": echo.get("StartDate"),
-            }
-        return out
+        return describe_job(self.store, j)
 
     def describe_job(self, vault: str, job_id: str) -> None:
         self._send_json(200, self._describe_job(self.store.job(vault, job_id)))
@@ -905,6 +874,9 @@ class Handler(BaseHTTPRequestHandler):
         if method == "GET" and segs == ["status"]:
             self._send_json(200, {"url": self.server.url, "now": iso_ms(store.now()), "account": store.settings.account})
             return
+        if method == "GET" and segs == ["sns"]:
+            self._send_json(200, {"messages": store.sns_messages(q.get("topic"))})
+            return
         if method != "POST":
             raise ApiError(400, "BadRequest", f"Unknown admin request: {method} {self.path}")
         if len(segs) == 3 and segs[0] == "vaults" and segs[2] == "inventory":
@@ -947,6 +919,45 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"count": len(ids), "archive_ids": ids if len(ids) <= 1000 else None})
         else:
             raise ApiError(400, "BadRequest", f"Unknown admin request: {method} {self.path}")
+
+
+def describe_job(store: Store, j: dict[str, Any]) -> dict[str, Any]:
+    """The GlacierJobDescription of a job row (DescribeJob, ListJobs and SNS messages)."""
+    done = j["completed"] is not None
+    archive = j["action"] == "ArchiveRetrieval"
+    out: dict[str, Any] = {
+        "Action": j["action"],
+        "ArchiveId": j["archive_id"],
+        "ArchiveSHA256TreeHash": j["archive_tree_hash"],
+        "ArchiveSizeInBytes": j["archive_size"],
+        "Completed": done,
+        "CompletionDate": iso_ms(j["completed"]) if done else None,
+        "CreationDate": iso_ms(j["created"]),
+        "InventorySizeInBytes": j["output_size"] if not archive else None,
+        "JobDescription": j["description"],
+        "JobId": j["id"],
+        "RetrievalByteRange": f"{j['range_start']}-{j['range_end']}" if archive else None,
+        "SHA256TreeHash": j["tree_hash"] if archive and j["status"] == "Succeeded" else None,
+        "SNSTopic": j["sns_topic"],
+        "StatusCode": j["status"],
+        "StatusMessage": j["status_message"],
+        "Tier": j["tier"],
+        "VaultARN": store.arn(j["vault"]),
+    }
+    if not archive:
+        echo = json.loads(j["inv_params"] or "{}").get("echo", {})
+        marker = echo.get("Marker")
+        if done:
+            nxt = j["next_marker"]
+            marker = encode_marker(json.loads(nxt)) if nxt else None
+        out["InventoryRetrievalParameters"] = {
+            "EndDate": echo.get("EndDate"),
+            "Format": j["format"],
+            "Limit": str(echo["Limit"]) if echo.get("Limit") is not None else None,
+            "Marker": marker,
+            "StartDate": echo.get("StartDate"),
+        }
+    return out
 
 
 def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:

@@ -18,6 +18,8 @@ Decisions on undocumented points (reference §8):
 * A deleted archive's bytes stay until no unexpired archive-retrieval job references it;
   a job still in progress when its archive is deleted ends ``Failed``.
 * An open upload with no activity for 24 h is reclaimed. Jobs disappear 24 h after completion.
+* SNS is a sink: completion messages are recorded (``GET /_admin/sns``), never sent anywhere,
+  and the job's ``SNSTopic`` and the vault's notification topic both get one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +80,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     tier TEXT, archive_id TEXT, archive_size INTEGER, archive_tree_hash TEXT, archive_description TEXT,
     range_start INTEGER, range_end INTEGER, tree_hash TEXT,
     format TEXT, inv_params TEXT, next_marker TEXT, output_file TEXT, output_size INTEGER);
+CREATE TABLE IF NOT EXISTS sns (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, created REAL NOT NULL, message TEXT NOT NULL);
 """
 
 
@@ -114,6 +118,8 @@ class Store:
                 os.chmod(p, FILE_MODE)
         self._lock = threading.RLock()
         self._complete_lock = threading.Lock()
+        # Renders a completed job row as the DescribeJob JSON for SNS; set by the HTTP layer.
+        self.describe_job: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         boot = int(self._meta("boot", "0")) + 1
         self._set_meta("boot", str(boot))
         self.ids = IdGenerator(seed, boot)
@@ -593,7 +599,34 @@ class Store:
             sets = ", ".join(f"{k}=?" for k in updates)
             cur = db.execute(f"UPDATE jobs SET {sets} WHERE id=? AND status='InProgress'", (*updates.values(), job["id"]))
             changed = cur.rowcount == 1
+            if changed:
+                self._notify(db, {**job, **updates})
         return changed
+
+    def _notify(self, db: sqlite3.Connection, job: dict[str, Any]) -> None:
+        """The SNS sink (reference §5 item 9): record the DescribeJob JSON for the job's topic and
+        for the vault's topic if it has the job's event enabled (both if both apply)."""
+        if self.describe_job is None:
+            return
+        topics = [job["sns_topic"]] if job.get("sns_topic") else []
+        row = db.execute("SELECT notifications FROM vaults WHERE name=?", (job["vault"],)).fetchone()
+        cfg = json.loads(row["notifications"]) if row and row["notifications"] else None
+        event = "ArchiveRetrievalCompleted" if job["action"] == "ArchiveRetrieval" else "InventoryRetrievalCompleted"
+        if cfg and event in cfg.get("Events", ()):
+            topics.append(cfg["SNSTopic"])
+        if not topics:
+            return
+        message = json.dumps(self.describe_job(job))
+        for topic in topics:
+            db.execute("INSERT INTO sns (topic, created, message) VALUES (?, ?, ?)", (topic, self.now(), message))
+
+    def sns_messages(self, topic: str | None = None) -> list[dict[str, Any]]:
+        """Recorded SNS notifications, oldest first: ``{"Topic", "Date", "Message"}`` (Message is JSON text)."""
+        sql, args = "SELECT * FROM sns", ()
+        if topic:
+            sql, args = sql + " WHERE topic=?", (topic,)
+        return [{"Topic": r["topic"], "Date": iso_ms(r["created"]), "Message": r["message"]}
+                for r in self._q(sql + " ORDER BY seq", args)]
 
     def _inventory_items(self, vault: str, params: dict[str, Any]) -> tuple[list[Item], str | None]:
         """Snapshot items for an inventory job, honouring StartDate/EndDate/Limit/Marker."""
