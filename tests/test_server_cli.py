@@ -133,3 +133,14 @@ def test_aws_cli_smoke(glacier_server, tmp_path: Path):
     aws(glacier_server, "get-job-output", "--account-id", "-", "--vault-name", "cli", f"--job-id={inv}", str(inv_out))
     listed = json.loads(inv_out.read_text())["ArchiveList"]
     assert [a["ArchiveId"] for a in listed] == [up["archiveId"]]
+
+
+def test_corrupt_metadata_is_one_line(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "meta.sqlite3").write_bytes(b"this is not a database" * 100)
+    r = serve("--data-dir", str(d))
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "metadata database" in lines[0]
+    assert not (d / "server.json").exists()

@@ -202,6 +202,7 @@ class Handler(BaseHTTPRequestHandler):
         self._corrupt = False
         self._fault: str | None = None
         self._body_cache: bytes | None = None
+        self._headers_sent = False
         te = self.headers.get("Transfer-Encoding", "")
         self._chunked = "chunked" in te.lower()
         try:
@@ -294,6 +295,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- responses ---------------------------------------------------------------------
     def _start(self, status: int, headers: dict[str, str], length: int) -> None:
+        self._headers_sent = True
         self.send_response(status)
         self.send_header("x-amzn-RequestId", self._rid)
         for k, v in headers.items():
@@ -323,6 +325,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send_error(self, err: ApiError) -> None:
         if self._reset_done:
+            return
+        if self._headers_sent:  # failed mid-body: the only honest signal left is a cut connection
+            self.close_connection = True
             return
         body = json.dumps({"code": err.code, "message": err.message, "type": err.kind}).encode()
         if self._remaining > DRAIN_LIMIT or self._chunked:

@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -124,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except DataDirInUse as exc:
         return _fail(str(exc))
+    except sqlite3.Error as exc:
+        return _fail(f"--data-dir {data_dir}: cannot open the metadata database: {exc}")
     except PermissionError as exc:
         return _fail(f"--data-dir {data_dir}: {exc.strerror or exc}", 2)
     except OSError as exc:
