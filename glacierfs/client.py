@@ -227,7 +227,9 @@ def translate_error(
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    # urllib3 errors carry (message, cause): show the message, not the tuple
+    args = getattr(exc, "args", ())
+    text = args[0] if args and isinstance(args[0], str) else (str(exc) or type(exc).__name__)
     # urllib3 messages look like "<urllib3.connection.HTTPConnection object at 0x..>: Failed to ..."
     text = re.sub(r"<[^>]*object at 0x[0-9a-f]+>:\s*", "", text)
     return text

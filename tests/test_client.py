@@ -355,3 +355,26 @@ def test_precomputed_sha256_is_what_is_sent(glacier, tmp_path, as_file):
     assert glacier.upload_part("sha", upload_id, body, 0, MiB - 1, tree_hash(data), content_sha256=good) == tree_hash(data)
     archive_id, _ = glacier.complete_multipart("sha", upload_id, MiB, tree_hash(data))
     assert glacier.complete_multipart("sha", upload_id, MiB, tree_hash(data))[0] == archive_id  # idempotent
+
+
+@needs_server
+def test_job_output_cut_half_way_is_a_service_error(glacier_server_factory, clean_aws_env):
+    server = glacier_server_factory("--faults", "reset=1.0", "--faults-ops", "GetJobOutput", "--seed", "1")
+    glacier = make_glacier(
+        ConnectionSettings(endpoint_url=server.url, access_key=ACCESS, secret_key=SECRET, max_attempts=1)
+    )
+    glacier.create_vault("out")
+    data = os.urandom(3 * MiB)
+    archive_id, _ = glacier.upload_archive("out", data, tree_hash(data), "d")
+    job_id = glacier.initiate_retrieval("out", archive_id, "Standard", (0, 2 * MiB - 1))
+    server.complete_jobs(job_id)
+    desc = glacier.describe_job("out", job_id)
+    assert desc["Completed"] and desc.get("RetrievalByteRange") == f"0-{2 * MiB - 1}"
+    assert any(j["JobId"] == job_id for j in glacier.list_jobs("out", completed=True))
+    with pytest.raises(ServiceError, match=r"transfer from .* interrupted: Connection broken") as info:
+        stream, headers = glacier.get_job_output("out", job_id)
+        assert int(headers["content-length"]) == 2 * MiB
+        with stream:
+            while stream.read(64 * 1024):
+                pass
+    assert SECRET not in str(info.value)
