@@ -500,8 +500,8 @@ class Glacier:
 
     # -- vaults
 
-    def list_vaults(self) -> list[dict]:
-        return self._pages("list_vaults", "listing vaults", "VaultList")[1]
+    def list_vaults(self, *, page_size: int | None = None) -> list[dict]:
+        return self._pages("list_vaults", "listing vaults", "VaultList", **_limit(page_size))[1]
 
     def describe_vault(self, vault: str) -> dict:
         return _strip(self._call("describe_vault", self._vctx(vault), vaultName=vault))
@@ -607,17 +607,24 @@ class Glacier:
             uploadId=upload_id,
         )
 
-    def list_parts(self, vault: str, upload_id: str) -> dict:
+    def list_parts(self, vault: str, upload_id: str, *, page_size: int | None = None) -> dict:
         """All pages of ListParts: the first page's fields with ``Parts`` from every page."""
         first, parts = self._pages(
-            "list_parts", f"upload {upload_id[:16]}... in {self._vctx(vault)}", "Parts", vaultName=vault, uploadId=upload_id
+            "list_parts",
+            f"upload {upload_id[:16]}... in {self._vctx(vault)}",
+            "Parts",
+            vaultName=vault,
+            uploadId=upload_id,
+            **_limit(page_size),
         )
         first["Parts"] = parts
         first.pop("Marker", None)
         return first
 
-    def list_uploads(self, vault: str) -> list[dict]:
-        return self._pages("list_multipart_uploads", self._vctx(vault), "UploadsList", vaultName=vault)[1]
+    def list_uploads(self, vault: str, *, page_size: int | None = None) -> list[dict]:
+        return self._pages(
+            "list_multipart_uploads", self._vctx(vault), "UploadsList", vaultName=vault, **_limit(page_size)
+        )[1]
 
     # -- jobs
 
@@ -673,8 +680,15 @@ class Glacier:
     def describe_job(self, vault: str, job_id: str) -> dict:
         return _strip(self._call("describe_job", f"job {job_id} in {self._vctx(vault)}", vaultName=vault, jobId=job_id))
 
-    def list_jobs(self, vault: str, *, statuscode: str | None = None, completed: bool | None = None) -> list[dict]:
-        params: dict[str, Any] = {"vaultName": vault}
+    def list_jobs(
+        self,
+        vault: str,
+        *,
+        statuscode: str | None = None,
+        completed: bool | None = None,
+        page_size: int | None = None,
+    ) -> list[dict]:
+        params: dict[str, Any] = {"vaultName": vault, **_limit(page_size)}
         if statuscode is not None:
             params["statuscode"] = statuscode
         if completed is not None:
@@ -702,6 +716,11 @@ class Glacier:
         headers: dict[str, Any] = dict((resp.get("ResponseMetadata") or {}).get("HTTPHeaders") or {})
         headers.update({k: v for k, v in resp.items() if k not in ("body", "ResponseMetadata")})
         return JobOutputStream(resp["body"], lambda exc: self.translate(exc, ctx)), headers
+
+
+def _limit(page_size: int | None) -> dict[str, str]:
+    """The ``limit`` parameter (items per page; the service's default when None)."""
+    return {} if page_size is None else {"limit": str(page_size)}
 
 
 def _body(body: bytes | BinaryIO, content_sha256: str | None) -> Any:

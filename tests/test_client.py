@@ -378,3 +378,22 @@ def test_job_output_cut_half_way_is_a_service_error(glacier_server_factory, clea
             while stream.read(64 * 1024):
                 pass
     assert SECRET not in str(info.value)
+
+
+@needs_server
+def test_every_listing_follows_every_page(glacier):
+    glacier.create_vault("pages")
+    data = b"x" * 10
+    upload_ids = {glacier.initiate_multipart("pages", MiB, f"u{i}") for i in range(5)}
+    assert {u["MultipartUploadId"] for u in glacier.list_uploads("pages", page_size=2)} == upload_ids
+    upload_id = sorted(upload_ids)[0]
+    for i in range(5):
+        part = os.urandom(MiB) if i < 4 else data
+        glacier.upload_part("pages", upload_id, part, i * MiB, i * MiB + len(part) - 1, tree_hash(part))
+    listing = glacier.list_parts("pages", upload_id, page_size=2)
+    assert [p["RangeInBytes"].split("-")[0] for p in listing["Parts"]] == [str(i * MiB) for i in range(5)]
+    assert "Marker" not in listing
+    archive_id, _ = glacier.upload_archive("pages", data, tree_hash(data), "a")
+    jobs = {glacier.initiate_retrieval("pages", archive_id) for _ in range(3)}
+    assert {j["JobId"] for j in glacier.list_jobs("pages", page_size=2)} == jobs
+    assert [v["VaultName"] for v in glacier.list_vaults(page_size=1)] == ["pages"]
