@@ -345,6 +345,8 @@ def test_local_embedded_server_and_running_server(glacier_server, tmp_path: Path
     assert line.split("  ")[3] == "a.txt"
     assert cli("vaults", "--local", str(data_dir)).lines[0].split("\t")[0] == "lv"
     assert not (data_dir / "server.json").exists()  # the embedded server stopped with the command
+    no_keys = {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}
+    assert cli("vaults", "--local", str(data_dir), env=no_keys).lines[0].startswith("lv\t")  # dummy keys
     # the catalog of a --local endpoint is keyed by the data dir, not by a port
     listed = cli("inventory", "-v", "lv", "--local", str(data_dir), code=8).lines
     assert [x.split("\t")[0] for x in listed] == ["a.txt"]
