@@ -380,3 +380,29 @@ def test_upload_rerun_resumes_on_the_same_local_data_dir(
     healthy.snapshot("v")
     listed = cli("inventory", "-v", "v", "-f", "--local", str(data_dir)).lines
     assert [x.split("\t")[0] for x in listed] == ["r.bin"]  # one archive: resumed, not uploaded twice
+
+
+def test_failed_jobs_are_reported_and_replaced(glacier_server_factory, tmp_path: Path, work: Path) -> None:
+    server = glacier_server_factory("--job-delay", "3600")
+    cli = Cli(server.url, tmp_path / "cache", work)
+    cli("vaults", "create", "v")
+    aid = upload_raw(server, "v", b"f" * 300, "f.bin")
+    cli.error(8, "download", "-v", "v", f"-a={aid}", "--no-wait", match="is still running")
+    server.complete_jobs(status="Failed")
+    # the failed job is not reused: a new one is started (and still runs)
+    cli.error(8, "download", "-v", "v", f"-a={aid}", "--no-wait", match="is still running")
+    assert len(server.client().list_jobs(vaultName="v")["JobList"]) == 2
+    server.populate("v", 1, size=5, snapshot=True)
+    proc = cli.popen("inventory", "-v", "v")
+    try:
+        deadline = time.monotonic() + POLL_LIMIT
+        while time.monotonic() < deadline and not any(
+            j["Action"] == "InventoryRetrieval" for j in server.client().list_jobs(vaultName="v")["JobList"]
+        ):
+            time.sleep(0.1)
+        server.complete_jobs(status="Failed")
+        _, err = proc.communicate(timeout=120)
+    finally:
+        stop(proc)
+    assert proc.returncode == 5, err
+    assert "glacierfs: error: inventory job" in err and "failed" in err
