@@ -99,6 +99,7 @@ _CACHE_SETTINGS: dict[str, Any] = {
     "size_limit": 1 << 62,
     "disk_min_file_size": 1 << 40,  # keep every value inside cache.db (0600), never in side files
     "sqlite_auto_vacuum": 0,  # freed pages are reused by the next import; FULL would move pages
+    "sqlite_journal_size_limit": 1 << 26,  # an import's big WAL is truncated back afterwards
 }
 _COLS = "archive_id, dir, name, size, creation_date, mtime, tree_hash, description, source"
 

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -497,13 +498,19 @@ def test_two_processes_share_a_catalog(tmp_path: Path) -> None:
     procs = [ctx.Process(target=_worker, args=(root, tag, n)) for tag in ("p1", "p2")]
     for p in procs:
         p.start()
-    # read while they write: every listing must be internally consistent
-    for _ in range(20):
+    # read and re-import while they write: listings stay consistent, their work survives imports
+    # (the inventories predate their uploads, and their deletions, so rules 3 and 4 keep both)
+    k = 0
+    while k < 6 or (any(p.is_alive() for p in procs) and k < 3000):
         listing = c.listdir("shared")
         assert len({name for name, _ in listing}) == len(listing)
+        date = f"2026-01-10T{k // 3600:02d}:{k // 60 % 60:02d}:{k % 60:02d}Z"
+        c.import_inventory([item("base-1", "shared/f1.txt"), item("base-2", "keep.txt")], date)
+        k += 1
     for p in procs:
         p.join(timeout=120)
         assert p.exitcode == 0
+    assert k > 6  # the imports overlapped the writers
     expected = {"base-1", "base-2"} | {f"{t}-{i:04d}" for t in ("p1", "p2") for i in range(n) if i % 3}
     archives = list(c.iter_archives())
     assert {a.archive_id for a in archives} == expected
@@ -515,6 +522,38 @@ def test_two_processes_share_a_catalog(tmp_path: Path) -> None:
     assert set(c.list_uploads()) == {f"{t}-{i}" for t in ("p1", "p2") for i in range(n) if i % 3}
     assert names(c) == ["keep.txt", "p1", "p2", "shared"]
     c.close()
+
+
+def test_threads_share_one_catalog(cat: Catalog) -> None:
+    cat.import_inventory([item(f"i{i}", f"t/f{i}") for i in range(50)], D1)
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            for _ in range(100):
+                listing = cat.listdir("t")
+                assert len(listing) >= 50
+                for name, a in listing[:5]:
+                    assert isinstance(cat.lookup(f"t/{name}"), Archive) or a is None
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def writer() -> None:
+        try:
+            for i in range(100):
+                upload(cat, f"w{i}", f"t/f{i % 60}", "2026-02-01T00:00:00Z")
+                if i % 2:
+                    cat.mark_deleted(f"w{i}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert visible_ids(cat) == {f"i{i}" for i in range(50)} | {f"w{i}" for i in range(0, 100, 2)}
 
 
 def test_catalog_files_stay_private_under_a_loose_umask(tmp_path: Path) -> None:
