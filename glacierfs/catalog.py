@@ -51,7 +51,10 @@ Scale
     the archive table in one transaction with set-based SQL (one window query computes all
     plain names) and swaps it in; readers see the old or the new catalog, never a mix. Other
     writers wait for that final transaction only, not for the download/parse. ``lookup`` is one
-    or two indexed point queries, ``listdir`` two indexed range queries.
+    or two indexed point queries (~10 us), ``listdir`` two indexed range queries (100,000 entries
+    in ~0.3 s). Measured on the dev VM: a 1,000,000-archive JSON inventory imports in 30-45 s
+    (parse+decode ~12 s) with 110-175 MiB peak RSS; the database is ~700 MB (twice that while an
+    import builds the new table; freed pages are reused by the next import).
 
 Corruption of the files raises :class:`StateError` telling the user to delete the directory and
 run ``glacierfs inventory`` to rebuild it.
@@ -65,7 +68,6 @@ import os
 import pickle
 import sqlite3
 import stat
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -230,7 +232,6 @@ class Catalog:
     def __init__(self, directory: Path, cache: diskcache.Cache) -> None:
         self.directory = directory
         self._cache = cache
-        self._local = threading.local()
 
     # ---------------------------------------------------------------------------- opening
 
