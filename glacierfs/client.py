@@ -69,7 +69,7 @@ class ConnectionSettings:
     max_attempts: int | None = 5  # total attempts per request, first included (standard mode); None: 5
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
-    max_pool_connections: int = 16  # keep >= upload/download concurrency
+    max_pool_connections: int | None = 32  # keep >= upload/download concurrency; None: 32
 
     @property
     def endpoint_id(self) -> str:
@@ -105,7 +105,7 @@ def make_glacier(settings: ConnectionSettings) -> Glacier:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             tcp_keepalive=True,
-            max_pool_connections=max(1, settings.max_pool_connections or 16),
+            max_pool_connections=max(1, settings.max_pool_connections or 32),
         )
         client = session.client("glacier", endpoint_url=settings.endpoint_url or None, config=config)
     except GlacierFSError:

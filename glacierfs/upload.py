@@ -244,6 +244,12 @@ class UploadEngine:
             raise UsageError("concurrency must be at least 1")
         if part_size is not None:
             choose_part_size(MiB, part_size)  # validate now, with the clear message
+        settings = getattr(glacier, "settings", None)
+        pool = getattr(settings, "max_pool_connections", None)
+        if pool and concurrency > pool:
+            # more threads than pooled connections would open and drop a connection per part
+            log.warning("concurrency %d limited to the %d pooled connections", concurrency, pool)
+            concurrency = pool
         self.glacier = glacier
         self.catalog = catalog
         self.vault = vault

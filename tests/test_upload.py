@@ -190,6 +190,13 @@ def test_bad_description_is_refused_before_any_call(glacier, catalog, tmp_path):
     assert catalog.list_uploads() == {}
 
 
+def test_concurrency_is_bounded_by_the_connection_pool(caplog):
+    g = make_glacier(ConnectionSettings(endpoint_url="http://127.0.0.1:9", max_pool_connections=2))
+    with caplog.at_level(logging.WARNING, logger="glacierfs.upload"):
+        engine = UploadEngine(g, None, VAULT, concurrency=5)
+    assert engine.concurrency == 2 and "limited to the 2 pooled connections" in caplog.text
+
+
 def test_invalid_part_size_option():
     with pytest.raises(UsageError, match="power of two"):
         UploadEngine(None, None, VAULT, part_size=3 * MiB)  # type: ignore[arg-type]
