@@ -104,12 +104,16 @@ class GlacierServer:
 
     # -- clients -----------------------------------------------------------------------
     def client(self, max_attempts: int = 1, **config: Any) -> Any:
-        """A boto3 glacier client for this server (region us-east-1); extra botocore Config kwargs."""
+        """A boto3 glacier client for this server (region us-east-1); extra botocore Config kwargs.
+
+        ``max_attempts`` is the *total* number of attempts (botocore's ``total_max_attempts``):
+        the default 1 means no retries, so injected faults surface as errors.
+        """
         import boto3
         from botocore.config import Config
 
         settings: dict[str, Any] = {
-            "retries": {"max_attempts": max_attempts, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60,
+            "retries": {"total_max_attempts": max_attempts, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60,
         }
         settings.update(config)
         cfg = Config(**settings)

@@ -156,6 +156,7 @@ Route = tuple[str, Callable[..., None], tuple[str, ...]]
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out at once, no delayed-ACK stalls on keep-alive
     server: GlacierHTTPServer
 
     def version_string(self) -> str:
@@ -294,7 +295,8 @@ class Handler(BaseHTTPRequestHandler):
         raise _Reset()
 
     # -- responses ---------------------------------------------------------------------
-    def _start(self, status: int, headers: dict[str, str], length: int) -> None:
+    def _start(self, status: int, headers: dict[str, str], length: int, body: bytes = b"") -> None:
+        """Send status and headers (and a small ``body`` in the same write)."""
         self._headers_sent = True
         self.send_response(status)
         self.send_header("x-amzn-RequestId", self._rid)
@@ -303,12 +305,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(length))
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
+        self._headers_buffer.append(b"\r\n" + body)
+        self.flush_headers()
 
     def _send(self, status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
-        self._start(status, headers or {}, len(body))
-        if body and self.command != "HEAD":
-            self.wfile.write(body)
+        self._start(status, headers or {}, len(body), body if self.command != "HEAD" else b"")
 
     def _clean(self, obj: Any) -> Any:
         if not self.options.omit_nulls:

@@ -118,6 +118,7 @@ class Store:
                 os.chmod(p, FILE_MODE)
         self._lock = threading.RLock()
         self._complete_lock = threading.Lock()
+        self._periodic_lock = threading.Lock()
         # Renders a completed job row as the DescribeJob JSON for SNS; set by the HTTP layer.
         self.describe_job: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         boot = int(self._meta("boot", "0")) + 1
@@ -125,6 +126,8 @@ class Store:
         self.ids = IdGenerator(seed, boot)
         self.clock = Clock(float(self._meta("clock_offset", "0")), lambda off: self._set_meta("clock_offset", repr(off)))
         self._last_sweep = 0.0
+        if self._meta("last_inventory_run", "") == "":
+            self._set_meta("last_inventory_run", repr(self.now()))  # the schedule starts at the first boot
         self.bodies.clean_temp()
         self._sweep_orphans()
 
@@ -349,12 +352,18 @@ class Store:
             return False  # deleted meanwhile
 
     def periodic(self) -> None:
-        """Run whatever the clock says is due: inventories, job completions, retention."""
+        """Run whatever the clock says is due: inventories, job completions, retention.
+
+        Serialized, so a caller (the ticker, or an admin clock advance) returns only once the
+        work that became due is done, whichever of them noticed it first.
+        """
+        with self._periodic_lock:
+            self._periodic()
+
+    def _periodic(self) -> None:
         now = self.now()
         last = float(self._meta("last_inventory_run", "0"))
-        if last == 0:
-            self._set_meta("last_inventory_run", repr(now))
-        elif now - last >= self.settings.inventory_interval:
+        if now - last >= self.settings.inventory_interval:
             self._set_meta("last_inventory_run", repr(now))
             self.snapshot_all()
         self.complete_jobs()
