@@ -585,6 +585,24 @@ def test_twenty_uploads_through_injected_faults(glacier_server_factory, cache_di
     assert server.log_path.read_text().count("injecting fault") >= 3  # the faults really happened
 
 
+LINGER_HOOK = """
+import time
+
+import glacierfs.client
+
+_upload_part = glacierfs.client.Glacier.upload_part
+
+
+def upload_part(self, *args, **kwargs):
+    echoed = _upload_part(self, *args, **kwargs)
+    time.sleep(0.05)
+    return echoed
+
+
+glacierfs.client.Glacier.upload_part = upload_part
+"""
+
+
 def free_port() -> int:
     import socket
 
@@ -598,9 +616,11 @@ def free_port() -> int:
 def test_cli_upload_sigkilled_with_a_part_in_flight_then_rerun(glacier_server_factory, cache_dir, tmp_path):
     """The done-when scenario through the real command: ``glacierfs upload --part-size 1M --concurrency 1``.
 
-    To kill the client deterministically part-way with a part in flight, the *server* is
-    frozen (SIGSTOP) once it has accepted 10 parts, the client is SIGKILLed, and the server
-    is thawed and restarted (same port, so the same catalog) to settle the orphaned request.
+    To kill the client deterministically part-way with a part in flight, the first run
+    lingers 50 ms after each part the server accepted (a ``sitecustomize`` in the child
+    only; the command itself is unchanged), the *server* is frozen (SIGSTOP) once it has
+    accepted 10 parts, the client is SIGKILLed, and the server is thawed and restarted (same
+    port, so the same catalog) to settle any request the client left half-sent.
     """
     server = glacier_server_factory("--port", str(free_port()))
     glacier = connect(server)
@@ -610,7 +630,12 @@ def test_cli_upload_sigkilled_with_a_part_in_flight_then_rerun(glacier_server_fa
         sys.executable, "-m", "glacierfs", "upload", "--endpoint-url", server.url, "--cache-dir", str(cache_dir),
         "-q", "--part-size", "1M", "--concurrency", "1", "-v", VAULT, str(f),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    hook = tmp_path / "linger"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(LINGER_HOOK)
+    env = cli_env()
+    env["PYTHONPATH"] = str(hook) + os.pathsep + env["PYTHONPATH"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     frozen = False
     try:
         while part_requests(server) < 10:
