@@ -111,7 +111,9 @@ def make_glacier(settings: ConnectionSettings) -> Glacier:
     except GlacierFSError:
         raise
     except Exception as exc:
-        raise translate_error(exc, "connecting to Glacier", endpoint=settings.endpoint_url) from None
+        raise translate_error(
+            exc, "connecting to Glacier", endpoint=settings.endpoint_url, secrets=(settings.secret_key, settings.access_key)
+        ) from None
     return Glacier(client, settings, region)
 
 
