@@ -397,3 +397,26 @@ def test_every_listing_follows_every_page(glacier):
     jobs = {glacier.initiate_retrieval("pages", archive_id) for _ in range(3)}
     assert {j["JobId"] for j in glacier.list_jobs("pages", page_size=2)} == jobs
     assert [v["VaultName"] for v in glacier.list_vaults(page_size=1)] == ["pages"]
+
+
+@needs_server
+def test_signed_requests_with_precomputed_hashes_verify(glacier_server_factory, clean_aws_env, tmp_path):
+    """Against a server that checks SigV4: our single-read bodies sign correctly; bad keys are refused."""
+    server = glacier_server_factory("--verify-sigv4", "--access-key", ACCESS, "--secret-key", SECRET)
+    good = make_glacier(ConnectionSettings(endpoint_url=server.url, access_key=ACCESS, secret_key=SECRET))
+    good.create_vault("signed")
+    data = os.urandom(MiB + 17)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    assert good.upload_archive("signed", data, tree_hash(data), "bytes", content_sha256=sha)[0]
+    with FileSlice(path, 0, len(data)) as body:
+        assert good.upload_archive("signed", body, tree_hash(data), "file", content_sha256=sha)[0]
+
+    wrong = "x" + SECRET[1:]
+    bad = make_glacier(
+        ConnectionSettings(endpoint_url=server.url, access_key=ACCESS, secret_key=wrong, max_attempts=1)
+    )
+    with pytest.raises(CredentialsError) as info:
+        bad.list_vaults()
+    assert wrong not in str(info.value) and SECRET not in str(info.value)
