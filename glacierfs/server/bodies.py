@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import random
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,23 +51,20 @@ def _key(ident: str) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:40]
 
 
-GEN_BLOCK = 64 * 1024
-
-
 def gen_bytes(seed: str, start: int, end: int) -> Iterator[bytes]:
-    """Deterministic bytes ``[start, end)`` of a generated body, in ≤64 KiB chunks.
+    """Deterministic bytes ``[start, end)`` of a generated body, in ≤1 MiB chunks.
 
-    Each 64 KiB block comes from its own seeded RNG, so any range can be produced
-    without generating what precedes it, and small archives cost little to populate.
+    MiB block ``i`` is SHAKE-128 of ``"{seed}:{i}"``: an extendable-output function, so a
+    short archive costs only its own length, any range can be produced without what
+    precedes it, and the bytes never change with the Python version.
     """
     pos = start
     while pos < end:
-        block = pos // GEN_BLOCK
-        data = random.Random(f"{seed}:{block}").randbytes(GEN_BLOCK)
-        lo = pos - block * GEN_BLOCK
-        hi = min(GEN_BLOCK, end - block * GEN_BLOCK)
-        yield data[lo:hi]
-        pos = block * GEN_BLOCK + hi
+        block = pos // MiB
+        lo = pos - block * MiB
+        hi = min(MiB, end - block * MiB)
+        yield hashlib.shake_128(f"{seed}:{block}".encode()).digest(hi)[lo:hi]
+        pos = block * MiB + hi
 
 
 class BodyStore:

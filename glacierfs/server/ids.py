@@ -33,7 +33,7 @@ class IdGenerator:
 
     def _make(self, length: int) -> str:
         with self._lock:
-            chars = [self._rng.choice(ALPHABET) for _ in range(length)]
+            chars = self._rng.choices(ALPHABET, k=length)
             if self._rng.random() < 0.125:
                 chars[0] = "-"
         return "".join(chars)
