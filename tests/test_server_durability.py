@@ -175,3 +175,21 @@ def test_deleted_archive_bytes_are_reclaimed(glacier_server):
     with pytest.raises(ClientError) as exc:
         c.initiate_job(vaultName="v", jobParameters={"Type": "archive-retrieval", "ArchiveId": aid})
     assert error_of(exc)[0] == 404
+
+
+def test_lost_body_file_fails_the_job_instead_of_hanging(glacier_server):
+    c = glacier_server.client()
+    c.create_vault(vaultName="v")
+    aid = c.upload_archive(vaultName="v", body=os.urandom(3 * MiB))["archiveId"]
+    for p in (glacier_server.data_dir / "archives").rglob("*"):
+        if p.is_file():
+            p.unlink()
+    job = c.initiate_job(vaultName="v", jobParameters={
+        "Type": "archive-retrieval", "ArchiveId": aid, "RetrievalByteRange": f"{2 * MiB}-{3 * MiB - 1}"})["jobId"]
+    d = c.describe_job(vaultName="v", jobId=job)
+    assert d["Completed"] is True and d["StatusCode"] == "Failed"
+    whole = c.initiate_job(vaultName="v", jobParameters={"Type": "archive-retrieval", "ArchiveId": aid})["jobId"]
+    with pytest.raises(ClientError) as exc:
+        c.get_job_output(vaultName="v", jobId=whole)
+    assert error_of(exc)[:2] == (500, "ServiceUnavailableException")
+    assert c.list_vaults()["VaultList"]  # the server is still fine

@@ -24,6 +24,7 @@ Decisions on undocumented points (reference §8):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -567,8 +568,14 @@ class Store:
             try:
                 if self._complete_job(dict(row), fail):
                     done.append(row["id"])
-            except Exception:  # a bug or a vanished file must not stop the others
+            except Exception:  # a bug or a vanished body file: fail this job, keep going with the others
                 log.exception("completing job %s failed", row["id"])
+                with contextlib.suppress(Exception):
+                    with self._tx() as db:
+                        db.execute(
+                            "UPDATE jobs SET status='Failed', status_message=?, completed=? WHERE id=? AND status='InProgress'",
+                            ("The job output could not be prepared.", self.now(), row["id"]),
+                        )
         return done
 
     def _complete_job(self, job: dict[str, Any], fail: bool = False) -> bool:
@@ -695,6 +702,7 @@ class Store:
             ):
                 files.append(r["output_file"])
             db.execute("DELETE FROM jobs WHERE completed IS NOT NULL AND completed<=?", (now - JOB_RETENTION,))
+            db.execute("DELETE FROM sns WHERE created<=?", (now - JOB_RETENTION,))
             idle = [r["id"] for r in db.execute(
                 "SELECT id FROM uploads WHERE state='open' AND touched<=?", (now - UPLOAD_IDLE_EXPIRY,))]
             for uid in idle:
