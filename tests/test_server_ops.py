@@ -365,3 +365,38 @@ def test_list_multipart_uploads_pages(c, vault):
     with pytest.raises(ClientError) as exc:
         c.list_multipart_uploads(vaultName=vault, marker="%%%")
     assert error_of(exc)[:2] == (400, "InvalidParameterValueException")
+
+
+MISSING = "no-such-vault-here"
+VAULT_CALLS = {
+    "describe_vault": {},
+    "delete_vault": {},
+    "upload_archive": {"body": b"x"},
+    "delete_archive": {"archiveId": "A" * 138},
+    "initiate_multipart_upload": {"partSize": str(MiB)},
+    "upload_multipart_part": {"uploadId": "U" * 92, "range": "bytes 0-0/*", "body": b"x"},
+    "complete_multipart_upload": {"uploadId": "U" * 92, "archiveSize": "1", "checksum": "0" * 64},
+    "abort_multipart_upload": {"uploadId": "U" * 92},
+    "list_parts": {"uploadId": "U" * 92},
+    "list_multipart_uploads": {},
+    "initiate_job": {"jobParameters": {"Type": "inventory-retrieval"}},
+    "describe_job": {"jobId": "J" * 92},
+    "list_jobs": {},
+    "get_job_output": {"jobId": "J" * 92},
+    "set_vault_notifications": {"vaultNotificationConfig": {"SNSTopic": "t", "Events": ["ArchiveRetrievalCompleted"]}},
+    "get_vault_notifications": {},
+    "delete_vault_notifications": {},
+}
+
+
+@pytest.mark.parametrize("op", sorted(VAULT_CALLS))
+def test_every_vault_operation_on_a_missing_vault_is_404(c, op):
+    with pytest.raises(ClientError) as exc:
+        getattr(c, op)(vaultName=MISSING, **VAULT_CALLS[op])
+    assert error_of(exc) == (404, "ResourceNotFoundException", f"Vault not found for ARN: {ARN}{MISSING}")
+
+
+def test_invalid_vault_name_outside_create_is_404_with_the_raw_name(c):
+    with pytest.raises(ClientError) as exc:
+        c.describe_vault(vaultName="bad name!")
+    assert error_of(exc) == (404, "ResourceNotFoundException", "Vault not found for ARN: bad name!")
