@@ -22,8 +22,10 @@ import functools
 import logging
 import os
 import stat
+import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -45,6 +47,59 @@ BLKSIZE = 1 << 20  # cp and friends size their buffers after st_blksize: fewer, 
 DEFAULT_OPTIONS = {"attr_timeout": "3600", "entry_timeout": "3600", "negative_timeout": "0"}
 
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EOPNOTSUPP, errno.EEXIST, errno.ENOTEMPTY}
+MAX_CACHED_ENTRIES = 200_000  # bound of the reused directory listings (about 50 MiB)
+
+
+def _flatten(struct_type: Any) -> tuple[list[str], str]:
+    """Field names and struct codes of a ctypes Structure, nested structs and arrays flattened."""
+    names: list[str] = []
+    codes = ""
+    for name, ctype in struct_type._fields_[:]:
+        if isinstance(ctype, type) and issubclass(ctype, ctypes.Structure):
+            sub_names, sub_codes = _flatten(ctype)
+            names += [f"{name}.{n}" for n in sub_names]
+            codes += sub_codes
+        elif isinstance(ctype, type) and issubclass(ctype, ctypes.Array):
+            names += [f"{name}[{i}]" for i in range(ctype._length_)]
+            codes += ctype._type_._type_ * ctype._length_
+        else:
+            names.append(name)
+            codes += ctype._type_
+    return names, codes
+
+
+class StatPacker:
+    """Builds ``c_stat`` structs in one ``struct.pack`` (readdirplus of 100,000 entries needs it fast)."""
+
+    def __init__(self, uid: int, gid: int) -> None:
+        names, codes = _flatten(mfusepy.c_stat)
+        self._struct = struct.Struct("@" + codes)
+        if self._struct.size != ctypes.sizeof(mfusepy.c_stat):  # pragma: no cover - exotic ABI
+            raise ValueError("c_stat layout not understood")
+        self._idx = {n: i for i, n in enumerate(names)}
+        self._times = [self._idx[f"{k}.{f}"] for k in ("st_atimespec", "st_mtimespec", "st_ctimespec")
+                       for f in ("tv_sec", "tv_nsec")]
+        self._size, self._blocks = self._idx["st_size"], self._idx["st_blocks"]
+        base = [0] * len(names)
+        base[self._idx["st_uid"]] = uid
+        base[self._idx["st_gid"]] = gid
+        base[self._idx["st_blksize"]] = BLKSIZE
+        self._file = list(base)
+        self._file[self._idx["st_mode"]] = stat.S_IFREG | 0o644
+        self._file[self._idx["st_nlink"]] = 1
+        self._dir = list(base)
+        self._dir[self._idx["st_mode"]] = stat.S_IFDIR | 0o755
+        self._dir[self._idx["st_nlink"]] = 2
+
+    def pack(self, a: Attr) -> Any:
+        v = list(self._dir if a.is_dir else self._file)
+        v[self._size] = a.size
+        v[self._blocks] = (a.size + 511) // 512
+        sec, nsec = divmod(int(a.mtime * 1e9), 10**9)
+        t = self._times
+        v[t[0]] = v[t[2]] = v[t[4]] = sec
+        v[t[1]] = v[t[3]] = v[t[5]] = nsec
+        return mfusepy.c_stat.from_buffer_copy(self._struct.pack(*v))
 
 
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -81,9 +136,13 @@ class GlacierOperations(mfusepy.Operations):
         self._core = core
         self._uid = os.getuid()
         self._gid = os.getgid()
-        self._dirs: dict[int, tuple[str, list[tuple[str, dict[str, Any] | None]] | None]] = {}
+        self._dirs: dict[int, tuple[str, list[tuple[bytes, Any]] | None]] = {}
         self._dir_lock = threading.Lock()
         self._next_dir = 1
+        self._packer = StatPacker(self._uid, self._gid)
+        # packed listings of directories without files being written, reused while the core's
+        # listing token is unchanged: a warm `ls -l` of 100,000 archives skips catalog and packing
+        self._listings: OrderedDict[str, tuple[Any, list[tuple[bytes, Any]]]] = OrderedDict()
 
     # ------------------------------------------------------------------ helpers
 
@@ -145,25 +204,53 @@ class GlacierOperations(mfusepy.Operations):
             self._dirs.pop(fh, None)
         return 0
 
-    def _listing(self, fh: int, offset: int) -> list[tuple[str, dict[str, Any] | None]]:
+    def _listing(self, fh: int, offset: int) -> list[tuple[bytes, Any]]:
         """The directory snapshot of this handle, taken at offset 0 (so rewinddir refreshes)."""
         with self._dir_lock:
             path, entries = self._dirs.get(fh, (None, None))
         if path is None:
             raise FSError(errno.EBADF)
         if entries is None or offset == 0:
-            dirst = self._stat(Attr(True))
-            entries = [(".", dirst), ("..", dirst)]
-            entries.extend((name, self._stat(a)) for name, a in self._core.readdir(path))
+            entries = self._build_listing(path)
             with self._dir_lock:
                 if fh in self._dirs:
                     self._dirs[fh] = (path, entries)
         return entries
 
+    def _build_listing(self, path: str) -> list[tuple[bytes, Any]]:
+        token_of = getattr(self._core, "listing_token", None)
+        token = token_of(path) if token_of else None
+        if token is not None:
+            with self._dir_lock:
+                cached = self._listings.get(path)
+                if cached is not None and cached[0] == token:
+                    self._listings.move_to_end(path)
+                    return cached[1]
+        pack = self._packer.pack
+        dirst = pack(Attr(True))
+        entries = [(b".", dirst), (b"..", dirst)]
+        entries.extend((name.encode("utf-8", "surrogateescape"), pack(a)) for name, a in self._core.readdir(path))
+        if token is not None:
+            with self._dir_lock:
+                self._listings[path] = (token, entries)
+                total = sum(len(e) for _, e in self._listings.values())
+                while total > MAX_CACHED_ENTRIES and len(self._listings) > 1:
+                    _, (_, dropped) = self._listings.popitem(last=False)
+                    total -= len(dropped)
+        return entries
+
     @_errors
     def readdir_with_offset(self, path: str, offset: int, fh: int) -> Iterator[tuple[str, dict[str, Any], int]]:
+        """Used by mfusepy's own readdir path (libfuse2); libfuse3 goes through :meth:`_FUSE.readdir_fuse_3`."""
         entries = self._listing(fh, offset)
-        return ((name, st or {}, i + 1) for i, (name, st) in enumerate(entries) if i >= offset)
+        return (
+            (name.decode("utf-8", "surrogateescape"), {"st_mode": st.st_mode}, i + 1)
+            for i, (name, st) in enumerate(entries[offset:], start=offset)
+        )
+
+    @_errors
+    def _entries(self, fh: int, offset: int) -> list[tuple[bytes, Any]]:
+        return self._listing(fh, offset)
 
     @_errors
     def mkdir(self, path: str, mode: int) -> int:
@@ -286,18 +373,16 @@ class GlacierOperations(mfusepy.Operations):
 
 
 class _FUSE(mfusepy.FUSE):
-    """mfusepy's FUSE with readdirplus: full attributes and real offsets reach libfuse."""
+    """mfusepy's FUSE with readdirplus: full attributes with real offsets reach libfuse
+    (mfusepy 3.1 only passes the file type on). (libfuse 3.14's high-level API does not pass
+    ``cache_readdir`` on, so listings are cached here instead.)"""
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
-        decoded = None if path is None else path.decode(self.encoding, self.errors)
-        plus = bool(flags & FUSE_READDIR_PLUS)
-        st = mfusepy.c_stat()
-        size = ctypes.sizeof(st)
-        for name, attrs, next_off in self.operations.readdir_with_offset(decoded, offset, fip.contents.fh):
-            ctypes.memset(ctypes.byref(st), 0, size)
-            mfusepy.set_st_attrs(st, attrs, use_ns=True)
-            fill = FUSE_FILL_DIR_PLUS if plus and name not in (".", "..") else 0
-            if filler(buf, name.encode(self.encoding, self.errors), st, next_off, fill) != 0:
+        fill = FUSE_FILL_DIR_PLUS if flags & FUSE_READDIR_PLUS else 0
+        entries = self.operations._entries(fip.contents.fh, offset)
+        for i in range(offset, len(entries)):
+            name, st = entries[i]
+            if filler(buf, name, st, i + 1, fill if i >= 2 else 0) != 0:
                 break
         return 0
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from glacierfs.datacache import DataCache
 from glacierfs.errors import (
@@ -61,9 +61,8 @@ class FSError(OSError):
         super().__init__(err, message or os.strerror(err))
 
 
-@dataclass(frozen=True, slots=True)
-class Attr:
-    """What ``stat`` shows. ``mtime`` in epoch seconds."""
+class Attr(NamedTuple):
+    """What ``stat`` shows. ``mtime`` in epoch seconds. A tuple: 100,000 of them are built per listing."""
 
     is_dir: bool
     size: int = 0
@@ -90,6 +89,7 @@ class Pending:
     archive_id: str | None = None
     tree_hash: str | None = None
     description: str | None = None
+    final: tuple[int, float] | None = None  # (size, mtime) once closed: the staging file may move away
     done: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -221,6 +221,7 @@ class VaultFS:
         self._retrieval_wake = threading.Event()
         self._hinted: dict[str, float] = {}
         self._engines = threading.local()
+        self._generation = 0  # bumped by every namespace change made here
         self.started_at = time.time()
 
     # ------------------------------------------------------------------ lifecycle
@@ -275,6 +276,11 @@ class VaultFS:
                 generation=int(m.get("generation") or 0),
                 started=bool(m.get("started")),
             )
+            try:
+                st = os.stat(p.staging)
+                p.final = (st.st_size, p.mtime if p.mtime is not None else st.st_mtime)
+            except OSError:
+                pass
             with self._lock:
                 if path in self._pending:
                     log.warning("staging: two staged files for %s; keeping both under distinct names", path)
@@ -301,6 +307,10 @@ class VaultFS:
                     log.warning("cannot abort orphaned upload %s: %s", key, exc)
 
     # ------------------------------------------------------------------ lookups
+
+    def _bump(self) -> None:
+        with self._lock:
+            self._generation += 1
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -331,6 +341,9 @@ class VaultFS:
             raise FSError(errno.ENOTDIR)
 
     def _pending_attr(self, p: Pending) -> Attr:
+        final = p.final
+        if final is not None:
+            return Attr(False, final[0], final[1])
         try:
             st = os.stat(p.staging)
             size, mtime = st.st_size, st.st_mtime
@@ -360,27 +373,43 @@ class VaultFS:
         return self._attr_of(found)
 
     def readdir(self, path: str) -> list[tuple[str, Attr]]:
-        """Entries of a directory with their attributes (for readdirplus)."""
+        """Entries of a directory with their attributes (for readdirplus), catalog order."""
         self._lookup_dir(path)
         dir_attr = Attr(True, 0, self.started_at)
-        entries: dict[str, Attr] = {}
         try:
             listed = self.catalog.listdir(_rel(path))
         except NotFoundError:  # a directory that only holds files not uploaded yet
             listed = []
-        for name, archive in listed:
-            entries[name] = dir_attr if archive is None or archive == "dir" else self._archive_attr(archive)
+        new = tuple.__new__  # Attr(...) costs 1.4 us through NamedTuple.__new__; this is 5x cheaper
+        entries = [
+            (name, dir_attr if a is None else new(Attr, (False, a.size, a.mtime or 0.0))) for name, a in listed
+        ]
         prefix = "/" if path == "/" else path + "/"
         with self._lock:
             pend = [(k, p) for k, p in self._pending.items() if k.startswith(prefix)]
+        if not pend:
+            return entries
+        extra: dict[str, Attr] = {}
         for k, p in pend:
-            rest = k[len(prefix) :]
-            name, sep, _ = rest.partition("/")
+            name, sep, _ = k[len(prefix) :].partition("/")
             if sep:
-                entries.setdefault(name, dir_attr)
+                extra.setdefault(name, dir_attr)
             else:
-                entries[name] = self._pending_attr(p)
-        return list(entries.items())
+                extra[name] = self._pending_attr(p)
+        merged = [(n, a) for n, a in entries if n not in extra or (a.is_dir and extra[n].is_dir)]
+        have = {n for n, _ in merged}
+        merged.extend((n, a) for n, a in extra.items() if n not in have)
+        return merged
+
+    def listing_token(self, path: str) -> Any:
+        """A value equal between two readdirs of ``path`` only if the listing cannot differ; None
+        while files not yet uploaded live in the directory (their sizes change as they are written)."""
+        prefix = "/" if path == "/" else path + "/"
+        with self._lock:
+            if any(k.startswith(prefix) and "/" not in k[len(prefix) :] for k in self._pending):
+                return None
+            generation = self._generation
+        return generation, self.change_token()
 
     def statfs(self) -> dict[str, int]:
         """Glacier has no quota: report a large, constant free space so that tools do not refuse."""
@@ -403,6 +432,7 @@ class VaultFS:
             raise FSError(errno.EEXIST)
         self._lookup_dir(_split(path)[0])
         self.catalog.mkdir(_rel(path))
+        self._bump()
 
     def rmdir(self, path: str) -> None:
         self._check_writable()
@@ -416,6 +446,7 @@ class VaultFS:
         if self.readdir(path):
             raise FSError(errno.ENOTEMPTY)
         self.catalog.rmdir(_rel(path))
+        self._bump()
 
     def chmod(self, path: str, mode: int) -> None:
         """Accepted and ignored: Glacier keeps no permissions (so ``cp -p``/``rsync -a`` work)."""
@@ -438,6 +469,8 @@ class VaultFS:
             with self._lock:
                 if found.state in ("writing", "queued", "failed"):
                     found.mtime = time.time() if mtime is None else mtime
+                    if found.final is not None:
+                        found.final = (found.final[0], found.mtime)
                     return
             raise FSError(errno.EBUSY)
         raise FSError(errno.EPERM, "archives are immutable")
@@ -549,7 +582,16 @@ class VaultFS:
 
     def _open_pending(self, p: Pending, flags: int, write: bool) -> int:
         if not write:
-            fd = os.open(p.staging, os.O_RDONLY)
+            try:
+                fd = os.open(p.staging, os.O_RDONLY)
+            except FileNotFoundError:
+                # the upload finished between lookup and open: the bytes are in the cache now
+                p.done.wait(5)
+                if p.archive_id is None or not self.cache.has(p.archive_id):
+                    raise FSError(errno.ENOENT) from None
+                fd = os.open(self.cache.path_for(p.archive_id), os.O_RDONLY)
+                return self._new_handle(Handle(fd=fd, path=p.path, pending=None, writer=False,
+                                               archive_id=p.archive_id))
             return self._new_handle(Handle(fd=fd, path=p.path, pending=p, writer=False))
         self._check_writable()
         abort_key = None
@@ -563,6 +605,7 @@ class VaultFS:
             p.state = "writing"
             p.writers += 1
             p.unflushed += 1
+            p.final = None
             p.done.clear()
         if abort_key:
             self._abort_quietly(abort_key)
@@ -680,11 +723,15 @@ class VaultFS:
 
     def _finalize(self, p: Pending) -> None:
         """Make the staged file durable with its manifest, then queue it."""
+        try:
+            st = os.stat(p.staging)
+            size, staged_mtime = st.st_size, st.st_mtime
+        except OSError:
+            size, staged_mtime = 0, time.time()
         if p.mtime is None:
-            try:
-                p.mtime = os.stat(p.staging).st_mtime
-            except OSError:
-                p.mtime = time.time()
+            p.mtime = staged_mtime
+        p.mtime = float(int(p.mtime))  # descriptions keep whole seconds: show now what a remount shows
+        p.final = (size, p.mtime)
         try:
             self.cache.write_manifest(p.sid, p.manifest())
         except OSError as exc:
@@ -722,6 +769,7 @@ class VaultFS:
         except NotFoundError:
             pass  # already gone: the catalog catches up below
         self.catalog.mark_deleted(archive_id)
+        self._bump()
         self.cache.discard(archive_id)
         with self._lock:
             self._retrievals.pop(archive_id, None)
@@ -768,6 +816,7 @@ class VaultFS:
                 raise FSError(errno.EPERM)
             self.catalog.mkdir(_rel(new))
             self.catalog.rmdir(_rel(old))
+            self._bump()
             return
         if not isinstance(found, Pending):
             log.warning("rename %s: archives are immutable in Glacier (retrieve, copy, then rm)", old)
@@ -891,6 +940,7 @@ class VaultFS:
         with self._lock:
             p.archive_id = archive.archive_id
             p.tree_hash = archive.tree_hash
+            self._generation += 1
             if self._pending.get(p.path) is p:
                 del self._pending[p.path]
             p.done.set()
@@ -1082,6 +1132,21 @@ class VaultFS:
 
     # ------------------------------------------------------------------ status
 
+    def change_token(self) -> Any:
+        """Changes whenever the catalog's files change (any process): the adapter then drops the
+        kernel's directory caches. Cheap: two stats."""
+        directory = getattr(self.catalog, "directory", None)
+        if directory is None:
+            return None
+        token = []
+        for name in ("cache.db", "cache.db-wal"):
+            try:
+                st = os.stat(Path(directory) / name)
+                token.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                token.append(None)
+        return tuple(token)
+
     def pending(self) -> dict[str, str]:
         with self._lock:
             return {path: p.state for path, p in self._pending.items()}
@@ -1137,6 +1202,20 @@ class MultiVaultFS:
             fss = list(self._vaults.values())
         for fs in fss:
             fs.stop(timeout)
+
+    def change_token(self) -> Any:
+        """Vault list (refreshed at most once a minute) and every open vault's catalog token."""
+        with self._lock:
+            fss = sorted(self._vaults.items())
+            cached = self._names
+        if cached is None or time.monotonic() - cached[0] > 60:
+            try:
+                names = self._vault_names(refresh=True)
+            except Exception:
+                names = cached[1] if cached else []
+        else:
+            names = cached[1]
+        return tuple(names), tuple((v, fs.change_token()) for v, fs in fss)
 
     def _vault_names(self, refresh: bool = False) -> list[str]:
         with self._lock:

@@ -358,3 +358,15 @@ def test_multivault_root_lists_and_creates_vaults(env):
         assert made == ["second", VAULT]  # rmdir looked into the vault first
     finally:
         multi.stop()
+
+
+def test_closed_file_keeps_its_size_while_its_bytes_move_into_the_cache(env):
+    fs = env.fs(upload_delay=3600)
+    write_file(fs, "/f", b"12345")
+    staged = next(fs.cache.staging_dir.glob("*.data"))
+    os.rename(staged, staged.with_suffix(".moved"))  # what the upload worker does at the end
+    try:
+        assert fs.getattr("/f").size == 5
+        assert [a.size for _, a in fs.readdir("/")] == [5]
+    finally:
+        os.rename(staged.with_suffix(".moved"), staged)
