@@ -33,6 +33,7 @@ def serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         ("--faults", "explode=0.1"),
         ("--faults", "500"),
         ("--seed", "abc"),
+        ("--faults", "500=0.1", "--faults-ops", "UploadArchiv"),
         ("--verify-sigv4",),
     ],
 )

@@ -48,6 +48,7 @@ import re
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -171,7 +172,10 @@ class Handler(BaseHTTPRequestHandler):
         log.info("%s %s", self.address_string(), format % args)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        log.info('%s "%s" %s %s', self.client_address[0], self.requestline, code, getattr(self, "_op", "-"))
+        """The access log: client, request line, status, operation, ms to the status line (no headers)."""
+        started = getattr(self, "_started", None)
+        ms = f"{(time.monotonic() - started) * 1000:.1f}ms" if started else "-"
+        log.info('%s "%s" %s %s %s', self.client_address[0], self.requestline, code, getattr(self, "_op", "-"), ms)
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -197,6 +201,7 @@ class Handler(BaseHTTPRequestHandler):
         return self.server.options
 
     def _handle(self, method: str) -> None:
+        self._started = time.monotonic()
         self._rid = request_id()
         self._op = "-"
         self._reset_done = False

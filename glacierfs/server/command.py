@@ -90,7 +90,7 @@ def _fail(message: str, code: int = 1) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from . import DataDirInUse, start_server
-    from .faults import FaultSpecError, parse_spec
+    from .faults import FaultSpecError, parse_ops, parse_spec
 
     if args.verbose or getattr(args, "debug", False):
         logging.getLogger("glacierfs.server").setLevel(logging.INFO)
@@ -105,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
         faults = parse_spec(args.faults)
     except FaultSpecError as exc:
         return _fail(f"--faults: {exc}", 2)
-    ops = {o.strip() for o in args.faults_ops.split(",") if o.strip()} if args.faults_ops else None
+    try:
+        ops = parse_ops(args.faults_ops)
+    except FaultSpecError as exc:
+        return _fail(f"--faults-ops: {exc}", 2)
     keys = None
     if args.verify_sigv4:
         access = args.access_key or os.environ.get("AWS_ACCESS_KEY_ID")

@@ -25,6 +25,12 @@ from collections import defaultdict
 log = logging.getLogger(__name__)
 
 KINDS = ("500", "throttle", "408", "reset", "corrupt")
+OPERATIONS = frozenset({
+    "CreateVault", "DescribeVault", "ListVaults", "DeleteVault", "UploadArchive", "DeleteArchive",
+    "InitiateMultipartUpload", "UploadMultipartPart", "CompleteMultipartUpload", "AbortMultipartUpload",
+    "ListParts", "ListMultipartUploads", "InitiateJob", "DescribeJob", "ListJobs", "GetJobOutput",
+    "SetVaultNotifications", "GetVaultNotifications", "DeleteVaultNotifications",
+})
 
 
 class FaultSpecError(ValueError):
@@ -54,6 +60,17 @@ def parse_spec(spec: str | None) -> dict[str, float]:
     if sum(v for k, v in result.items() if k != "corrupt") > 1.0:
         raise FaultSpecError("the fault fractions (other than corrupt) add up to more than 1")
     return result
+
+
+def parse_ops(text: str | None) -> set[str] | None:
+    """``"UploadArchive,GetJobOutput"`` -> a set of operation names; FaultSpecError if one is unknown."""
+    if not text:
+        return None
+    ops = {o.strip() for o in text.split(",") if o.strip()}
+    unknown = sorted(ops - OPERATIONS)
+    if unknown:
+        raise FaultSpecError(f"unknown operation {unknown[0]!r}; known: {', '.join(sorted(OPERATIONS))}")
+    return ops
 
 
 class FaultPlan:
