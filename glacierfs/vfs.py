@@ -240,6 +240,10 @@ class VaultFS:
             t.start()
             self._threads.append(t)
             threading.Thread(target=self._reattach_retrievals, name="reattach", daemon=True).start()
+            if getattr(self.catalog, "inventory_date", "") is None:
+                t = threading.Thread(target=self._first_inventory, name="inventory", daemon=True)
+                t.start()
+                self._threads.append(t)
         threading.Thread(target=self._abort_orphans, name="orphans", daemon=True).start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -1033,6 +1037,29 @@ class VaultFS:
             with self._lock:
                 self._retrievals.setdefault(archive_id, Retrieval(archive_id, tier, time.monotonic()))
         self._retrieval_wake.set()
+
+    def _first_inventory(self) -> None:
+        """A vault never inventoried here: join or start an inventory job and import it when done
+        (hours on AWS); until then the mount shows what was uploaded from this machine."""
+        delay = self._poll_interval
+        told = False
+        while not self._stopping.wait(0 if not told else delay):
+            try:
+                stats = self._runner.inventory(wait=False)
+            except NotReadyError as exc:  # Glacier has no inventory for this vault yet
+                if not told:
+                    log.info("%s", exc)
+            except Exception as exc:
+                log.warning("inventory of %s: %s (will retry)", self.vault, exc)
+            else:
+                if stats is not None or self.catalog.inventory_date is not None:
+                    self._bump()
+                    log.info("imported the inventory of %s", self.vault)
+                    return
+                if not told:
+                    log.info("inventory job for %s running; its archives appear when it completes", self.vault)
+            told = True
+            delay = min(self._max_poll_interval, delay * 1.5)
 
     def _retrieval_loop(self) -> None:
         while not self._stopping.is_set():

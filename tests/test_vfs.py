@@ -370,3 +370,18 @@ def test_closed_file_keeps_its_size_while_its_bytes_move_into_the_cache(env):
         assert [a.size for _, a in fs.readdir("/")] == [5]
     finally:
         os.rename(staged.with_suffix(".moved"), staged)
+
+
+def test_first_mount_imports_an_inventory_in_the_background(env):
+    from glacierfs.codec import encode_description
+
+    data = b"from another machine"
+    env.glacier.upload_archive(VAULT, data, tree_hash(data), encode_description("old/file.txt", 1.6e9))
+    env.server.snapshot(VAULT)
+    fs = env.fs()
+    deadline = time.monotonic() + 60
+    while env.catalog.inventory_date is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert fs.getattr("/old/file.txt").size == len(data)
+    assert fs.getxattr("/old/file.txt", "user.glacier.state") == b"archived"
