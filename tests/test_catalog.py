@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import multiprocessing
 import os
+import random
 import stat
 import threading
 from collections.abc import Iterator
@@ -39,9 +41,12 @@ def plain(aid: str, desc: str, created: str = "2026-01-01T00:00:00Z") -> Invento
     return InventoryItem(aid, desc, created, 3, H)
 
 
-@pytest.fixture
-def cat(tmp_path: Path) -> Iterator[Catalog]:
+@pytest.fixture(params=["incremental", "rebuild"])
+def cat(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Catalog]:
+    """Every catalog test runs with both import strategies (diff and full rebuild)."""
     c = Catalog.open(tmp_path / "cache", "local:/data dir", "us-east-1", "vault-1")
+    if request.param == "rebuild":
+        c.incremental_limit = 0
     yield c
     c.close()
 
@@ -567,3 +572,64 @@ def test_catalog_files_stay_private_under_a_loose_umask(tmp_path: Path) -> None:
     for p in (tmp_path / "c").rglob("*"):
         mode = stat.S_IMODE(p.stat().st_mode)
         assert mode == (0o700 if p.is_dir() else 0o600), (p, oct(mode))
+
+
+def _snapshot(c: Catalog) -> list[tuple[str, str | None]]:
+    out: list[tuple[str, str | None]] = []
+
+    def walk(d: str) -> None:
+        for name, a in c.listdir(d):
+            path = f"{d}/{name}" if d else name
+            out.append((path, a.archive_id if a else None))
+            if a is None:
+                walk(path)
+
+    walk("")
+    return out
+
+
+def test_both_import_strategies_agree_on_random_histories(tmp_path: Path) -> None:
+    rng = random.Random(42)
+    inc = Catalog.open(tmp_path / "inc", "aws", "r", "v")
+    reb = Catalog.open(tmp_path / "reb", "aws", "r", "v")
+    reb.incremental_limit = 0
+    paths = ["a", "a/x", "a/y", "b/c/d", "b/c", "e.txt", "..", "/abs", "", "a/x/z"]
+    vault: dict[str, InventoryItem] = {}
+    strategies = set()
+    for step in range(60):
+        day = f"2026-02-{1 + step // 3:02d}T{step % 3:02d}:00:00Z"
+        op = rng.random()
+        if op < 0.3:
+            aid = f"id{rng.randint(0, 30):03d}"
+            it = item(aid, rng.choice(paths) or None, created=day)
+            vault.setdefault(aid, it)
+            for c in (inc, reb):
+                c.add_uploaded(
+                    archive_id=aid,
+                    path=None,
+                    size=1,
+                    tree_hash=H,
+                    creation_date=vault[aid].creation_date,
+                    description=vault[aid].description,
+                )
+        elif op < 0.45:
+            aid = f"id{rng.randint(0, 30):03d}"
+            vault.pop(aid, None)
+            for c in (inc, reb):
+                c.mark_deleted(aid, when=iso_epoch(day))
+        elif op < 0.55:
+            d = rng.choice(["m", "m/n", "a/new", "e.txt"])
+            for c in (inc, reb):
+                with contextlib.suppress(ConflictError):
+                    c.mkdir(d)
+        else:
+            listed = [v for v in vault.values() if rng.random() < 0.85]
+            listed += [item(f"inv{rng.randint(0, 15):02d}", rng.choice(paths) or None) for _ in range(3)]
+            listed = list({i.archive_id: i for i in listed}.values())
+            for c in (inc, reb):
+                st = c.import_inventory(listed, f"2026-02-{1 + step // 3:02d}T{step % 3:02d}:30:00Z")
+                strategies.add(st.extra.get("strategy"))
+        assert _snapshot(inc) == _snapshot(reb), step
+    assert strategies == {"incremental", "rebuild"}
+    inc.close()
+    reb.close()
