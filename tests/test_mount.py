@@ -477,3 +477,19 @@ def test_parallel_copies_while_listing(glacier_server, mount_factory, tmp_path):
     assert sorted(a["SHA256TreeHash"] for a in server_inventory(glacier_server, VAULT)) == sorted(
         _treehash(p) for p in sources
     )
+
+
+def test_all_vaults_root(glacier_server, mount_factory, tmp_path):
+    glacier_server.client(max_attempts=3).create_vault(vaultName="first")
+    m = mount_factory(glacier_server, "--all-vaults", vault=None)
+    assert os.listdir(m.mnt) == ["first"]
+    assert run("mkdir", str(m.mnt / "second"), str(m.mnt / "third")).returncode == 0
+    assert sorted(os.listdir(m.mnt)) == ["first", "second", "third"]
+    (m.mnt / "second" / "f.txt").write_bytes(b"in the second vault")
+    assert run("sync", str(m.mnt / "second" / "f.txt")).returncode == 0, m.log()
+    assert getfattr(m.mnt / "second" / "f.txt", "user.glacier.state") == "cached"
+    assert "Directory not empty" in run("rmdir", str(m.mnt / "second")).stderr
+    assert run("rmdir", str(m.mnt / "third")).returncode == 0, m.log()
+    names = [v["VaultName"] for v in glacier_server.client(max_attempts=3).list_vaults()["VaultList"]]
+    assert sorted(names) == ["first", "second"]
+    assert "Invalid argument" in run("mkdir", str(m.mnt / "bad name")).stderr
