@@ -123,3 +123,27 @@ def test_vault_limit(tmp_path, monkeypatch):
             c.create_vault(vaultName="v3")
         assert exc.value.response["Error"]["Code"] == "LimitExceededException"
         assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+def test_short_pages_still_reach_everything(glacier_server_factory):
+    s = glacier_server_factory("--short-pages")
+    c = s.client()
+    names = [f"s{i:02d}" for i in range(25)]
+    for n in names:
+        c.create_vault(vaultName=n)
+    seen, marker, sizes = [], None, []
+    while True:
+        page = c.list_vaults(limit="10", **({"marker": marker} if marker else {}))
+        sizes.append(len(page["VaultList"]))
+        seen += [v["VaultName"] for v in page["VaultList"]]
+        marker = page.get("Marker")
+        if not marker:
+            break
+    assert seen == names
+    assert sizes[0] == 9  # short although more remain
+    uid = c.initiate_multipart_upload(vaultName="s00", partSize=str(MiB))["uploadId"]
+    for i in range(5):
+        c.upload_multipart_part(vaultName="s00", uploadId=uid, range=f"bytes {i * MiB}-{i * MiB}/*", body=b"p")
+    parts = [p for pg in c.get_paginator("list_parts").paginate(vaultName="s00", uploadId=uid,
+                                                               PaginationConfig={"PageSize": 2}) for p in pg["Parts"]]
+    assert len(parts) == 5

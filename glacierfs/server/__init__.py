@@ -118,6 +118,7 @@ def start_server(
     verify_content_sha256: bool = True,
     omit_nulls: bool = False,
     loose_checksums: bool = False,
+    short_pages: bool = False,
     body_timeout: float = 60.0,
     sigv4_keys: tuple[str, str] | None = None,
     account: str = "012345678901",
@@ -141,7 +142,7 @@ def start_server(
                                      inventory_interval=inventory_interval), seed=seed)
         options = Options(
             verify_content_sha256=verify_content_sha256, omit_nulls=omit_nulls, loose_checksums=loose_checksums,
-            body_timeout=body_timeout, faults=FaultPlan(fractions, seed, faults_ops),
+            short_pages=short_pages, body_timeout=body_timeout, faults=FaultPlan(fractions, seed, faults_ops),
             sigv4=SigV4Verifier(*sigv4_keys, region=region) if sigv4_keys else None,
         )
         try:

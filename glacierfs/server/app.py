@@ -88,6 +88,7 @@ class Options:
     verify_content_sha256: bool = True
     omit_nulls: bool = False  # leave out null fields instead of sending explicit nulls (§5 item 15)
     loose_checksums: bool = False  # GetJobOutput hash header by the model's MiB rule instead of tree alignment
+    short_pages: bool = False  # List* pages with more to come hold one item less than they could
     body_timeout: float = 60.0  # seconds of silence before a body read fails with 408
     faults: FaultPlan = field(default_factory=lambda: FaultPlan({}, None))
     sigv4: SigV4Verifier | None = None
@@ -436,6 +437,16 @@ class Handler(BaseHTTPRequestHandler):
             raise invalid(f"Invalid limit: {raw}")
         return min(value, maximum)
 
+    def _shorten(self, page: list[dict[str, Any]], nxt: Any, key: str) -> tuple[list[dict[str, Any]], Any]:
+        """With ``--short-pages``, hold back the last item of a page that has more after it.
+
+        The service may return fewer items than ``limit`` while more remain (reference §4.4);
+        this makes that happen on every such page, so a client that stops on a short page fails.
+        """
+        if self.options.short_pages and nxt is not None and len(page) > 1:
+            return page[:-1], page[-1][key]
+        return page, nxt
+
     def _content_length(self) -> int:
         raw = self.headers.get("Content-Length")
         if raw is None:
@@ -499,7 +510,7 @@ class Handler(BaseHTTPRequestHandler):
             if not marker.startswith(prefix):
                 raise invalid(f"Invalid marker: {marker}")
             start = marker[len(prefix):]
-        page, nxt = self.store.list_vaults(start, limit)
+        page, nxt = self._shorten(*self.store.list_vaults(start, limit), key="name")
         self._send_json(200, {
             "Marker": self.store.arn(nxt) if nxt else None,
             "VaultList": [self._describe_vault(v) for v in page],
@@ -625,6 +636,7 @@ class Handler(BaseHTTPRequestHandler):
             if not isinstance(after, int):
                 raise invalid(f"Invalid marker: {marker}")
         up, page, nxt = self.store.list_parts(vault, upload_id, after, limit)
+        page, nxt = self._shorten(page, nxt, key="start")
         self._send_json(200, {
             "ArchiveDescription": up["description"],
             "CreationDate": iso_ms(up["created"]),
@@ -646,7 +658,7 @@ class Handler(BaseHTTPRequestHandler):
             after = decode_marker(marker)
             if not isinstance(after, str):
                 raise invalid(f"Invalid marker: {marker}")
-        page, nxt = self.store.list_uploads(vault, after, limit)
+        page, nxt = self._shorten(*self.store.list_uploads(vault, after, limit), key="id")
         self._send_json(200, {
             "Marker": encode_marker(nxt) if nxt is not None else None,
             "UploadsList": [
@@ -772,7 +784,7 @@ class Handler(BaseHTTPRequestHandler):
             after = decode_marker(marker)
             if not isinstance(after, int):
                 raise invalid(f"Invalid marker: {marker}")
-        page, nxt = self.store.list_jobs(vault, status, completed, after, limit)
+        page, nxt = self._shorten(*self.store.list_jobs(vault, status, completed, after, limit), key="seq")
         self._send_json(200, {
             "JobList": [self._describe_job(j) for j in page],
             "Marker": encode_marker(nxt) if nxt is not None else None,

@@ -72,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--omit-nulls", action="store_true", help="leave null fields out of responses")
     p.add_argument("--loose-checksums", action="store_true",
                    help="send GetJobOutput hashes for any MiB-aligned range (API reference rule)")
+    p.add_argument("--short-pages", action="store_true",
+                   help="List* pages that have more after them hold one item less than the limit")
     p.add_argument("--no-content-sha256-check", action="store_true",
                    help="do not check x-amz-content-sha256 against upload bodies")
     p.add_argument("--body-timeout", type=_positive_seconds, default=60.0, metavar="SECONDS",
@@ -124,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             data_dir, host=args.host, port=args.port, job_delay=args.job_delay,
             inventory_interval=args.inventory_interval, faults=faults, faults_ops=ops, seed=args.seed,
             verify_content_sha256=not args.no_content_sha256_check, omit_nulls=args.omit_nulls,
-            loose_checksums=args.loose_checksums, body_timeout=args.body_timeout, sigv4_keys=keys,
+            loose_checksums=args.loose_checksums, short_pages=args.short_pages, body_timeout=args.body_timeout, sigv4_keys=keys,
         )
     except DataDirInUse as exc:
         return _fail(str(exc))
