@@ -127,8 +127,10 @@ def start_server(
 ) -> ServerHandle:
     """Start a server on ``data_dir`` in background threads and return its handle.
 
-    Raises :class:`DataDirInUse`, ``OSError`` (data dir or port unusable) or ``ValueError``
-    (bad fault spec). ``job_delay`` 0 completes jobs inside InitiateJob.
+    Raises :class:`DataDirInUse`, ``OSError`` (data dir or port unusable), ``sqlite3.Error``
+    (corrupt metadata) or ``ValueError`` (bad fault spec). ``job_delay`` 0 completes jobs
+    inside InitiateJob; ``inventory_interval`` (default 60 s) is the snapshot schedule of
+    changed vaults. Options mirror ``glacierfs serve``'s (see :mod:`.command`).
     """
     if unknown:
         raise TypeError(f"unknown server options: {', '.join(sorted(unknown))}")
