@@ -261,12 +261,16 @@ class Catalog:
             raise StateError(f"cannot create the catalog directory {directory}: {exc.strerror}") from None
         try:
             cache = diskcache.Cache(str(directory), timeout=60, **_CACHE_SETTINGS)
+        except diskcache.Timeout:
+            raise StateError(f"the catalog in {directory} is locked by another process; try again") from None
         except (sqlite3.DatabaseError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StateError(
+                    f"the catalog in {directory} is locked by another process; try again"
+                ) from None
             raise StateError(
                 f"the catalog in {directory} is unreadable ({exc}): {_rebuild_hint(directory)}"
             ) from None
-        except diskcache.Timeout:
-            raise StateError(f"the catalog in {directory} is locked by another process; try again") from None
         self = cls(directory, cache)
         try:
             self._setup()

@@ -117,6 +117,27 @@ def test_corrupt_catalog_is_a_state_error_saying_how_to_rebuild(tmp_path: Path) 
     assert str(directory) in str(info.value)
 
 
+def test_corrupt_pages_are_a_state_error(tmp_path: Path) -> None:
+    c = Catalog.open(tmp_path, "aws", "r", "v")
+    c.import_inventory([item(f"a{i}", f"d/f{i}") for i in range(300)], D1)
+    directory = c.directory
+    c.close()
+    db = directory / "cache.db"
+    size = db.stat().st_size
+    assert size > 8192
+    with open(db, "r+b") as f:  # keep the header page, garble every other page
+        f.seek(4096)
+        f.write(bytes(range(256)) * ((size - 4096) // 256))
+    with pytest.raises(StateError) as info:
+        c2 = Catalog.open(tmp_path, "aws", "r", "v")
+        try:
+            c2.listdir("d")
+            list(c2.iter_archives())
+        finally:
+            c2.close()
+    assert "glacierfs inventory" in str(info.value)
+
+
 # ------------------------------------------------------------------------------ listing and lookup
 
 
