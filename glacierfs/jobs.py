@@ -527,6 +527,13 @@ class JobRunner:
                     continue
                 date = header.get("InventoryDate") if isinstance(header, dict) else None
                 if not date:
+                    # CSV output (e.g. a job another tool started) carries no date. The job's
+                    # initiation date is no later than the snapshot it returns, and an older
+                    # date is the safe side of the catalog's rules: our recent uploads stay
+                    # visible and our deletions stay hidden a little longer, never the reverse.
+                    date = desc.get("CreationDate")
+                    log.info("inventory output of job %s has no date; using the job's %s", job_id, date)
+                if not date:
                     last_err = IntegrityError("inventory output has no InventoryDate")
                     continue
                 spool.seek(0)

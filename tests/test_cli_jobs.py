@@ -301,6 +301,23 @@ def test_vaults_written_by_other_tools_list_with_real_paths(cli: Cli, glacier_se
     assert (out / "héllo-ünïcode.txt").read_bytes() == MT2.encode()[:50] + b"!"
 
 
+def test_csv_inventory_job_of_another_tool_is_reattached_and_imported(
+    cli: Cli, glacier_server, tmp_path: Path
+) -> None:
+    """CSV output has no InventoryDate: the job's own date stands in, and quoting survives."""
+    cli("vaults", "create", "csv")
+    tricky = 'odd, "quoted" \\name.txt'
+    ids = {upload_raw(glacier_server, "csv", b"x" * 10, d): d for d in (tricky, "plain/b.txt")}
+    glacier_server.snapshot("csv")
+    job = glacier_server.client().initiate_job(
+        vaultName="csv", jobParameters={"Type": "inventory-retrieval", "Format": "CSV"}
+    )["jobId"]
+    listed = {line.split("\t")[3]: line.split("\t")[0] for line in cli("inventory", "-v", "csv").lines}
+    assert listed == {i: d for i, d in ids.items()}
+    jobs = glacier_server.client().list_jobs(vaultName="csv")["JobList"]
+    assert [j["JobId"] for j in jobs] == [job]  # reattached, no second job
+
+
 # --------------------------------------------------------------------------- faults
 
 
