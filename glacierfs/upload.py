@@ -342,6 +342,10 @@ class UploadEngine:
             if archive is not None:
                 return archive
             # _resume dropped the state (upload id gone): start over
+        else:
+            done = self._already_uploaded(source, st.st_size, description)
+            if done is not None:
+                return done
         part_size = choose_part_size(st.st_size, self.part_size)
         state = {
             "source": str(source),
@@ -398,7 +402,67 @@ class UploadEngine:
 
     # ------------------------------------------------------------------ multipart
 
+    def _already_uploaded(self, source: Path, size: int, description: str) -> Any | None:
+        """The catalog's archive with this exact description, size and the file's tree hash, if any.
+
+        Re-running ``glacierfs upload`` after an interruption names every file again, including
+        those that finished (and were recorded) before the interruption: they must not become a
+        second archive. Only the archive holding the description's display path is checked (the
+        newest one with that path), so this costs one catalog lookup, plus one hash of the file
+        when name, description and size all match.
+        """
+        from glacierfs.codec import decode_description, safe_relpath
+
+        try:
+            hit = self.catalog.lookup(safe_relpath(decode_description(description).path, "-"))
+        except (AttributeError, NotFoundError):
+            return None
+        if (
+            getattr(hit, "description", None) != description
+            or getattr(hit, "size", None) != size
+            or not getattr(hit, "tree_hash", None)
+        ):
+            return None
+        if tree_hash_file(source) != hit.tree_hash:
+            return None
+        log.warning("%s is already archive %s (same description, size and tree hash); not uploading it again",
+                    source, hit.archive_id)
+        return hit
+
+    def _adopt_open_upload(self, key: str, source: Path, fd: int, state: dict, stats: UploadStats) -> Any | None:
+        """Resume an open upload of this very file found on the service when our state of it is gone.
+
+        The local state can be lost (cache directory deleted or rebuilt after corruption) while
+        the service still holds the upload with its parts; starting over would leave it behind
+        (and re-send every part). An open upload with our exact description and part size is
+        taken over like a saved state (ListParts verified against the file, so a part that is
+        not this file's is sent again). Returns None when there is none (or it vanished).
+        """
+        try:
+            uploads = self.glacier.list_uploads(self.vault)
+        except ServiceError as exc:
+            log.debug("cannot list open uploads (%s); starting a new one", exc)
+            return None
+        matching = [
+            up for up in uploads
+            if up.get("MultipartUploadId")
+            and (up.get("ArchiveDescription") or "") == state["description"]
+            and int(up.get("PartSizeInBytes") or 0) == state["part_size"]
+        ]
+        if not matching:
+            return None
+        newest = max(matching, key=lambda up: str(up.get("CreationDate") or ""))
+        upload_id = newest["MultipartUploadId"]
+        log.warning("resuming upload %s of %s found on the service (its local state was lost)", upload_id[:16], source)
+        state.update(upload_id=upload_id, status="uploading")
+        self._save(key, state)
+        return self._resume(key, source, fd, state, stats)
+
     def _multipart_fresh(self, key: str, source: Path, fd: int, state: dict, stats: UploadStats) -> Any:
+        adopted = self._adopt_open_upload(key, source, fd, state, stats)
+        if adopted is not None:
+            return adopted
+        state.update(upload_id=None, status="initiating", parts={}, bytes_done=0, tree_hash=None)
         self._save(key, state)  # "initiating": an Initiate that dies can be found and aborted
         upload_id, retried = self.glacier.initiate_multipart_ex(self.vault, state["part_size"], state["description"])
         state["upload_id"] = upload_id
