@@ -45,6 +45,10 @@ BLKSIZE = 1 << 20  # cp and friends size their buffers after st_blksize: fewer, 
 # The catalog changes only through this process (or through the CLI, which then shows up at
 # the next lookup after the timeout): long kernel caching keeps `ls -l` of big directories fast.
 DEFAULT_OPTIONS = {"attr_timeout": "3600", "entry_timeout": "3600", "negative_timeout": "0"}
+if (mfusepy.fuse_version_major, mfusepy.fuse_version_minor) >= (3, 12):
+    # fsync blocks its FUSE thread until the archive exists: with libfuse's default of 10
+    # threads, ten waiting `sync FILE` would freeze every other operation on the mount
+    DEFAULT_OPTIONS["max_threads"] = "64"
 
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EOPNOTSUPP, errno.EEXIST, errno.ENOTEMPTY}
 MAX_CACHED_ENTRIES = 200_000  # bound of the reused directory listings (about 50 MiB)
