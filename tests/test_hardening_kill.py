@@ -1,0 +1,196 @@
+"""Hardening: SIGKILL of the CLI and of the mount at random points of 20 uploads, then resume.
+
+The kill moments come from a ``random.Random`` seeded per test (the seed is in every assertion
+message), so a failure can be replayed. After the interruptions the same command (or a new
+mount) finishes the work and the *server* must hold exactly one archive per file, with the
+file's tree hash, and no open multipart upload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from glacierfs.treehash import MiB
+from tests.hardening_util import Cli, assert_exactly_once, open_uploads, random_files
+
+SEED = 20261125
+SIZES = [900, MiB - 100, MiB + 200, 2 * MiB + 300, 3 * MiB - 5000]
+
+# A local upload of 20 small files takes half a second: too short to land kills anywhere but at
+# the start. The child lingers after each answer the server gave (a ``sitecustomize`` in the
+# child only; the command is unchanged), so a kill can land in every window: the server holds
+# an upload, a part or a completed archive that this process has not recorded yet.
+LINGER_HOOK = """
+import time
+
+import glacierfs.client as c
+
+def _linger(name, seconds):
+    real = getattr(c.Glacier, name)
+
+    def wrapper(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        time.sleep(seconds)
+        return result
+
+    setattr(c.Glacier, name, wrapper)
+
+for _name, _s in (("initiate_multipart_ex", 0.03), ("upload_part", 0.06), ("complete_multipart", 0.05)):
+    _linger(_name, _s)
+"""
+
+
+def kill_at(proc: subprocess.Popen, delay: float) -> bool:
+    """SIGKILL ``proc`` after ``delay`` seconds unless it ended first; True if it was killed."""
+    try:
+        proc.wait(delay)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        return True
+    return False
+
+
+@pytest.mark.timeout(300)
+def test_cli_sigkilled_at_random_points_of_20_uploads_then_rerun(glacier_server, tmp_path: Path) -> None:
+    rng = random.Random(SEED)
+    ctx = f"seed {SEED}"
+    glacier_server.client().create_vault(vaultName="v")
+    work = tmp_path / "work"
+    files = random_files(work, rng, 20, SIZES)
+    cli = Cli(glacier_server.url, tmp_path / "cache", work)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(LINGER_HOOK)
+    args = ("upload", "-q", "-v", "v", "--part-size", "1M", "--concurrency", "2", *files)
+    kills: list[float] = []
+    printed: dict[str, str] = {}
+    for _ in range(10):
+        env = cli.env()
+        env["PYTHONPATH"] = f"{hook}{os.pathsep}{env['PYTHONPATH']}"
+        proc = subprocess.Popen(cli.argv(args), cwd=cli.cwd, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        delay = rng.uniform(0.4, 2.5)
+        try:
+            killed = kill_at(proc, delay)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            out, err = proc.communicate(timeout=30)
+        if not killed:
+            assert proc.returncode == 0, f"{ctx}: upload failed after kills at {kills}: {err}"
+            break
+        kills.append(round(delay, 2))
+        assert "Traceback" not in err, f"{ctx}: {err}"
+        for line in out.splitlines():
+            aid, _tree, _size, path = line.split("  ")
+            printed.setdefault(path, aid)
+            assert printed[path] == aid, f"{ctx}: {path} printed as two archives (kills at {kills})"
+    final = cli(*args, timeout=240)  # the same command again: resumes, uploads nothing twice
+    ids = assert_exactly_once(glacier_server, "v", files, f"{ctx} kills at {kills}")
+    for line in final.lines:
+        aid, _tree, _size, path = line.split("  ")
+        assert ids[path] == aid, f"{ctx}: {path} printed {aid}, the server has {ids[path]} (kills at {kills})"
+    assert all(ids[p] == a for p, a in printed.items()), f"{ctx}: an interrupted run printed another archive"
+    assert len(kills) >= 3, f"{ctx}: only {len(kills)} kills landed ({kills}); the test did not test much"
+    status = json.loads(cli("status", "-v", "v", "--json").stdout)
+    assert status["pending_uploads"] == [], f"{ctx}: {status}"
+    print(f"{ctx}: killed at {kills} s; {len(printed)} file(s) finished before the last kill")
+
+
+# --------------------------------------------------------------------------- the mount
+
+
+def _mount_helpers():
+    from tests import test_mount
+
+    return test_mount
+
+
+@pytest.mark.timeout(300)
+def test_mount_sigkilled_at_random_points_of_20_uploads_then_remounted(glacier_server, tmp_path: Path) -> None:
+    tm = _mount_helpers()
+    tm.skip_without_fuse()
+    rng = random.Random(SEED + 1)
+    ctx = f"seed {SEED + 1}"
+    glacier_server.client().create_vault(vaultName="mv")
+    src = tmp_path / "src"
+    files = random_files(src, rng, 20, SIZES[:4], prefix="d")
+    cache = tmp_path / "cache"
+    mnt = tmp_path / "mnt"
+    mounts: list = []
+
+    def mount() -> object:
+        m = tm.Mount(mnt, cache, glacier_server.url, "mv", "--part-size", "1M", "--concurrency", "2")
+        mounts.append(m)
+        return m.start()
+
+    def copy_all(m, rel_paths: list[str], deadline: float) -> None:
+        for rel in rel_paths:
+            if time.monotonic() > deadline:
+                return
+            target = m.mnt / rel
+            res = subprocess.run(["cp", str(src / rel), str(target)], capture_output=True, text=True, timeout=60,
+                                 check=False)
+            if res.returncode != 0:
+                return  # the mount died under us (the kill): stop copying
+
+    kills: list[float] = []
+    try:
+        m = mount()
+        probe = m.mnt / "probe.txt"
+        try:
+            probe.write_bytes(b"probe")
+            probe.unlink()
+        except OSError as exc:
+            pytest.skip(f"the mount does not accept a small write yet ({exc}); log:\n{m.log()}")
+        (m.mnt / "d").mkdir()
+        for _ in range(4):
+            delay = rng.uniform(0.5, 3.0)
+            todo = [rel for rel in files if not _complete(m.mnt / rel, files[rel])]
+            t = threading.Thread(target=copy_all, args=(m, todo, time.monotonic() + delay), daemon=True)
+            t.start()
+            time.sleep(delay)
+            kills.append(round(delay, 2))
+            m.kill()  # SIGKILL the mount process, then unmount the dead mount point
+            t.join(60)
+            m = mount()
+        todo = [rel for rel in files if not _complete(m.mnt / rel, files[rel])]
+        for rel in todo:  # what the user re-copies after the crashes
+            (m.mnt / rel).parent.mkdir(parents=True, exist_ok=True)
+            res = subprocess.run(["cp", str(src / rel), str(m.mnt / rel)], capture_output=True, text=True,
+                                 timeout=60, check=False)
+            assert res.returncode == 0, f"{ctx}: cp {rel} after kills at {kills}: {res.stderr}\n{m.log()}"
+        res = subprocess.run(["sync", *[str(m.mnt / rel) for rel in files]], capture_output=True, text=True,
+                             timeout=240, check=False)
+        assert res.returncode == 0, f"{ctx}: sync after kills at {kills}: {res.stderr}\n{m.log()}"
+        listed = sorted(str(p.relative_to(m.mnt)) for p in m.mnt.rglob("*") if p.is_file())
+        assert listed == sorted(files), f"{ctx}: the mount lists {listed} after kills at {kills}\n{m.log()}"
+        assert_exactly_once(glacier_server, "mv", files, f"{ctx} kills at {kills}")
+        assert open_uploads(glacier_server, "mv") == []
+    finally:
+        for mt in mounts:
+            try:
+                mt.stop()
+            finally:
+                if mt.proc is not None and mt.proc.poll() is None:
+                    mt.proc.kill()
+                    mt.proc.wait(10)
+                tm.unmount(mt.mnt)
+
+
+def _complete(path: Path, data: bytes) -> bool:
+    """The file is in the mount with all its bytes (a copy cut off by a kill is not)."""
+    try:
+        return path.stat().st_size == len(data)
+    except OSError:
+        return False

@@ -1,0 +1,180 @@
+"""Hardening: corrupt or truncated local state files.
+
+A pending upload is left behind by a CLI that dies (SIGKILL from inside, after two parts the
+server accepted). Then the catalog files under ``--cache-dir`` are damaged in several ways and
+the commands are run again. Each command either works (a transparent rebuild) or fails with one
+clear error line that says how to rebuild - the same error every time, never a traceback or a
+hang. Following the advice (deleting the named directory) and re-running the upload must finish
+the *same* pending upload: exactly one archive on the server and no open multipart upload, so
+the pending upload was never lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from glacierfs.treehash import MiB
+from tests.hardening_util import (
+    Cli,
+    Result,
+    assert_exactly_once,
+    assert_one_error,
+    open_uploads,
+    random_files,
+)
+
+SEED = 4242
+
+# The child kills itself once the server accepted its second part: an upload pending in the
+# catalog and open on the server (a ``sitecustomize`` for that process only).
+DIE_HOOK = """
+import os, signal, threading
+
+import glacierfs.client as c
+
+_real = c.Glacier.upload_part
+_count = [0]
+_lock = threading.Lock()
+
+def upload_part(self, *args, **kwargs):
+    result = _real(self, *args, **kwargs)
+    with _lock:
+        _count[0] += 1
+        if _count[0] >= 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return result
+
+c.Glacier.upload_part = upload_part
+"""
+
+
+def pending_upload(cli: Cli, tmp_path: Path, name: str) -> None:
+    hook = tmp_path / "die-hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(DIE_HOOK)
+    env = cli.env()
+    env["PYTHONPATH"] = f"{hook}{os.pathsep}{env['PYTHONPATH']}"
+    proc = subprocess.run(
+        cli.argv(("upload", "-q", "-v", "v", "--part-size", "1M", "--concurrency", "1", name)),
+        cwd=cli.cwd, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == -9, f"the upload should have died: {proc.returncode} {proc.stderr}"
+
+
+def catalog_dir(cache: Path) -> Path:
+    [db] = list(cache.rglob("cache.db"))
+    return db.parent
+
+
+def damage(directory: Path, how: str, rng: random.Random) -> None:
+    db = directory / "cache.db"
+    size = db.stat().st_size
+    if how == "truncate-half":
+        os.truncate(db, size // 2)
+    elif how == "truncate-zero":
+        os.truncate(db, 0)
+    elif how == "garbage":
+        db.write_bytes(rng.randbytes(size))
+    elif how == "header":
+        with open(db, "r+b") as f:
+            f.write(b"this is not sqlite at all")
+    elif how == "pages":
+        with open(db, "r+b") as f:
+            for _ in range(4):
+                page = rng.randrange(1, max(2, size // 4096))
+                f.seek(page * 4096)
+                f.write(rng.randbytes(4096))
+    elif how == "wal-garbage":
+        (directory / "cache.db-wal").write_bytes(rng.randbytes(64 * 1024))
+        with contextlib.suppress(FileNotFoundError):
+            (directory / "cache.db-shm").unlink()
+    elif how == "deleted":
+        shutil.rmtree(directory)
+    else:  # pragma: no cover
+        raise AssertionError(how)
+
+
+def rebuild_dir(res: Result, cache: Path) -> Path:
+    """The directory an error tells the user to delete (it must be inside the cache dir)."""
+    m = re.search(r"delete (\S+) and run", res.stderr)
+    assert m, f"the error does not say how to rebuild:\n{res}"
+    target = Path(m.group(1))
+    assert cache.resolve() in target.resolve().parents, f"told to delete {target}, outside {cache}"
+    return target
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    "how", ["truncate-half", "truncate-zero", "garbage", "header", "pages", "wal-garbage", "deleted"]
+)
+def test_damaged_catalog_never_loses_a_pending_upload(how: str, glacier_server, tmp_path: Path) -> None:
+    rng = random.Random(f"{SEED}:{how}")
+    ctx = f"seed {SEED} damage {how}"
+    glacier_server.client().create_vault(vaultName="v")
+    work = tmp_path / "work"
+    files = random_files(work, rng, 2, [3 * MiB])
+    done, pending = list(files)
+    cache = tmp_path / "cache"
+    cli = Cli(glacier_server.url, cache, work)
+    cli("upload", "-q", "-v", "v", done)
+    pending_upload(cli, tmp_path, pending)
+    assert len(open_uploads(glacier_server, "v")) == 1, ctx
+    status = json.loads(cli("status", "-v", "v", "--json").stdout)
+    assert [u["path"] for u in status["pending_uploads"]] == [pending], ctx
+
+    damage(catalog_dir(cache), how, rng)
+
+    outcomes = []
+    for args in (("status", "-v", "v", "--json"), ("inventory", "-v", "v"), ("status", "-v", "v", "--json")):
+        res = cli(*args, code=None, timeout=60)
+        outcomes.append(res.returncode)
+        if res.returncode not in (0, 8):  # 8: no inventory yet (the vault is new), listing still printed
+            assert_one_error(res, codes=(7,), match="rebuild", ctx=ctx)
+            rebuild_dir(res, cache)
+    # the same answer each time: no state that half-repairs itself into something else
+    assert outcomes[0] == outcomes[2], f"{ctx}: {outcomes}"
+    print(f"{ctx}: status/inventory/status exit {outcomes}")
+
+    res = cli("upload", "-q", "-v", "v", pending, code=None, timeout=120)
+    if res.returncode != 0:
+        assert_one_error(res, codes=(7,), match="rebuild", ctx=ctx)
+        again = cli("upload", "-q", "-v", "v", pending, code=None, timeout=120)
+        assert again.returncode == res.returncode and again.stderr == res.stderr, f"{ctx}: not stable\n{again}"
+        shutil.rmtree(rebuild_dir(res, cache))  # what the error says to do
+        res = cli("upload", "-q", "-v", "v", pending, timeout=120)
+    # the pending upload was taken over, not started again beside the open one
+    assert_exactly_once(glacier_server, "v", files, ctx)
+    assert len(res.lines) == 1 and res.lines[0].endswith(f"  {pending}"), f"{ctx}\n{res}"
+    # and the catalog works again afterwards
+    glacier_server.snapshot("v")
+    listed = sorted(line.split("\t")[0] for line in cli("inventory", "-v", "v", "-f").lines)
+    assert listed == sorted(files), f"{ctx}: {listed}"
+
+
+@pytest.mark.timeout(120)
+def test_damaged_download_sidecar_and_partial_are_refetched(glacier_server, tmp_path: Path) -> None:
+    """A truncated partial file and a garbled sidecar next to the target: verified download anyway."""
+    rng = random.Random(SEED)
+    glacier_server.client().create_vault(vaultName="v")
+    work = tmp_path / "work"
+    files = random_files(work, rng, 1, [3 * MiB])
+    [name] = files
+    cli = Cli(glacier_server.url, tmp_path / "cache", work)
+    aid = cli("upload", "-q", "-v", "v", name).lines[0].split("  ")[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    base = Path(name).name
+    (out / f".{base}.glacierfs-part").write_bytes(rng.randbytes(1000))
+    (out / f".{base}.glacierfs-part.json").write_bytes(b'{"archive_id": "' + aid.encode() + b'", "chunks": {"0": [')
+    cli("download", "-q", "-v", "v", f"-a={aid}", "-o", str(out))
+    assert (out / base).read_bytes() == files[name], f"seed {SEED}"
+    assert sorted(os.listdir(out)) == [base], f"seed {SEED}: leftovers {os.listdir(out)}"
