@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
 DEFAULT_CACHE_SIZE = "10GiB"
+KEYS_ENV = ("GLACIERFS_MOUNT_ACCESS_KEY", "GLACIERFS_MOUNT_SECRET_KEY")  # -k/-s handed to the daemon
 
 
 def default_local_dir() -> str:
@@ -149,8 +150,9 @@ def _log_path(args: argparse.Namespace) -> Path:
 
 def _child_argv(args: argparse.Namespace, mnt: Path) -> list[str]:
     argv = [sys.executable, "-m", "glacierfs", "mount", "--foreground"]
-    for opt in ("endpoint_url", "region", "profile", "cache_dir", "access_key", "secret_key", "part_size",
-                "auto_retrieve"):
+    # -k/-s go to the child through its environment (KEYS_ENV), never its command line: any
+    # local user can read a process's command line in /proc, only its owner the environment.
+    for opt in ("endpoint_url", "region", "profile", "cache_dir", "part_size", "auto_retrieve"):
         value = getattr(args, opt, None)
         if value:
             argv += [f"--{opt.replace('_', '-')}", str(value)]
@@ -172,6 +174,7 @@ def _child_argv(args: argparse.Namespace, mnt: Path) -> list[str]:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    _keys_from_env(args)
     _fix_positionals(args)
     mnt = _mountpoint(args.mountpoint)
     if shutil.which("fusermount3") is None and shutil.which("fusermount") is None:
@@ -187,10 +190,34 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return _daemonize(args, mnt)
 
 
+def _child_env(args: argparse.Namespace) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in KEYS_ENV}
+    for opt, name in zip(("access_key", "secret_key"), KEYS_ENV, strict=True):
+        value = getattr(args, opt, None)
+        if value:
+            env[name] = value
+    return env
+
+
+def _keys_from_env(args: argparse.Namespace) -> None:
+    """The -k/-s a daemonizing parent handed over (removed from the environment once read)."""
+    for opt, name in zip(("access_key", "secret_key"), KEYS_ENV, strict=True):
+        value = os.environ.pop(name, None)
+        if value and not getattr(args, opt, None):
+            setattr(args, opt, value)
+
+
+def _open_log(log_path: Path) -> Any:
+    """The mount log, opened for appending and private (0600) whatever the umask."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
 def _daemonize(args: argparse.Namespace, mnt: Path) -> int:
     log_path = _log_path(args)
     argv = _child_argv(args, mnt)
-    with open(log_path, "ab") as logf:
+    with _open_log(log_path) as logf:
         logf.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} mount {args.vault or '--all-vaults'} on {mnt}\n".encode())
         logf.flush()
         start = logf.tell()
@@ -201,6 +228,7 @@ def _daemonize(args: argparse.Namespace, mnt: Path) -> int:
             stderr=logf,
             start_new_session=True,
             close_fds=True,
+            env=_child_env(args),
         )
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
