@@ -242,6 +242,18 @@ def bench_upload(work: Path, quick: bool) -> list[Row]:
             rate / th_rate,
             "report (upload/treehash rate)",
         ))
+        t = median_time(
+            lambda: procs.glacierfs("upload", "-q", *srv.client_args(work / "upload-cache16"), "-v", "up",
+                                    "--part-size", "16M", str(src)), 1
+        )
+        rate = size / t / 1e6
+        rows.append(Row(
+            f"upload {size_label(size)}, CLI --part-size 16M",
+            f"{t:.2f} s ({rate:.0f} MB/s)",
+            f"treehash {th:.2f} s ({th_rate:.0f} MB/s)",
+            rate / th_rate,
+            "report (upload/treehash rate)",
+        ))
         if skip := fuse_skip("upload through the mount"):
             return rows + skip
         with procs.Mount(srv, work / "upload-mcache", "up", work / "upload-mnt") as m:
