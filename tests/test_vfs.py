@@ -385,3 +385,33 @@ def test_first_mount_imports_an_inventory_in_the_background(env):
         time.sleep(0.05)
     assert fs.getattr("/old/file.txt").size == len(data)
     assert fs.getxattr("/old/file.txt", "user.glacier.state") == b"archived"
+
+
+def test_rename_and_rewrite_while_uploading_restart_the_upload(env):
+    from glacierfs.codec import decode_description
+    from glacierfs.upload import UploadEngine
+
+    started = []
+
+    class Slow(UploadEngine):
+        def upload(self, source: Any, archive_path: str, **kw: Any) -> Any:
+            started.append(archive_path)
+            time.sleep(1.0)
+            return super().upload(source, archive_path, **kw)
+
+    fs = env.fs(engine_factory=lambda: Slow(env.glacier, env.catalog, VAULT))
+    write_file(fs, "/a.tmp", b"first")
+    deadline = time.monotonic() + 30
+    while not started:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    fs.rename("/a.tmp", "/a")  # the running upload (as a.tmp) is superseded
+    fh = fs.open("/a", os.O_WRONLY | os.O_TRUNC)
+    fs.write(fh, b"second", 0)
+    fs.release(fh)
+    sync(fs, "/a")
+    assert read_all(fs, "/a") == b"second"
+    assert [n for n, _ in fs.readdir("/")] == ["a"]
+    archives = _inventory(env.server)
+    assert [decode_description(a["ArchiveDescription"]).path for a in archives] == ["a"]
+    assert [a["Size"] for a in archives] == [6]
