@@ -7,7 +7,9 @@ Layout under the vault's state directory (one per endpoint/region/vault)::
     data/<archive_id>   complete, verified archive bytes (uploaded from here or retrieved)
 
 A staging file without a manifest is a copy that was cut off (crash, kill -9 before the last
-close): it is discarded at the next mount, so a partial copy never becomes an archive. Staging
+close): it is discarded at the next mount, so a partial copy never becomes an archive. A staging
+file whose manifest is unreadable was closed (its bytes may be the only copy): it is moved to
+``lost+found/`` with an error line in the log, never deleted. Staging
 files count towards the size bound but are never evicted; only ``data/`` entries are, least
 recently used first. Thread-safe: one lock guards the LRU bookkeeping, file I/O happens outside it.
 """
@@ -230,9 +232,25 @@ class DataCache:
                 pass
         _fsync_dir(self.staging_dir)
 
+    def _keep_unreadable(self, sid: str) -> Path:
+        """Move a staged file whose manifest is unreadable (and the manifest) to ``lost+found/``."""
+        lost = self.root / "lost+found"
+        lost.mkdir(exist_ok=True, mode=0o700)
+        target = lost / f"{sid}.data"
+        for suffix in (".data", ".json"):
+            try:
+                os.replace(self.staging_dir / f"{sid}{suffix}", lost / f"{sid}{suffix}")
+            except OSError as exc:
+                if suffix == ".data":
+                    log.warning("staging: could not move %s.data to %s (%s)", sid, lost, exc)
+                    return self.staging_path(sid)
+        _fsync_dir(lost)
+        return target
+
     def recover(self) -> dict[str, dict[str, Any]]:
         """At mount start: manifests of complete staged files; unreleased staging files are deleted."""
         manifests: dict[str, dict[str, Any]] = {}
+        kept: set[str] = set()
         names = {e.name for e in os.scandir(self.staging_dir)}
         for name in sorted(names):
             if name.endswith(".json.tmp"):
@@ -246,11 +264,21 @@ class DataCache:
                 os.unlink(self.staging_dir / name)
                 continue
             try:
-                manifests[sid] = json.loads((self.staging_dir / name).read_text())
+                manifest = json.loads((self.staging_dir / name).read_text())
+                if not isinstance(manifest, dict):
+                    raise ValueError("not a JSON object")
+                manifests[sid] = manifest
             except (OSError, ValueError) as exc:
-                log.warning("staging: unreadable manifest %s (%s): its file is not uploaded", name, exc)
+                # The file was closed (it has a manifest): its bytes may be the only copy. Keep them.
+                kept.add(sid)
+                where = self._keep_unreadable(sid)
+                log.error(
+                    "staging: unreadable manifest %s (%s): the file's bytes are kept in %s, not uploaded; "
+                    "copy them back into the mount to upload them",
+                    name, exc, where,
+                )
         for name in names:
-            if name.endswith(".data") and name[: -len(".data")] not in manifests:
+            if name.endswith(".data") and name[: -len(".data")] not in manifests.keys() | kept:
                 log.warning(
                     "staging: discarding %s: its copy was cut off before the file was closed", name
                 )
