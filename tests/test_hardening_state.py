@@ -18,6 +18,7 @@ import random
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,71 @@ def test_damaged_download_sidecar_and_partial_are_refetched(glacier_server, tmp_
     cli("download", "-q", "-v", "v", f"-a={aid}", "-o", str(out))
     assert (out / base).read_bytes() == files[name], f"seed {SEED}"
     assert sorted(os.listdir(out)) == [base], f"seed {SEED}: leftovers {os.listdir(out)}"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("garbage", [b'{"path": "/only-copy.bin", "mt', b"[1, 2]", b"\x00\xff"], ids=["torn", "list", "binary"])
+def test_mount_staged_file_with_a_damaged_manifest_is_not_lost(
+    garbage: bytes, glacier_server_factory, tmp_path: Path
+) -> None:
+    """A file closed in the mount but not uploaded yet lives only in staging: damaging its manifest
+    must not make the next mount delete those bytes (the only copy) as if the copy had been cut off."""
+    from tests import test_mount as tm
+
+    tm.skip_without_fuse()
+    rng = random.Random(SEED)
+    port, data_dir = str(_free_port()), tmp_path / "server-data"
+    failing = glacier_server_factory("--port", port, "--faults", "500=1.0", "--faults-ops",
+                                     "InitiateMultipartUpload,UploadMultipartPart", data_dir=data_dir)
+    failing.client().create_vault(vaultName="mv")
+    cache = tmp_path / "cache"
+    data = rng.randbytes(300_000)
+    m = tm.Mount(tmp_path / "mnt", cache, failing.url, "mv")
+    try:
+        m.start()
+        (m.mnt / "only-copy.bin").write_bytes(data)
+        manifests: list[Path] = []
+        deadline = time.monotonic() + 30
+        while not manifests and time.monotonic() < deadline:
+            manifests = list(cache.rglob("staging/*.json"))
+            time.sleep(0.05)
+        assert manifests, f"no manifest after close\n{m.log()}"
+        m.kill()
+    finally:
+        m.stop()
+        if m.proc is not None and m.proc.poll() is None:
+            m.proc.kill()
+            m.proc.wait(10)
+        tm.unmount(m.mnt)
+    failing.stop()
+    glacier_server_factory("--port", port, data_dir=data_dir)
+    [manifest] = manifests
+    manifest.write_bytes(garbage)
+    m2 = tm.Mount(tmp_path / "mnt", cache, f"http://127.0.0.1:{port}", "mv")
+    try:
+        m2.start()
+        time.sleep(1.0)
+        (m2.mnt / "after.txt").write_bytes(b"the mount still works")
+        listed = sorted(os.listdir(m2.mnt))
+        log_text = m2.log()
+    finally:
+        m2.stop()
+        if m2.proc is not None and m2.proc.poll() is None:
+            m2.proc.kill()
+            m2.proc.wait(10)
+        tm.unmount(m2.mnt)
+    assert "Traceback" not in log_text, log_text
+    assert listed == ["after.txt"], f"{listed}\n{log_text}"
+    kept = [p for p in cache.rglob("*") if p.is_file() and p.read_bytes() == data]
+    assert kept, f"seed {SEED}: the only copy of a closed file was deleted because its manifest was damaged\n{log_text}"
+    assert any(str(kept[0]) in line for line in log_text.splitlines()), (
+        f"seed {SEED}: the log does not say where the bytes were kept\n{log_text}"
+    )
