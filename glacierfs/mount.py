@@ -293,7 +293,9 @@ def _mount_lock(state_dir: Path):
         os.close(fd)
 
 
-def build_vaultfs(ctx: Any, args: argparse.Namespace, vault: str, stack: contextlib.ExitStack) -> Any:
+def build_vaultfs(
+    ctx: Any, args: argparse.Namespace, vault: str, stack: contextlib.ExitStack, display_root: str = ""
+) -> Any:
     """Catalog, data cache, upload engine factory and job runner for one vault -> VaultFS."""
     from glacierfs.datacache import DataCache
     from glacierfs.upload import UploadEngine
@@ -318,6 +320,7 @@ def build_vaultfs(ctx: Any, args: argparse.Namespace, vault: str, stack: context
         auto_retrieve=args.auto_retrieve,
         poll_interval=0.5 if ctx.is_local else 60.0,
         max_poll_interval=5.0 if ctx.is_local else 900.0,
+        display_root=display_root,
     )
 
 
@@ -337,6 +340,8 @@ def run_foreground(args: argparse.Namespace, mnt: Path) -> int:
 
     if not getattr(args, "debug", False) and not getattr(args, "quiet", False):
         logging.getLogger("glacierfs").setLevel(logging.INFO)
+        # an embedded --local server logs every request at INFO: keep the mount's log readable
+        logging.getLogger("glacierfs.server").setLevel(logging.WARNING)
     fmt = logging.Formatter("%(asctime)s glacierfs[%(process)d]: %(levelname)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.setFormatter(fmt)
@@ -344,11 +349,16 @@ def run_foreground(args: argparse.Namespace, mnt: Path) -> int:
         if args.all_vaults:
             from glacierfs.vfs import MultiVaultFS
 
-            core = MultiVaultFS(ctx, lambda vault: build_vaultfs(ctx, args, vault, stack), read_only=args.read_only)
+            core = MultiVaultFS(
+                ctx,
+                lambda vault: build_vaultfs(ctx, args, vault, stack, display_root=str(mnt / vault)),
+                read_only=args.read_only,
+            )
             fsname = "glacierfs"
         else:
             _ensure_vault(ctx, args.vault, bool(args.local))
-            core = build_vaultfs(ctx, args, args.vault, stack)
+            core = build_vaultfs(ctx, args, args.vault, stack, display_root=str(mnt))
+            core.recover()  # before mounting: a damaged staging area fails the mount, not its first call
             fsname = f"glacierfs:{args.vault}"
         log.info("mounting %s on %s (endpoint %s)", fsname, mnt, ctx.endpoint_url or "AWS")
         try:

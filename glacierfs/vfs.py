@@ -196,7 +196,9 @@ class VaultFS:
         retry_delay: float = 2.0,
         poll_interval: float = 2.0,
         max_poll_interval: float = 300.0,
+        display_root: str = "",
     ) -> None:
+        self.display_root = display_root  # where the user sees this vault (for log hints)
         self.catalog = catalog
         self.glacier = glacier
         self.vault = vault
@@ -222,6 +224,7 @@ class VaultFS:
         self._hinted: dict[str, float] = {}
         self._engines = threading.local()
         self._generation = 0  # bumped by every namespace change made here
+        self._recovered = False
         self.started_at = time.time()
 
     # ------------------------------------------------------------------ lifecycle
@@ -230,7 +233,7 @@ class VaultFS:
         """Recover staged files, resume their uploads, start the workers (call after daemonizing)."""
         if self._threads:
             return
-        self._recover()
+        self.recover()
         for i in range(self._upload_workers):
             t = threading.Thread(target=self._upload_loop, name=f"upload-{i}", daemon=True)
             t.start()
@@ -265,7 +268,11 @@ class VaultFS:
             except OSError:
                 pass
 
-    def _recover(self) -> None:
+    def recover(self) -> None:
+        """Take over the staged files of earlier runs (once; :meth:`start` calls it if needed)."""
+        if self._recovered:
+            return
+        self._recovered = True
         for sid, m in self.cache.recover().items():
             path = m.get("path")
             if not isinstance(path, str) or not path.startswith("/"):
@@ -572,16 +579,24 @@ class VaultFS:
                 else:
                     hint = False
             if hint:
-                state = "a retrieval is running" if archive_id in self._retrievals else "retrieve it with"
-                log.warning(
-                    "%s is in Glacier and not cached locally (%s: "
-                    "setfattr -n user.glacier.retrieve -v Standard '%s', or glacierfs download %s %s)",
-                    path,
-                    state,
-                    path.lstrip("/"),
-                    self.vault,
-                    archive_id,
-                )
+                shown = os.path.join(self.display_root, path.lstrip("/")) if self.display_root else path
+                if archive_id in self._retrievals:
+                    log.warning(
+                        "%s is in Glacier and not cached locally; its retrieval is running, reads work once "
+                        "it is downloaded (watch: getfattr -n user.glacier.state '%s')",
+                        shown,
+                        shown,
+                    )
+                else:
+                    log.warning(
+                        "%s is in Glacier and not cached locally; retrieve it with: "
+                        "setfattr -n user.glacier.retrieve -v Standard '%s' (or Expedited/Bulk), "
+                        "or: glacierfs download -v %s '%s'",
+                        shown,
+                        shown,
+                        self.vault,
+                        path.lstrip("/"),
+                    )
         raise FSError(errno.EAGAIN, "archive not retrieved")
 
     def _open_pending(self, p: Pending, flags: int, write: bool) -> int:
