@@ -345,10 +345,36 @@ def cmd_abort(args: argparse.Namespace) -> int:
     key = os.path.realpath(args.file)
     with open_context(args) as ctx:
         engine = UploadEngine(ctx.glacier, ctx.catalog(vault), vault, progress=ctx.progress)
-        if not engine.abort(key):
+        if not engine.abort(key) and not _abort_on_service(ctx, vault, args.file):
             raise NotFoundError(f"no pending upload of {args.file} to vault {vault}")
         _out(f"aborted {args.file}")
     return 0
+
+
+def _abort_on_service(ctx: Context, vault: str, name: str) -> int:
+    """Abort the open uploads of FILE that the service holds although no local state knows them.
+
+    The local state of a pending upload can be lost (cache directory deleted or rebuilt); the
+    service keeps the upload (and its parts) until it expires. They are recognized by the
+    description ``upload`` gives FILE (archive path and mtime). Returns how many were aborted.
+    """
+    from glacierfs.codec import encode_description
+
+    try:
+        description = encode_description(normalize_archive_path(name), os.stat(name).st_mtime).lstrip(" ")
+    except (OSError, UsageError):
+        return 0
+    aborted = 0
+    for up in ctx.glacier.list_uploads(vault):
+        if up.get("ArchiveDescription") == description and up.get("MultipartUploadId"):
+            try:
+                ctx.glacier.abort_multipart(vault, up["MultipartUploadId"])
+            except NotFoundError:
+                continue
+            log.warning("aborted upload %s of %s found on the service (no local state knew it)",
+                        up["MultipartUploadId"][:16], name)
+            aborted += 1
+    return aborted
 
 
 # --------------------------------------------------------------------------- inventory
