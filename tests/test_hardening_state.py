@@ -143,6 +143,8 @@ def test_damaged_catalog_never_loses_a_pending_upload(how: str, glacier_server, 
             rebuild_dir(res, cache)
     # the same answer each time: no state that half-repairs itself into something else
     assert outcomes[0] == outcomes[2], f"{ctx}: {outcomes}"
+    if outcomes[0] == 7:
+        _mount_refuses_clearly(glacier_server, cache, tmp_path, ctx)
     print(f"{ctx}: status/inventory/status exit {outcomes}")
 
     res = cli("upload", "-q", "-v", "v", pending, code=None, timeout=120)
@@ -159,6 +161,40 @@ def test_damaged_catalog_never_loses_a_pending_upload(how: str, glacier_server, 
     glacier_server.snapshot("v")
     listed = sorted(line.split("\t")[0] for line in cli("inventory", "-v", "v", "-f").lines)
     assert listed == sorted(files), f"{ctx}: {listed}"
+
+
+def _mount_refuses_clearly(server, cache: Path, tmp_path: Path, ctx: str) -> None:
+    """``glacierfs mount`` on the damaged catalog: one clear error and exit 7, nothing left mounted."""
+    from tests import test_mount as tm
+
+    if tm.fuse_available():
+        return
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cli = Cli(server.url, cache, tmp_path)
+    try:
+        res = cli("mount", "v", str(mnt), "--region", "us-east-1", code=None, timeout=90)
+        assert_one_error(res, codes=(7,), match="rebuild", ctx=f"{ctx}: mount")
+        assert not tm._mounted(mnt), ctx
+    finally:
+        tm.unmount(mnt)
+
+
+@pytest.mark.timeout(120)
+def test_abort_finds_a_pending_upload_whose_state_is_gone(glacier_server, tmp_path: Path) -> None:
+    rng = random.Random(SEED)
+    glacier_server.client().create_vault(vaultName="v")
+    work = tmp_path / "work"
+    files = random_files(work, rng, 1, [3 * MiB])
+    [name] = files
+    cache = tmp_path / "cache"
+    cli = Cli(glacier_server.url, cache, work)
+    pending_upload(cli, tmp_path, name)
+    assert len(open_uploads(glacier_server, "v")) == 1
+    shutil.rmtree(catalog_dir(cache))
+    assert cli("abort", "-v", "v", name).lines == [f"aborted {name}"]
+    assert open_uploads(glacier_server, "v") == [], f"seed {SEED}"
+    cli.error(3, "abort", "-v", "v", name, match=f"no pending upload of {name}")
 
 
 @pytest.mark.timeout(120)
