@@ -49,6 +49,7 @@ TIERS = ("Expedited", "Standard", "Bulk")
 XATTR_PREFIX = "user.glacier."
 XATTRS_ARCHIVE = ("treehash", "archive_id", "state", "description")
 KEY_PREFIX = "mount:"
+HIDDEN_PREFIX = ".fuse_hidden"  # libfuse's name for files removed while open
 UPLOAD_ATTEMPTS = 4
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -742,6 +743,10 @@ class VaultFS:
 
     def _finalize(self, p: Pending) -> None:
         """Make the staged file durable with its manifest, then queue it."""
+        if _split(p.path)[1].startswith(HIDDEN_PREFIX):
+            self._cancel(p)  # rm'ed while open (libfuse renamed it away): never an archive
+            self.cache.remove_staging(p.sid)
+            return
         try:
             st = os.stat(p.staging)
             size, staged_mtime = st.st_size, st.st_mtime
@@ -838,8 +843,16 @@ class VaultFS:
             self._bump()
             return
         if not isinstance(found, Pending):
+            if _split(new)[1].startswith(HIDDEN_PREFIX):
+                # libfuse "hides" a file that is rm'ed while open instead of removing it: the rm
+                # is meant, the reader keeps its descriptor on the cached bytes
+                self.unlink(old)
+                return
             log.warning("rename %s: archives are immutable in Glacier (retrieve, copy, then rm)", old)
             raise FSError(errno.EPERM)
+        if _split(new)[1].startswith(HIDDEN_PREFIX) and found.writers == 0:
+            self._cancel(found)  # rm'ed while a reader has it open: that reader keeps its descriptor
+            return
         if target == "dir":
             raise FSError(errno.EISDIR)
         if target is not None and not isinstance(target, Pending):

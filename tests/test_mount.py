@@ -493,3 +493,26 @@ def test_all_vaults_root(glacier_server, mount_factory, tmp_path):
     names = [v["VaultName"] for v in glacier_server.client(max_attempts=3).list_vaults()["VaultList"]]
     assert sorted(names) == ["first", "second"]
     assert "Invalid argument" in run("mkdir", str(m.mnt / "bad name")).stderr
+
+
+def test_rm_while_open(glacier_server, mount_factory, tmp_path):
+    m = mount_factory(glacier_server)
+    (m.mnt / "arch").write_bytes(b"archived bytes")
+    assert run("sync", str(m.mnt / "arch")).returncode == 0, m.log()
+    with open(m.mnt / "arch", "rb") as reader:
+        assert run("rm", str(m.mnt / "arch")).returncode == 0
+        assert reader.read() == b"archived bytes"
+    with open(m.mnt / "writing", "wb") as writer:
+        writer.write(b"partial")
+        writer.flush()
+        assert run("rm", str(m.mnt / "writing")).returncode == 0
+        writer.write(b" more")
+    (m.mnt / "queued").write_bytes(b"queued, then removed while a reader has it open")
+    with open(m.mnt / "queued", "rb") as reader:
+        assert run("rm", str(m.mnt / "queued")).returncode == 0
+        assert reader.read(6) == b"queued"
+    marker = m.mnt / "marker"
+    marker.write_bytes(b"m")
+    assert run("sync", str(marker)).returncode == 0, m.log()
+    assert os.listdir(m.mnt) == ["marker"]
+    assert [a["Size"] for a in server_inventory(glacier_server, VAULT)] == [1]
