@@ -493,6 +493,19 @@ def print_table(rows: list[Row], quick: bool = False) -> None:
         print("| " + " | ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)) + " |")
 
 
+def clean_workdir(work: Path) -> None:
+    """Between benchmarks: drop servers, caches and copies (GiBs each); keep the source files."""
+    for p in work.iterdir():
+        if p.name.startswith("src-") and p.suffix == ".bin":
+            continue
+        if p.is_dir() and not p.is_symlink():
+            if procs.mounted(p):
+                continue  # never delete through a mount point that is still there
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
@@ -521,6 +534,8 @@ def main() -> int:
                 rows.append(Row(name, "ERROR", f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}", None, "-"))
                 print(f"  {name} failed: {exc}", file=sys.stderr)
             print(f"  {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            if not args.keep:
+                clean_workdir(Path(tmp))
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
