@@ -44,6 +44,9 @@ MAX_HEADER_VALUE = 16 << 20  # a non-list top-level value larger than this is no
 CSV_COLUMNS = ("ArchiveId", "ArchiveDescription", "CreationDate", "Size", "SHA256TreeHash")
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+# Glacier's ids are 138 base64url characters; accept any printable ASCII without spaces, bounded.
+_ARCHIVE_ID = re.compile(r"[\x21-\x7e]{1,1024}")
+MAX_ARCHIVE_SIZE = 10_000 * 4096 * 1024 * 1024  # 10,000 parts of 4 GiB: Glacier's largest archive
 _WS = " \t\r\n"
 
 
@@ -62,7 +65,8 @@ def _item(
     archive_id: Any, description: Any, creation_date: Any, size: Any, tree_hash: Any, where: str
 ) -> InventoryItem:
     """Validate one archive's fields; a lying server gets an IntegrityError naming the field."""
-    if not isinstance(archive_id, str) or not archive_id:
+    if not isinstance(archive_id, str) or not _ARCHIVE_ID.fullmatch(archive_id):
+        # never echo it: a control character would break the one-line error (and id columns)
         raise IntegrityError(f"inventory {where}: missing or invalid ArchiveId")
     if description is None:
         description = ""
@@ -72,7 +76,7 @@ def _item(
         raise IntegrityError(f"inventory {where}: missing CreationDate for {archive_id}")
     if isinstance(size, str) and size.isdigit():
         size = int(size)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_ARCHIVE_SIZE:
         raise IntegrityError(f"inventory {where}: invalid Size {size!r} for {archive_id}")
     if not isinstance(tree_hash, str) or not _HEX64.fullmatch(tree_hash):
         raise IntegrityError(f"inventory {where}: invalid SHA256TreeHash {tree_hash!r} for {archive_id}")
