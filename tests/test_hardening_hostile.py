@@ -313,3 +313,82 @@ def test_the_proxy_forwards_faithfully_when_not_lying(glacier_server) -> None:
         assert [u["MultipartUploadId"] for u in open_uploads(glacier_server, "v")] == [uid]
         c.abort_multipart_upload(vaultName="v", uploadId=uid)
         assert "InitiateMultipartUpload" in proxy.seen and "AbortMultipartUpload" in proxy.seen
+
+
+# --------------------------------------------------------------------------- lying inventories
+
+
+def _records(good: list[dict], case: str) -> list[dict]:
+    a = dict(good[0])
+    if case == "duplicate-id":
+        return [*good, {**a, "ArchiveDescription": "other/name"}]
+    if case == "same-record-twice":
+        return [*good, dict(a)]
+    if case == "negative-size":
+        return [*good[1:], {**a, "Size": -5}]
+    if case == "huge-size":
+        return [*good[1:], {**a, "Size": 2**70}]
+    if case == "bad-date":
+        return [*good[1:], {**a, "CreationDate": "yesterday-ish"}]
+    if case == "hostile-id":
+        return [*good, {**a, "ArchiveId": "../../" + "x" * 1000 + "/\u0000\n"}]
+    if case == "null-description":
+        return [*good[1:], {**a, "ArchiveDescription": None}]
+    raise AssertionError(case)  # pragma: no cover
+
+
+class InventoryLies:
+    """Rewrites inventory job output (and hides the job's InventorySizeInBytes, so only parsing can tell)."""
+
+    def __init__(self, case: str) -> None:
+        self.case = case
+        self.on = False
+
+    def __call__(self, ans: Answer) -> bool:
+        if not self.on or ans.status >= 300:
+            return False
+        if ans.op in ("DescribeJob", "ListJobs") and b"InventorySizeInBytes" in ans.body:
+            data = json.loads(ans.body)
+            for job in data.get("JobList", [data]):
+                job["InventorySizeInBytes"] = None
+            ans.body = json.dumps(data).encode()
+            return False
+        if ans.op == "GetJobOutput" and ans.body.startswith(b'{"VaultARN"'):
+            inv = json.loads(ans.body)
+            inv["ArchiveList"] = _records(inv["ArchiveList"], self.case)
+            ans.body = json.dumps(inv).encode()
+            ans.headers.pop("x-amz-sha256-tree-hash", None)
+            return True
+        return False
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "case",
+    ["duplicate-id", "same-record-twice", "negative-size", "huge-size", "bad-date", "hostile-id", "null-description"],
+)
+def test_lying_inventory_records_are_refused_or_made_safe(case: str, glacier_server, tmp_path: Path) -> None:
+    ctx = f"inventory lie {case}"
+    c = glacier_server.client()
+    c.create_vault(vaultName="v")
+    for i in range(5):
+        c.upload_archive(vaultName="v", archiveDescription=f"ok/{i}", body=b"y" * (i + 1))
+    glacier_server.snapshot("v")
+    lie = InventoryLies(case)
+    with LyingProxy(glacier_server.url, lie) as proxy:
+        cli = Cli(proxy.url, tmp_path / "cache", tmp_path)
+        first = listing(cli("inventory", "-v", "v", "-f"))
+        assert len(first) == 5, ctx
+        lie.on = True
+        res = cli("inventory", "-v", "v", "-f", code=None, timeout=120)
+        assert proxy.lies >= 1, ctx
+        if res.returncode == 0:
+            check_safe(list(listing(res)), ctx)
+        else:
+            err = assert_one_error(res, codes=(6,), ctx=ctx)
+            # the service lied; our catalog is fine: never advise deleting it
+            assert "corrupt" not in err and "delete" not in err, f"{ctx}: blames the local catalog\n{res}"
+            lie.on = False
+            assert listing(cli("inventory", "-v", "v")) == first, f"{ctx}: a refused inventory changed the catalog"
+        lie.on = False
+        assert len(listing(cli("inventory", "-v", "v", "-f"))) == 5, f"{ctx}: the catalog did not recover"
