@@ -527,14 +527,15 @@ class VaultFS:
             path.encode("utf-8")
         except UnicodeEncodeError:
             raise FSError(errno.EILSEQ, "file names must be UTF-8") from None
-        try:
-            from glacierfs.codec import encode_description
+        from glacierfs.codec import encode_description, safe_relpath
 
+        try:
             encode_description(_rel(path), time.time())
         except UsageError:
             raise FSError(errno.ENAMETOOLONG, "path too long for an archive description") from None
-        except ImportError:  # pragma: no cover - codec lands with the catalog
-            pass
+        if safe_relpath(_rel(path), "-") != _rel(path):
+            # the catalog would show it under another name (control characters are escaped)
+            raise FSError(errno.EINVAL, "file names must not contain control characters")
 
     def open(self, path: str, flags: int) -> int:
         found = self._lookup(path)

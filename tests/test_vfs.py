@@ -415,3 +415,12 @@ def test_rename_and_rewrite_while_uploading_restart_the_upload(env):
     archives = _inventory(env.server)
     assert [decode_description(a["ArchiveDescription"]).path for a in archives] == ["a"]
     assert [a["Size"] for a in archives] == [6]
+
+
+def test_names_that_would_not_survive_the_catalog_are_refused(env):
+    fs = env.fs()
+    assert err(fs.create, "/tab\there") == errno.EINVAL
+    assert err(fs.create, "/new\nline") == errno.EINVAL
+    assert err(fs.create, "/" + "x" * 1100) == errno.ENAMETOOLONG
+    fh = fs.create("/50% ünï?*.txt")
+    fs.release(fh)
