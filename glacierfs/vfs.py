@@ -443,6 +443,7 @@ class VaultFS:
         if self._lookup(path) is not None:
             raise FSError(errno.EEXIST)
         self._lookup_dir(_split(path)[0])
+        self._check_name(path)
         self.catalog.mkdir(_rel(path))
         self._bump()
 

@@ -421,6 +421,7 @@ def test_names_that_would_not_survive_the_catalog_are_refused(env):
     fs = env.fs()
     assert err(fs.create, "/tab\there") == errno.EINVAL
     assert err(fs.create, "/new\nline") == errno.EINVAL
+    assert err(fs.mkdir, "/tab\tdir") == errno.EINVAL
     assert err(fs.create, "/" + "x" * 1100) == errno.ENAMETOOLONG
     fh = fs.create("/50% ünï?*.txt")
     fs.release(fh)
