@@ -274,6 +274,8 @@ class VaultFS:
         if self._recovered:
             return
         self._recovered = True
+        if self.read_only:  # staged files wait for the next writable mount, untouched
+            return
         for sid, m in self.cache.recover().items():
             path = m.get("path")
             if not isinstance(path, str) or not path.startswith("/"):
