@@ -248,7 +248,8 @@ class VaultFS:
                 t = threading.Thread(target=self._first_inventory, name="inventory", daemon=True)
                 t.start()
                 self._threads.append(t)
-        threading.Thread(target=self._abort_orphans, name="orphans", daemon=True).start()
+        if not self.read_only:
+            threading.Thread(target=self._abort_orphans, name="orphans", daemon=True).start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the workers. Running uploads are interrupted; they resume at the next mount."""
