@@ -261,6 +261,8 @@ def _translate_client_error(exc: bce.ClientError, context: str | None, secrets: 
     if code == "InvalidParameterValueException":
         if "checksum mismatch" in low or "invalid x-amz-sha256-tree-hash" in low:
             return done(IntegrityError, _prefix(context, f"the service rejected the tree hash: {message}"))
+        if "missing part" in low:  # parts it acknowledged are not there: the service lost or dropped them
+            return done(IntegrityError, _prefix(context, f"the service does not hold every part: {message}"))
         if "not currently available for download" in low:
             return done(NotReadyError, _prefix(context, message))
         if "vault not empty" in low:

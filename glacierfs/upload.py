@@ -219,6 +219,7 @@ class _Job:
         self.part_size = part_size
         self.state = state
         self.nparts = max(1, -(-size // part_size))
+        self.rechecked = False  # the parts were checked again after the service refused Complete
 
     def bounds(self, index: int) -> tuple[int, int]:
         start = index * self.part_size
@@ -670,6 +671,25 @@ class UploadEngine:
             self._save(job.key, state)
         try:
             archive_id, _location = self.glacier.complete_multipart(self.vault, state["upload_id"], job.size, tree)
+        except IntegrityError as exc:
+            if getattr(exc, "code", None) is None:
+                raise  # our check of the service's answer (the archive may exist): resume completes again
+            # The service refused: the parts it holds do not make our tree hash (a part it had
+            # acknowledged is missing or different). Repeating Complete would fail forever; check
+            # the parts it really holds against the file and send what is missing, once.
+            if job.rechecked:
+                raise IntegrityError(
+                    f"{exc}; the parts were checked and sent again and it still fails: run "
+                    f"`glacierfs abort` on {job.source} and upload it again"
+                ) from None
+            job.rechecked = True
+            log.warning("%s; checking the parts the service holds and sending the missing ones", exc)
+            state["status"] = "uploading"
+            state["tree_hash"] = None
+            self._save(job.key, state)
+            listing = self.glacier.list_parts(self.vault, state["upload_id"])
+            done = self._verify_server_parts(job, listing.get("Parts") or [], stats)
+            return self._finish(job, done, stats)
         except NotFoundError:
             adopted = self._adopt_from_catalog(job.key, state)
             if adopted is not None:
