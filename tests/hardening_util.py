@@ -195,15 +195,18 @@ class Answer:
 
 
 Rewrite = Callable[[Answer], bool]  # True when it lied
+# (operation, request headers) -> (status, headers) to answer without forwarding, or None
+Swallow = Callable[[str, dict[str, str]], tuple[int, dict[str, str]] | None]
 
 
 class LyingProxy:
     """``with LyingProxy(upstream_url, rewrite) as proxy:`` -> ``proxy.url``; ``proxy.lies`` counts rewrites."""
 
-    def __init__(self, upstream: str, rewrite: Rewrite) -> None:
+    def __init__(self, upstream: str, rewrite: Rewrite, swallow: Swallow | None = None) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rewrite = rewrite
+        self.swallow = swallow
         self.lies = 0
         self.seen: list[str] = []
         self._lock = threading.Lock()
@@ -218,6 +221,19 @@ class LyingProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                op = operation(self.command, self.path)
+                fake = proxy.swallow(op, {k.lower(): v for k, v in self.headers.items()}) if proxy.swallow else None
+                if fake is not None:  # answer "done" without telling the server
+                    with proxy._lock:
+                        proxy.lies += 1
+                        proxy.seen.append(op)
+                    status, headers = fake
+                    self.send_response(status)
+                    for k, v in {**headers, "content-length": "0"}.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.flush()
+                    return
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 try:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "expect")}

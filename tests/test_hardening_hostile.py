@@ -392,3 +392,43 @@ def test_lying_inventory_records_are_refused_or_made_safe(case: str, glacier_ser
             assert listing(cli("inventory", "-v", "v")) == first, f"{ctx}: a refused inventory changed the catalog"
         lie.on = False
         assert len(listing(cli("inventory", "-v", "v", "-f"))) == 5, f"{ctx}: the catalog did not recover"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("times", ["once", "always"])
+def test_a_part_the_server_claimed_but_never_stored_is_sent_again(times: str, glacier_server, tmp_path: Path) -> None:
+    """The service answers UploadMultipartPart for part 0 with success (and the right tree hash) but drops it.
+
+    Complete is refused; repeating it would fail forever. The upload checks the parts the
+    service really holds and sends the missing one: a one-off loss heals in the same run; a
+    service that keeps dropping it gets one clear error naming the way out, and the re-run
+    against an honest service finishes the same upload. Exactly one archive either way.
+    """
+    rng = random.Random(SEED)
+    ctx = f"seed {SEED} part 0 swallowed {times}"
+    glacier_server.client().create_vault(vaultName="v")
+    work = tmp_path / "work"
+    files = random_files(work, rng, 1, [3 * MiB])
+    state = {"on": True, "swallowed": 0}
+
+    def swallow(op: str, headers: dict[str, str]) -> tuple[int, dict[str, str]] | None:
+        first_part = headers.get("content-range", "").startswith("bytes 0-")
+        if state["on"] and op == "UploadMultipartPart" and first_part and (times == "always" or not state["swallowed"]):
+            state["swallowed"] += 1
+            return 204, {"x-amz-sha256-tree-hash": headers["x-amz-sha256-tree-hash"]}
+        return None
+
+    with LyingProxy(glacier_server.url, lambda ans: False, swallow) as proxy:
+        cli = Cli(proxy.url, tmp_path / "cache", work)
+        args = ("upload", "-q", "-v", "v", "--part-size", "1M", "--concurrency", "1", *files)
+        res = cli(*args, code=None)
+        assert state["swallowed"] >= 1 and proxy.lies >= 1, ctx
+        if times == "once":
+            assert res.returncode == 0, f"{ctx}: a part lost once is not sent again\n{res}"
+        else:
+            assert_one_error(res, codes=(6,), match="glacierfs abort", ctx=ctx)
+            assert state["swallowed"] == 2, f"{ctx}: the part was not sent again exactly once"
+            state["on"] = False
+            res = cli(*args)
+    ids = assert_exactly_once(glacier_server, "v", files, ctx)
+    assert res.lines[0].split("  ")[0] == ids[next(iter(files))], ctx
