@@ -84,6 +84,7 @@ class Pending:
     generation: int = 0  # bumped when an upload is restarted (rename, rewrite)
     attempts: int = 0
     error: str | None = None
+    waiters: int = 0  # fsync calls waiting for this file's archive
     cancelled: bool = False
     restart: bool = False
     started: bool = False
@@ -701,11 +702,17 @@ class VaultFS:
 
     def wait_uploaded(self, p: Pending, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not p.done.wait(0.5):
-            if self._stopping.is_set():
-                raise FSError(errno.EIO, "unmounting")
-            if deadline is not None and time.monotonic() > deadline:
-                raise FSError(errno.ETIMEDOUT)
+        with self._lock:
+            p.waiters += 1
+        try:
+            while not p.done.wait(0.5):
+                if self._stopping.is_set():
+                    raise FSError(errno.EIO, "unmounting")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise FSError(errno.ETIMEDOUT)
+        finally:
+            with self._lock:
+                p.waiters -= 1
         with self._lock:
             if p.cancelled:
                 raise FSError(errno.EIO, "upload cancelled (file removed)")
@@ -774,7 +781,8 @@ class VaultFS:
             if p.writers or p.cancelled:
                 return
             p.state = "queued"
-        self._schedule.put(p, self._upload_delay)
+            delay = 0.0 if p.waiters else self._upload_delay  # someone's fsync is waiting already
+        self._schedule.put(p, delay)
 
     # ------------------------------------------------------------------ namespace changes
 
