@@ -525,3 +525,17 @@ def test_rm_while_open(glacier_server, mount_factory, tmp_path):
     assert run("sync", str(marker)).returncode == 0, m.log()
     assert os.listdir(m.mnt) == ["marker"]
     assert [a["Size"] for a in server_inventory(glacier_server, VAULT)] == [1]
+
+
+def test_cli_changes_while_mounted_show_at_once(glacier_server, mount_factory, tmp_path):
+    m = mount_factory(glacier_server)
+    (m.mnt / "mine.txt").write_bytes(b"through the mount")
+    assert run("sync", str(m.mnt / "mine.txt")).returncode == 0, m.log()
+    assert run("ls", "-l", str(m.mnt)).returncode == 0  # the listing is now reused while unchanged
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "cli.txt").write_bytes(b"through the CLI")
+    _cli_upload(glacier_server, tmp_path / "cache", src, "cli.txt")
+    assert sorted(os.listdir(m.mnt)) == ["cli.txt", "mine.txt"]
+    assert (m.mnt / "cli.txt").stat().st_size == len(b"through the CLI")
+    assert getfattr(m.mnt / "cli.txt", "user.glacier.state") == "archived"
