@@ -539,3 +539,18 @@ def test_cli_changes_while_mounted_show_at_once(glacier_server, mount_factory, t
     assert sorted(os.listdir(m.mnt)) == ["cli.txt", "mine.txt"]
     assert (m.mnt / "cli.txt").stat().st_size == len(b"through the CLI")
     assert getfattr(m.mnt / "cli.txt", "user.glacier.state") == "archived"
+
+
+def test_daemon_mount_failure_is_one_line(glacier_server, tmp_path):
+    skip_without_fuse()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    res = glacierfs("mount", "--endpoint-url", glacier_server.url, "--region", "us-east-1", "--cache-dir",
+                    str(tmp_path / "cache"), "missing-vault", str(mnt), check=False, timeout=90)
+    try:
+        assert res.returncode != 0
+        assert res.stderr.startswith("glacierfs: error: mount failed:"), res.stderr
+        assert "missing-vault" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        assert not _mounted(mnt)
+    finally:
+        unmount(mnt)
