@@ -50,7 +50,7 @@ def test_upload_inventory_download_through_faults(
     server = glacier_server_factory("--faults", spec, "--seed", str(seed), *(["--faults-ops", ops] if ops else []))
     server.client(max_attempts=10).create_vault(vaultName="v")
     work = tmp_path / "work"
-    files = random_files(work, rng, 6, [700, MiB, 2 * MiB, 3 * MiB - 4096])
+    files = random_files(work, rng, 4 if ops else 6, [700, MiB, 2 * MiB, 3 * MiB - 4096])
     cli = Cli(server.url, tmp_path / "cache", work)
 
     t0 = time.monotonic()
