@@ -213,6 +213,10 @@ class Lies:
             spec, total = crange.removeprefix("bytes ").split("/")
             start, end = (int(x) for x in spec.split("-"))
             ans.headers["content-range"] = f"bytes {start + 1}-{end + 1}/{total}"
+        elif self.how == "long-body":  # more bytes than asked for, headers consistent with them
+            if "content-range" not in ans.headers:
+                return False
+            ans.body += b"trailing bytes"
         elif self.how == "flip-body":  # a body whose headers are all consistent, bytes wrong
             ans.body = bytes([ans.body[0] ^ 1]) + ans.body[1:]
         elif self.how == "truncate-json":
@@ -244,7 +248,7 @@ def test_upload_through_a_server_lying_about_tree_hashes(op: str, glacier_server
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("how", ["tree-hash", "short-body", "content-range"])
+@pytest.mark.parametrize("how", ["tree-hash", "short-body", "content-range", "long-body"])
 def test_download_from_a_lying_server_is_refused(how: str, glacier_server, tmp_path: Path) -> None:
     rng = random.Random(f"{SEED}:{how}")
     ctx = f"seed {SEED} GetJobOutput {how}"
@@ -442,3 +446,24 @@ def test_a_part_the_server_claimed_but_never_stored_is_sent_again(times: str, gl
             res = cli(*args)
     ids = assert_exactly_once(glacier_server, "v", files, ctx)
     assert res.lines[0].split("  ")[0] == ids[next(iter(files))], ctx
+
+
+CSV_HOSTILE = ['a "quoted" name', "comma, separated", "back\\slash\\", 'both \\"x\\",y', '""', ",", "\\", 'x"', "tail\\"]
+
+
+@pytest.mark.timeout(120)
+def test_csv_inventory_of_another_tool_gives_the_same_names_as_json(glacier_server, tmp_path: Path) -> None:
+    """Descriptions with quotes, commas and backslashes survive Glacier's CSV quoting: a finished CSV
+    inventory job (started by another tool) gives the very names the JSON inventory gives."""
+    c = glacier_server.client()
+    c.create_vault(vaultName="v")
+    ids = {c.upload_archive(vaultName="v", archiveDescription=d, body=d.encode())["archiveId"]: d for d in CSV_HOSTILE}
+    glacier_server.snapshot("v")
+    job = c.initiate_job(vaultName="v", jobParameters={"Type": "inventory-retrieval", "Format": "CSV"})["jobId"]
+    glacier_server.complete_jobs(job)
+    from_csv = listing(Cli(glacier_server.url, tmp_path / "cache-csv", tmp_path)("inventory", "-v", "v"))
+    assert [j["JobId"] for j in c.list_jobs(vaultName="v")["JobList"]] == [job], "the CSV job was not used"
+    from_json = listing(Cli(glacier_server.url, tmp_path / "cache-json", tmp_path)("inventory", "-v", "v", "-f"))
+    assert from_csv == from_json
+    assert sorted(from_json.values()) == sorted(ids)
+    check_safe(list(from_json), "csv")
