@@ -205,3 +205,81 @@ def _complete(path: Path, data: bytes) -> bool:
         return path.stat().st_size == len(data)
     except OSError:
         return False
+
+
+DOWNLOAD_HOOK = """
+import time
+
+import glacierfs.client as c
+
+_real = c.JobOutputStream.read
+
+def read(self, amt=None):
+    data = _real(self, amt if amt is None else min(amt, 256 * 1024))
+    time.sleep(0.05)
+    return data
+
+c.JobOutputStream.read = read
+
+def _linger(name, seconds):
+    real = getattr(c.Glacier, name)
+
+    def wrapper(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        time.sleep(seconds)
+        return result
+
+    setattr(c.Glacier, name, wrapper)
+
+for _name in ("initiate_inventory", "describe_job", "list_jobs"):
+    _linger(_name, 0.2)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_download_and_inventory_sigkilled_at_random_points_then_rerun(glacier_server, tmp_path: Path) -> None:
+    """Kills during ``download`` (partial file, sidecar) and ``inventory -f`` (job recorded, import)."""
+    rng = random.Random(SEED + 3)
+    ctx = f"seed {SEED + 3}"
+    c = glacier_server.client()
+    c.create_vault(vaultName="v")
+    data = rng.randbytes(6 * MiB + 123)
+    aid = c.upload_archive(vaultName="v", archiveDescription="big.bin", body=data)["archiveId"]
+    for i in range(200):
+        c.upload_archive(vaultName="v", archiveDescription=f"many/{i:03d}", body=b"m")
+    glacier_server.snapshot("v")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(DOWNLOAD_HOOK)
+    cli = Cli(glacier_server.url, tmp_path / "cache", tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    kills: list[tuple[str, float]] = []
+    target = str(out / "big.bin")
+    for args in (("inventory", "-v", "v", "-f"), ("download", "-q", "-v", "v", f"-a={aid}", "-o", target)):
+        for _ in range(4):
+            env = cli.env()
+            env["PYTHONPATH"] = f"{hook}{os.pathsep}{env['PYTHONPATH']}"
+            proc = subprocess.Popen(cli.argv(args), cwd=cli.cwd, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            delay = rng.uniform(0.3, 1.3)
+            try:
+                killed = kill_at(proc, delay)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                _, err = proc.communicate(timeout=30)
+            assert "Traceback" not in err, f"{ctx}: {err}"
+            if not killed:
+                assert proc.returncode == 0, f"{ctx}: {args[0]} failed after kills at {kills}: {err}"
+                break
+            kills.append((args[0], round(delay, 2)))
+        res = cli(*args, timeout=120)  # the same command, not interrupted
+        if args[0] == "inventory":
+            assert len(res.lines) == 201, f"{ctx}: kills at {kills}"
+    assert (out / "big.bin").read_bytes() == data, f"{ctx}: kills at {kills}"
+    assert os.listdir(out) == ["big.bin"], f"{ctx}: leftovers {os.listdir(out)} (kills at {kills})"
+    jobs = c.list_jobs(vaultName="v")["JobList"]
+    assert len([j for j in jobs if j["Action"] == "ArchiveRetrieval"]) == 1, f"{ctx}: retrieval jobs {jobs}"
+    assert {k for k, _ in kills} == {"inventory", "download"}, f"{ctx}: kills landed only in {kills}"
+    print(f"{ctx}: killed at {kills} s; {len(jobs)} job(s) in all")
