@@ -79,7 +79,7 @@ class ConnectionSettings:
 
 def validate_vault_name(vault: str) -> str:
     """Reject a bad vault name before any call (the service answers a confusing 404)."""
-    if not isinstance(vault, str) or not VAULT_NAME_RE.match(vault):
+    if not isinstance(vault, str) or not VAULT_NAME_RE.fullmatch(vault):
         raise UsageError(
             f"invalid vault name {vault!r}: use 1-255 characters from A-Z a-z 0-9 _ . -"
         )
@@ -505,7 +505,16 @@ class Glacier:
     # -- vaults
 
     def list_vaults(self, *, page_size: int | None = None) -> list[dict]:
-        return self._pages("list_vaults", "listing vaults", "VaultList", **_limit(page_size))[1]
+        """Every vault (all pages). A name the service could not have accepted (a lying or broken
+        endpoint: '/', control characters...) is left out with a warning: callers print names one
+        per line and the mount makes directories of them."""
+        vaults = self._pages("list_vaults", "listing vaults", "VaultList", **_limit(page_size))[1]
+        good = [v for v in vaults if isinstance(v.get("VaultName"), str) and VAULT_NAME_RE.fullmatch(v["VaultName"])]
+        if len(good) != len(vaults):
+            bad = [v.get("VaultName") for v in vaults if v not in good]
+            log.warning("ignoring %d vault(s) with invalid names from the service: %s",
+                        len(bad), ", ".join(ascii(b)[:80] for b in bad[:5]))
+        return good
 
     def describe_vault(self, vault: str) -> dict:
         return _strip(self._call("describe_vault", self._vctx(vault), vaultName=vault))
