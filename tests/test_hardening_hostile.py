@@ -467,3 +467,47 @@ def test_csv_inventory_of_another_tool_gives_the_same_names_as_json(glacier_serv
     assert from_csv == from_json
     assert sorted(from_json.values()) == sorted(ids)
     check_safe(list(from_json), "csv")
+
+
+HOSTILE_VAULTS = ["../escape", "a/b", "x\ny", "\x1b[31mred", "", "tab\tname", "v" * 300, "ok\n", None, 42]
+
+
+def _lying_vault_list(ans: Answer) -> bool:
+    if ans.method != "GET" or not ans.path.split("?")[0].rstrip("/").endswith("/vaults") or ans.status >= 300:
+        return False
+    data = json.loads(ans.body)
+    if "VaultList" not in data:
+        return False
+    template = data["VaultList"][0]
+    data["VaultList"] += [{**template, "VaultName": n, "VaultARN": f"arn:aws:glacier:us-east-1:0:vaults/{n}"}
+                          for n in HOSTILE_VAULTS]
+    ans.body = json.dumps(data).encode()
+    return True
+
+
+@pytest.mark.timeout(120)
+def test_lying_vault_list_names_are_left_out(glacier_server, tmp_path: Path) -> None:
+    """ListVaults answering names no vault can have: ``vaults`` lists only real names, one per line,
+    with a warning; the ``--all-vaults`` mount makes no directory of them."""
+    glacier_server.client().create_vault(vaultName="real")
+    with LyingProxy(glacier_server.url, _lying_vault_list) as proxy:
+        cli = Cli(proxy.url, tmp_path / "cache", tmp_path)
+        res = cli("vaults")
+        assert proxy.lies >= 1
+        assert [line.split("\t")[0] for line in res.lines] == ["real"], str(res)
+        assert "invalid names" in res.stderr, str(res)
+        assert [v["VaultName"] for v in json.loads(cli("vaults", "--json").stdout)] == ["real"]
+        from tests import test_mount as tm
+
+        if tm.fuse_available():
+            return
+        m = tm.Mount(tmp_path / "mnt", tmp_path / "cache", proxy.url, None, "--all-vaults")
+        try:
+            m.start()
+            assert sorted(os.listdir(m.mnt)) == ["real"], m.log()
+        finally:
+            m.stop()
+            if m.proc is not None and m.proc.poll() is None:
+                m.proc.kill()
+                m.proc.wait(10)
+            tm.unmount(m.mnt)
