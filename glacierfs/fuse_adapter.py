@@ -147,6 +147,7 @@ class GlacierOperations(mfusepy.Operations):
         # packed listings of directories without files being written, reused while the core's
         # listing token is unchanged: a warm `ls -l` of 100,000 archives skips catalog and packing
         self._listings: OrderedDict[str, tuple[Any, list[tuple[bytes, Any]]]] = OrderedDict()
+        self._building: dict[str, threading.Event] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -173,6 +174,7 @@ class GlacierOperations(mfusepy.Operations):
 
     def init(self, path: str) -> None:
         self._core.start()
+        threading.Thread(target=self._prefetch_root, name="prefetch", daemon=True).start()
         log.info("mounted")
 
     def destroy(self, path: str) -> None:
@@ -222,26 +224,56 @@ class GlacierOperations(mfusepy.Operations):
         return entries
 
     def _build_listing(self, path: str) -> list[tuple[bytes, Any]]:
+        """Packed entries of ``path``: reused while the core's listing token is unchanged, built
+        once at a time per directory (a second reader waits for the first build)."""
         token_of = getattr(self._core, "listing_token", None)
         token = token_of(path) if token_of else None
-        if token is not None:
+        if token is None:
+            return self._pack_listing(path)
+        while True:
             with self._dir_lock:
                 cached = self._listings.get(path)
                 if cached is not None and cached[0] == token:
                     self._listings.move_to_end(path)
                     return cached[1]
-        pack = self._packer.pack
-        dirst = pack(Attr(True))
-        entries = [(b".", dirst), (b"..", dirst)]
-        entries.extend((name.encode("utf-8", "surrogateescape"), pack(a)) for name, a in self._core.readdir(path))
-        if token is not None:
+                building = self._building.get(path)
+                if building is None:
+                    building = self._building[path] = threading.Event()
+                    break
+            building.wait(60)
+        try:
+            entries = self._pack_listing(path)
+            if len(entries) > MAX_CACHED_ENTRIES:
+                return entries  # too big to keep: memory matters more than a second listing
             with self._dir_lock:
                 self._listings[path] = (token, entries)
+                self._listings.move_to_end(path)
                 total = sum(len(e) for _, e in self._listings.values())
                 while total > MAX_CACHED_ENTRIES and len(self._listings) > 1:
                     _, (_, dropped) = self._listings.popitem(last=False)
                     total -= len(dropped)
+            return entries
+        finally:
+            with self._dir_lock:
+                self._building.pop(path, None)
+            building.set()
+
+    def _pack_listing(self, path: str) -> list[tuple[bytes, Any]]:
+        pack = self._packer.pack
+        dirst = pack(Attr(True))
+        entries = [(b".", dirst), (b"..", dirst)]
+        entries.extend((name.encode("utf-8", "surrogateescape"), pack(a)) for name, a in self._core.readdir(path))
         return entries
+
+    def _prefetch_root(self) -> None:
+        """Build the root listing right after mounting, so that the first `ls -l` finds it ready."""
+        try:
+            count = getattr(self._core, "archive_count", None)
+            if count is not None and (count() or 0) > MAX_CACHED_ENTRIES:
+                return
+            self._build_listing("/")
+        except Exception as exc:
+            log.debug("prefetch of / failed: %s", exc)
 
     @_errors
     def readdir_with_offset(self, path: str, offset: int, fh: int) -> Iterator[tuple[str, dict[str, Any], int]]:

@@ -1215,6 +1215,11 @@ class VaultFS:
                 token.append(None)
         return tuple(token)
 
+    def archive_count(self) -> int | None:
+        """Number of archives in the catalog (None if it cannot tell cheaply)."""
+        count = getattr(self.catalog, "count", None)
+        return count() if count else None
+
     def pending(self) -> dict[str, str]:
         with self._lock:
             return {path: p.state for path, p in self._pending.items()}
