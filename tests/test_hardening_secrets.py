@@ -24,8 +24,8 @@ from glacierfs.treehash import MiB
 from tests.hardening_util import Cli, Result, assert_one_error, bad_modes, find_secrets, random_files
 
 KEY, SECRET = "AKIDSECRETTEST", "SuperSecretKey123"
-ENV_KEY, ENV_SECRET = "AKIDENVKEYTEST", "EnvSecretValue456"
-ALL = (KEY, SECRET, ENV_KEY, ENV_SECRET)
+ENV_KEY, ENV_SECRET, ENV_TOKEN = "AKIDENVKEYTEST", "EnvSecretValue456", "SessionTokenSecret789"
+ALL = (KEY, SECRET, ENV_KEY, ENV_SECRET, ENV_TOKEN)
 UMASK = 0o000  # the worst case: only explicit modes protect anything
 
 
@@ -58,7 +58,8 @@ def test_keys_never_leak_and_state_is_private(glacier_server_factory, tmp_path: 
     def run(url: str, *args: str, keys: bool = True, env_keys: bool = False, code: int | None = 0) -> Result:
         cli = Cli(url, cache, work)
         extra = ["--debug", *(["-k", KEY, "-s", SECRET] if keys else [])]
-        env = {"AWS_ACCESS_KEY_ID": ENV_KEY, "AWS_SECRET_ACCESS_KEY": ENV_SECRET} if env_keys else None
+        env = {"AWS_ACCESS_KEY_ID": ENV_KEY, "AWS_SECRET_ACCESS_KEY": ENV_SECRET, "AWS_SESSION_TOKEN": ENV_TOKEN} \
+            if env_keys else None
         res = cli(*args, *extra, code=code, env=env)
         outputs[f"{url} {' '.join(args)}"] = res.stdout + res.stderr
         return res
