@@ -227,6 +227,7 @@ class VaultFS:
         self._engines = threading.local()
         self._generation = 0  # bumped by every namespace change made here
         self._recovered = False
+        self._intact: set[str] = set()  # cached archives whose tree hash was checked by this mount
         self.started_at = time.time()
 
     # ------------------------------------------------------------------ lifecycle
@@ -565,8 +566,30 @@ class VaultFS:
             fd = os.open(self.cache.path_for(archive_id), os.O_RDONLY)
         except FileNotFoundError:  # evicted just now
             self._not_cached(path, archive_id)
+        if not self._cached_intact(fd, found, path):
+            os.close(fd)
+            self._not_cached(path, archive_id)
         self.cache.touch(archive_id)
         return self._new_handle(Handle(fd=fd, path=path, pending=None, writer=False, archive_id=archive_id))
+
+    def _cached_intact(self, fd: int, archive: Any, path: str) -> bool:
+        """Cached bytes are the archive's: the size at every open, the tree hash at the first open
+        in this mount. Damaged bytes (truncated, changed on disk) are dropped from the cache, so the
+        file reads as not cached (retrieve it again) instead of returning them."""
+        archive_id = archive.archive_id
+        ok = os.fstat(fd).st_size == archive.size
+        if ok and archive.tree_hash and archive_id not in self._intact:
+            from glacierfs.treehash import tree_hash_file
+
+            ok = tree_hash_file(self.cache.path_for(archive_id)) == archive.tree_hash
+            if ok:
+                with self._lock:
+                    self._intact.add(archive_id)
+        if not ok:
+            log.error("%s: the cached bytes of archive %s are damaged (size or tree hash differs); "
+                      "dropped from the cache", path, archive_id)
+            self.cache.discard(archive_id)
+        return ok
 
     def _not_cached(self, path: str, archive_id: str) -> None:
         """Fail at once (EAGAIN), say how to retrieve, maybe start the retrieval."""
