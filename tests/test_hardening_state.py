@@ -283,3 +283,53 @@ def test_mount_staged_file_with_a_damaged_manifest_is_not_lost(
     assert any(str(kept[0]) in line for line in log_text.splitlines()), (
         f"seed {SEED}: the log does not say where the bytes were kept\n{log_text}"
     )
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_mount_never_serves_damaged_cached_bytes_silently(how: str, glacier_server, tmp_path: Path) -> None:
+    """The mount's cache of archive bytes (data/<archive id>) is damaged between two mounts: reading
+    the file must give the archive's bytes or an error, never the damaged bytes as if they were it."""
+    from tests import test_mount as tm
+
+    tm.skip_without_fuse()
+    rng = random.Random(SEED)
+    glacier_server.client().create_vault(vaultName="mv")
+    cache = tmp_path / "cache"
+    data = rng.randbytes(200_000)
+    m = tm.Mount(tmp_path / "mnt", cache, glacier_server.url, "mv")
+    try:
+        m.start()
+        (m.mnt / "f.bin").write_bytes(data)
+        res = subprocess.run(["sync", str(m.mnt / "f.bin")], capture_output=True, text=True, timeout=60, check=False)
+        assert res.returncode == 0, res.stderr + m.log()
+    finally:
+        m.stop()
+        if m.proc is not None and m.proc.poll() is None:
+            m.proc.kill()
+            m.proc.wait(10)
+        tm.unmount(m.mnt)
+    [cached] = [p for p in cache.rglob("data/*") if p.is_file()]
+    assert cached.read_bytes() == data
+    if how == "truncate":
+        os.truncate(cached, len(data) // 2)
+    else:
+        raw = bytearray(data)
+        raw[1000] ^= 0xFF
+        cached.write_bytes(bytes(raw))
+    m2 = tm.Mount(tmp_path / "mnt", cache, glacier_server.url, "mv")
+    try:
+        m2.start()
+        try:
+            got = (m2.mnt / "f.bin").read_bytes()
+        except OSError as exc:
+            got = exc
+    finally:
+        m2.stop()
+        if m2.proc is not None and m2.proc.poll() is None:
+            m2.proc.kill()
+            m2.proc.wait(10)
+        tm.unmount(m2.mnt)
+    assert isinstance(got, OSError) or got == data, (
+        f"seed {SEED}: the mount served {len(got)} damaged bytes ({how}) as the archive\n{m2.log()}"
+    )
