@@ -20,6 +20,7 @@ import json
 import os
 import random
 import subprocess
+import time
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +39,7 @@ from tests.hardening_util import (
     listing,
     open_uploads,
     random_files,
+    server_archives,
 )
 
 SEED = 99
@@ -511,3 +513,41 @@ def test_lying_vault_list_names_are_left_out(glacier_server, tmp_path: Path) -> 
                 m.proc.kill()
                 m.proc.wait(10)
             tm.unmount(m.mnt)
+
+
+@pytest.mark.timeout(180)
+def test_mount_keeps_a_file_through_a_lying_server_then_uploads_it_once(glacier_server, tmp_path: Path) -> None:
+    """The mount's uploads meet a service lying about part tree hashes: the file stays staged (listed,
+    readable), nothing is archived; once the service is honest, sync uploads it exactly once."""
+    from tests import test_mount as tm
+
+    tm.skip_without_fuse()
+    rng = random.Random(SEED)
+    glacier_server.client().create_vault(vaultName="mv")
+    data = rng.randbytes(2 * MiB + 5)
+    lie = Lies("UploadMultipartPart", "tree-hash")
+    with LyingProxy(glacier_server.url, lie) as proxy:
+        m = tm.Mount(tmp_path / "mnt", tmp_path / "cache", proxy.url, "mv", "--part-size", "1M")
+        try:
+            m.start()
+            (m.mnt / "kept.bin").write_bytes(data)
+            deadline = time.monotonic() + 30
+            while proxy.lies < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert proxy.lies >= 3, f"the mount did not try to upload\n{m.log()}"
+            assert (m.mnt / "kept.bin").read_bytes() == data, m.log()
+            assert server_archives(glacier_server, "mv") == [], "a lying answer made an archive"
+            lie.on = False
+            res = subprocess.run(["sync", str(m.mnt / "kept.bin")], capture_output=True, text=True, timeout=120,
+                                 check=False)
+            assert res.returncode == 0, res.stderr + m.log()
+            log_text = m.log()
+        finally:
+            m.stop()
+            if m.proc is not None and m.proc.poll() is None:
+                m.proc.kill()
+                m.proc.wait(10)
+            tm.unmount(m.mnt)
+    assert "tree hash" in log_text, log_text
+    assert_exactly_once(glacier_server, "mv", {"kept.bin": data}, f"seed {SEED} mount")
+
