@@ -41,6 +41,13 @@ def default_local_dir() -> str:
     return os.path.expanduser(DEFAULT_DATA_DIR)
 
 
+def _tier(value: str) -> str:
+    for tier in ("Expedited", "Standard", "Bulk"):
+        if value.strip().lower() == tier.lower():
+            return tier
+    raise argparse.ArgumentTypeError(f"invalid tier {value!r} (choose from Expedited, Standard, Bulk)")
+
+
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from glacierfs.cli import common_options
 
@@ -74,8 +81,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument(
         "--auto-retrieve",
         metavar="TIER",
-        choices=["Expedited", "Standard", "Bulk"],
-        help="start a retrieval of this tier when an uncached archive is opened",
+        type=_tier,
+        help="start a retrieval of this tier (Expedited, Standard, Bulk) when an uncached archive is opened",
     )
     p.add_argument(
         "-o", dest="fuse_options", action="append", default=[], metavar="OPTIONS", help="FUSE mount options"
