@@ -1006,6 +1006,7 @@ class VaultFS:
             log.warning("could not keep the bytes of %s in the cache: %s", path, exc)
         self.cache.remove_manifest(p.sid)
         with self._lock:
+            self._intact.add(archive.archive_id)  # the engine hashed these very bytes
             p.archive_id = archive.archive_id
             p.tree_hash = archive.tree_hash
             self._generation += 1
@@ -1156,6 +1157,7 @@ class VaultFS:
             return
         self.cache.add(r.archive_id)
         with self._lock:
+            self._intact.add(r.archive_id)  # the download was verified against the tree hash
             self._retrievals.pop(r.archive_id, None)
         log.info("retrieved archive %s into the cache", r.archive_id)
 
