@@ -39,7 +39,7 @@ def until_ok(cli: Cli, *args: str, ctx: str) -> tuple[Result, int]:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
-    ("seed", "faults"), [(11, (FAULTS, None)), (23, (FAULTS, None)), (37, HARSH_UPLOAD), (41, HARSH_JOBS)]
+    ("seed", "faults"), [(11, (FAULTS, None)), (37, HARSH_UPLOAD), (41, HARSH_JOBS)]
 )
 def test_upload_inventory_download_through_faults(
     seed: int, faults: tuple[str, str | None], glacier_server_factory, tmp_path: Path
