@@ -14,14 +14,13 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import random
 import socket
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -191,7 +190,6 @@ class Answer:
     headers: dict[str, str]
     body: bytes
     cut: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Rewrite = Callable[[Answer], bool]  # True when it lied
@@ -295,13 +293,3 @@ def flip_hex(value: str) -> str:
     """Another 64-hex tree hash (first digit changed)."""
     return ("0" if value[0] != "0" else "1") + value[1:]
 
-
-def env_without(*names: str) -> dict[str, str | None]:
-    return dict.fromkeys(names)
-
-
-def chmod_tree_readable(root: Path) -> None:
-    """Make a tree removable again after a test changed its modes."""
-    for p in [root, *root.rglob("*")]:
-        with contextlib.suppress(OSError):
-            os.chmod(p, 0o700 if p.is_dir() else 0o600)
