@@ -241,7 +241,11 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _rebuild_hint(directory: Path) -> str:
-    return f"delete {directory} and run `glacierfs inventory` to rebuild it"
+    # The catalog also held the states of pending uploads: say what becomes of them.
+    return (
+        f"delete {directory} and run `glacierfs inventory` to rebuild it (pending uploads it recorded"
+        " are found again on the service: re-run their upload to resume, or `glacierfs abort` them)"
+    )
 
 
 # -------------------------------------------------------------------------------------- catalog
