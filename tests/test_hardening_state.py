@@ -105,9 +105,11 @@ def damage(directory: Path, how: str, rng: random.Random) -> None:
 
 
 def rebuild_dir(res: Result, cache: Path) -> Path:
-    """The directory an error tells the user to delete (it must be inside the cache dir)."""
+    """The directory an error tells the user to delete (it must be inside the cache dir); the error
+    must also say what becomes of the pending uploads that the damaged state held."""
     m = re.search(r"delete (\S+) and run", res.stderr)
     assert m, f"the error does not say how to rebuild:\n{res}"
+    assert "pending uploads" in res.stderr, f"the error does not say what happens to pending uploads:\n{res}"
     target = Path(m.group(1))
     assert cache.resolve() in target.resolve().parents, f"told to delete {target}, outside {cache}"
     return target
