@@ -4,8 +4,8 @@ Every figure is printed next to a baseline measured in the same run on the same 
 because these machines are noisy: the ratio is the number to compare across runs.
 Benchmarks never fail on a missed target; they print the target and whether it was met.
 
-    scripts/bench                      full mode: 1 GiB files, 1,000,000-archive vault (~15 min)
-    scripts/bench --quick              small sizes (64 MiB files, 20,000 archives), < 2 min
+    scripts/bench                      full mode: 1 GiB files, 1,000,000-archive vault (~5 min, ~10 GB)
+    scripts/bench --quick              small sizes (64 MiB files, 20,000 archives), ~30 s
     scripts/bench --only cp,upload     a subset (names below)
     scripts/bench --json out.json      also write the rows as JSON
 
