@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from glacierfs.errors import ConflictError, NotFoundError, NotReadyError, UsageError
+from glacierfs.progress import NULL_PROGRESS, Progress
 
 if TYPE_CHECKING:  # pragma: no cover
     from glacierfs.catalog import Catalog
@@ -141,7 +142,7 @@ class Context:
     endpoint_url: str | None
     endpoint_id: str
     cache_root: Path
-    progress: Any
+    progress: Progress
     _cleanup: Callable[[], None] | None = None
     _catalogs: dict[str, Catalog] = field(default_factory=dict)
 
@@ -177,13 +178,8 @@ class Context:
             cleanup()
 
 
-def make_progress(args: argparse.Namespace) -> Any:
-    from glacierfs.progress import Progress
-
-    try:
-        return Progress(quiet=bool(getattr(args, "quiet", False)))
-    except TypeError:  # pragma: no cover - tolerate a different constructor
-        return Progress()
+def make_progress(args: argparse.Namespace) -> Progress:
+    return Progress(quiet=bool(getattr(args, "quiet", False)))
 
 
 @contextlib.contextmanager
@@ -225,12 +221,6 @@ def open_context(args: argparse.Namespace) -> Iterator[Context]:
         ctx.close()
 
 
-def progress_status(progress: Any, text: str) -> None:
-    fn = getattr(progress, "status", None)
-    if fn is not None:
-        fn(text)
-
-
 # --------------------------------------------------------------------------- treehash
 
 
@@ -241,14 +231,12 @@ def cmd_treehash(args: argparse.Namespace) -> int:
     files = _existing_files(args.files)
     progress = make_progress(args)
     for name, size in files:
-        bar = _bar(progress, f"treehash {name}", size) if size >= 64 << 20 else None
-        try:
-            digest = tree_hash_file(name, progress=bar.update if bar else None)
-        except OSError as exc:
-            raise UsageError(f"cannot read {name}: {exc.strerror or exc}") from None
-        finally:
-            if bar:
-                _close_bar(bar)
+        shown = progress if size >= 64 << 20 else NULL_PROGRESS  # small files hash in a blink
+        with shown.bar(f"treehash {name}", size) as bar:
+            try:
+                digest = tree_hash_file(name, progress=bar.update)
+            except OSError as exc:
+                raise UsageError(f"cannot read {name}: {exc.strerror or exc}") from None
         _out(f"{digest}  {name}")
     return 0
 
@@ -268,32 +256,6 @@ def _existing_files(names: list[str]) -> list[tuple[str, int]]:
             raise UsageError(f"{name}: permission denied")
         files.append((name, st.st_size))
     return files
-
-
-class _NullBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _bar(progress: Any, desc: str, total: int) -> Any:
-    fn = getattr(progress, "bar", None)
-    if fn is None:
-        return _NullBar()
-    try:
-        return fn(desc, total)
-    except TypeError:  # pragma: no cover
-        return _NullBar()
-
-
-def _close_bar(bar: Any) -> None:
-    with contextlib.suppress(Exception):
-        if hasattr(bar, "close"):
-            bar.close()
-        elif hasattr(bar, "__exit__"):
-            bar.__exit__(None, None, None)
 
 
 # --------------------------------------------------------------------------- upload / abort
@@ -662,7 +624,7 @@ def _wait_uploads(ctx: Context, vaults: list[str], args: argparse.Namespace) -> 
         pending = sum(len(ctx.catalog(v).list_uploads()) for v in vaults)
         if not pending:
             return
-        progress_status(ctx.progress, f"waiting for {pending} pending upload(s)")
+        ctx.progress.status(f"waiting for {pending} pending upload(s)")
         time.sleep(delay)
         delay = min(delay * 1.5, 5.0)
 

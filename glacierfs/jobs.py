@@ -46,6 +46,7 @@ from glacierfs.errors import (
     StateError,
     UsageError,
 )
+from glacierfs.progress import NULL_PROGRESS, Progress
 from glacierfs.treehash import MiB, TreeHasher, combine, tree_hash_file
 
 log = logging.getLogger(__name__)
@@ -123,44 +124,6 @@ def chunk_size_for(size: int, maximum: int = MAX_CHUNK) -> int:
     while chunk * 2 <= maximum and chunk * 2 * 4 <= size:
         chunk *= 2
     return chunk
-
-
-def progress_status(progress: Any, text: str) -> None:
-    fn = getattr(progress, "status", None)
-    if fn is not None:
-        fn(text)
-    else:
-        log.info("%s", text)
-
-
-class _NullBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def progress_bar(progress: Any, desc: str, total: int, initial: int = 0) -> Any:
-    """A bar with ``update(n)``/``close()`` from the Progress object, or a no-op one."""
-    fn = getattr(progress, "bar", None)
-    if fn is None:
-        return _NullBar()
-    try:
-        bar = fn(desc, total)
-    except TypeError:  # pragma: no cover - tolerate another signature
-        return _NullBar()
-    if initial and hasattr(bar, "update"):
-        bar.update(initial)
-    return bar
-
-
-def _close_bar(bar: Any) -> None:
-    with contextlib.suppress(Exception):
-        if hasattr(bar, "close"):
-            bar.close()
-        elif hasattr(bar, "__exit__"):
-            bar.__exit__(None, None, None)
 
 
 def _job_id_of(result: Any) -> str:
@@ -284,7 +247,7 @@ class JobRunner:
         catalog: Any,
         vault: str,
         *,
-        progress: Any = None,
+        progress: Progress | None = None,
         poll: Backoff | None = None,
         chunk_size: int | None = None,
         concurrency: int = 2,
@@ -297,7 +260,7 @@ class JobRunner:
         self.glacier = glacier
         self.catalog = catalog
         self.vault = vault
-        self.progress = progress
+        self.progress = progress or NULL_PROGRESS
         self.poll = poll or Backoff()
         self.chunk_size = chunk_size
         self.concurrency = max(1, concurrency)
@@ -416,7 +379,7 @@ class JobRunner:
                 return desc
             started = parse_iso(desc.get("CreationDate"))
             ago = f", started {fmt_duration(self.clock() - started)} ago" if started else ""
-            progress_status(self.progress, f"waiting for {what} job {job_id[:12]}…{ago}")
+            self.progress.status(f"waiting for {what} job {job_id[:12]}…{ago}")
             self.sleep(next(delays))
 
     # ------------------------------------------------------------------ inventory
@@ -482,7 +445,7 @@ class JobRunner:
                         ) from None
                     raise
                 job_id = self._started(result, INVENTORY, forced=force)["job_id"]
-                progress_status(self.progress, f"started inventory job {job_id[:12]}…")
+                self.progress.status(f"started inventory job {job_id[:12]}…")
             try:
                 desc = self.wait_job(job_id, "inventory", wait=wait)
                 if desc.get("StatusCode") == IN_PROGRESS:
@@ -648,8 +611,8 @@ class JobRunner:
                 self.catalog.remove_job(rec["job_id"])
         result = self.glacier.initiate_retrieval(self.vault, archive_id, tier, None)
         rec = self._started(result, RETRIEVAL, archive_id=archive_id, tier=tier)
-        progress_status(
-            self.progress, f"started {tier} retrieval job {rec['job_id'][:12]}… for {archive_id[:12]}…"
+        self.progress.status(
+            f"started {tier} retrieval job {rec['job_id'][:12]}… for {archive_id[:12]}…"
         )
         try:
             return self._describe(rec["job_id"])
@@ -809,7 +772,7 @@ class JobRunner:
         if not todo:
             return
         done_bytes = sum(min(chunk, size - i * chunk) for i in range(n) if str(i) in state["chunks"])
-        bar = progress_bar(self.progress, f"download {archive_id[:12]}…", size, initial=done_bytes)
+        bar = self.progress.bar(f"download {archive_id[:12]}…", size, initial=done_bytes)
         lock = threading.Lock()
 
         def one(i: int) -> None:
@@ -836,7 +799,7 @@ class JobRunner:
                             f.cancel()
                         raise
         finally:
-            _close_bar(bar)
+            bar.close()
 
     def _fetch_range(self, job_id: str, archive_id: str, fd: int, start: int, end: int) -> tuple[str, bool]:
         """Fetch bytes [start, end] of the job output into ``fd``; returns (tree hash, header-confirmed).

@@ -68,13 +68,11 @@ class Progress:
             enabled = not quiet and bool(isatty and isatty())
         self.enabled = bool(enabled) and not quiet
 
-    def bar(self, desc: str | int, total: int | str | None = None) -> Bar:
+    def bar(self, desc: str, total: int | None, initial: int = 0) -> Bar:
         """A byte-counting bar (``update(n)``/``close()``, also a context manager).
 
-        Accepts ``bar(desc, total)`` or ``bar(total, desc)``.
+        ``initial`` counts bytes already done (a resumed transfer).
         """
-        if isinstance(desc, int) and not isinstance(total, int):
-            desc, total = total or "", desc
         if not self.enabled:
             return _NullBar()
         from tqdm import tqdm
@@ -82,7 +80,8 @@ class Progress:
         return _TqdmBar(
             tqdm(
                 total=total,
-                desc=str(desc),
+                initial=initial,
+                desc=desc,
                 unit="B",
                 unit_scale=True,
                 unit_divisor=1024,

@@ -26,6 +26,7 @@ from glacierfs.errors import (
     UsageError,
 )
 from glacierfs.jobs import Backoff, JobRunner, NoInventoryYet, chunk_size_for, parse_iso
+from glacierfs.progress import Progress
 from glacierfs.treehash import MiB, tree_hash
 
 VAULT = "v1"
@@ -457,7 +458,7 @@ def test_waiting_shows_status_and_backs_off(env, tmp_path: Path) -> None:
     slept: list[float] = []
     lines: list[str] = []
 
-    class P:
+    class P(Progress):
         def status(self, msg: str) -> None:
             lines.append(msg)
 
@@ -467,7 +468,7 @@ def test_waiting_shows_status_and_backs_off(env, tmp_path: Path) -> None:
             for job_id in list(g.jobs):
                 g.complete(job_id)
 
-    runner.progress = P()
+    runner.progress = P(enabled=False)
     runner.poll = Backoff(1, 3)
     runner.sleep = sleep
     runner.download("a", tmp_path / "f")
