@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from glacierfs.errors import CredentialsError, StateError, UsageError
+from glacierfs.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +70,6 @@ def _has_credentials(profile: str | None) -> bool:
         return False
 
 
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _port_open(url: str, timeout: float = 1.0) -> bool:
     try:
         parts = urlsplit(url)
@@ -108,7 +96,7 @@ def running_server_url(data_dir: Path) -> str | None:
         log.debug("ignoring unreadable %s: %s", info_path, exc)
         return None
     url = info.get("url") if isinstance(info, dict) else None
-    if not isinstance(url, str) or not _pid_alive(info.get("pid")):
+    if not isinstance(url, str) or not pid_alive(info.get("pid")):
         return None
     return url if _port_open(url) else None
 

@@ -92,6 +92,7 @@ from glacierfs.errors import (
     StateError,
     UsageError,
 )
+from glacierfs.processes import pid_alive, process_start
 from glacierfs.progress import NULL_PROGRESS, Progress
 from glacierfs.treehash import (
     MiB,
@@ -187,25 +188,6 @@ def _state_usable(state: Any) -> bool:
     except (KeyError, TypeError, ValueError):
         return False
     return ok
-
-
-def _proc_start(pid: int) -> str | None:
-    """The start time of process ``pid`` (Linux), so a reused pid is not mistaken for it."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Job:
@@ -371,10 +353,10 @@ class UploadEngine:
         if not isinstance(state, dict):
             return
         pid, host = state.get("pid"), state.get("host")
-        if not (host == socket.gethostname() and isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid)):
+        if not (host == socket.gethostname() and isinstance(pid, int) and pid != os.getpid() and pid_alive(pid)):
             return
         started = state.get("pid_start")
-        if started is None or started == _proc_start(pid):
+        if started is None or started == process_start(pid):
             raise StateError(f"{key} is being uploaded by process {pid}; wait for it or stop it first")
 
     def _save(self, key: str, state: dict, force: bool = True) -> None:
@@ -383,7 +365,7 @@ class UploadEngine:
             return
         state["updated"] = time.time()
         state["pid"] = os.getpid()
-        state["pid_start"] = _proc_start(os.getpid())
+        state["pid_start"] = process_start(os.getpid())
         state["host"] = socket.gethostname()
         self.catalog.put_upload(key, state)
         self._last_save = now

@@ -94,7 +94,7 @@ def test_progress_on_a_terminal():
 
     progress = Progress(stream=FakeTerminal())
     assert progress.enabled
-    bar = progress.bar(2048, "upload f")  # either argument order
+    bar = progress.bar("upload f", 2048, initial=512)
     bar.update(1024)
     bar.close()
     progress.status("waiting for job abc")
@@ -440,11 +440,11 @@ def test_abort_forgets_and_aborts(server, glacier, catalog, tmp_path):
 def test_a_live_process_owning_the_upload_is_respected(glacier, catalog, tmp_path):
     import socket
 
-    from glacierfs.upload import _proc_start
+    from glacierfs.processes import process_start
 
     f = write_random(tmp_path / "l.bin", 10, seed=12)
     owner = {"status": "uploading", "pid": os.getppid(), "host": socket.gethostname()}
-    catalog.put_upload("k", {**owner, "pid_start": _proc_start(os.getppid())})
+    catalog.put_upload("k", {**owner, "pid_start": process_start(os.getppid())})
     with pytest.raises(StateError, match="being uploaded by process"):
         UploadEngine(glacier, catalog, VAULT).upload(f, "l.bin", description="l", key="k")
     # the same pid number, but another process (started at another time): a dead owner
