@@ -55,10 +55,11 @@ Scale
     first import, the archive table is rebuilt with set-based SQL (one window query computes all
     plain names) and swapped in. Both strategies give the same result (tested). ``lookup`` is one
     or two indexed point queries (~10 us), ``listdir`` two indexed range queries (100,000 entries
-    in ~0.3 s). Measured on the dev VM with a 1,000,000-archive JSON inventory: first import
-    (rebuild) 23-35 s at 110 MiB peak RSS, re-import (diff) ~20 s at 140 MiB, parse+decode being
-    ~11 s of each; the database is ~650 MB (twice that while a rebuild builds the new table;
-    freed pages are reused by the next rebuild).
+    in ~0.3 s; ``listdir_entries``, the same names without Archive objects, ~0.06 s). Measured on
+    the dev VM with a 1,000,000-archive JSON inventory: first import (rebuild) 23-35 s at 110 MiB
+    peak RSS, re-import (diff) ~20 s at 140 MiB, parse+decode being ~11 s of each; the database
+    is ~650 MB (twice that while a rebuild builds the new table; freed pages are reused by the
+    next rebuild).
 
 Corruption of the files raises :class:`StateError` telling the user to delete the directory and
 run ``glacierfs inventory`` to rebuild it.
@@ -69,6 +70,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import operator
 import os
 import pickle
 import sqlite3
@@ -604,6 +606,27 @@ class Catalog:
                 )
             )
         entries.sort(key=lambda e: e[0])
+        return entries
+
+    def listdir_entries(self, path: str) -> list[tuple[str, int, int, float]]:
+        """What ``ls -l`` needs of a directory, sorted by name: ``(name, is_dir, size, mtime)``.
+
+        The same names as :meth:`listdir`; ``is_dir`` is 1 for a subdirectory (size 0, mtime 0.0)
+        and 0 for an archive (an int, as SQLite returns it: use it as a truth value). Rows come
+        straight from SQL, without :class:`Archive` objects: for the mount's readdir, 100,000
+        entries in ~0.06 s instead of ~0.23 s. NotFoundError when ``path`` is not a directory.
+        """
+        rel = _norm(path)
+        with self._read() as con, _gc_paused():
+            if rel and not self._is_dir(con, rel):
+                raise NotFoundError(f"no such directory in the catalog: /{rel}")
+            entries: list[tuple[str, int, int, float]] = con.execute(
+                "SELECT name, 1, 0, 0.0 FROM gfs_dir WHERE parent = ?", (rel,)
+            ).fetchall()
+            entries += con.execute(
+                "SELECT name, 0, size, mtime FROM gfs_archive WHERE dir = ? AND name IS NOT NULL", (rel,)
+            ).fetchall()
+            entries.sort(key=operator.itemgetter(0))
         return entries
 
     def iter_archives(self, batch: int = 2000) -> Iterator[Archive]:

@@ -394,12 +394,12 @@ class VaultFS:
         self._lookup_dir(path)
         dir_attr = Attr(True, 0, self.started_at)
         try:
-            listed = self.catalog.listdir(_rel(path))
+            listed = self.catalog.listdir_entries(_rel(path))  # (name, is_dir, size, mtime), no Archive objects
         except NotFoundError:  # a directory that only holds files not uploaded yet
             listed = []
         new = tuple.__new__  # Attr(...) costs 1.4 us through NamedTuple.__new__; this is 5x cheaper
         entries = [
-            (name, dir_attr if a is None else new(Attr, (False, a.size, a.mtime or 0.0))) for name, a in listed
+            (name, dir_attr if is_dir else new(Attr, (False, size, mtime or 0.0))) for name, is_dir, size, mtime in listed
         ]
         prefix = "/" if path == "/" else path + "/"
         with self._lock:

@@ -273,6 +273,64 @@ def test_directory_beats_file_of_same_name(cat: Catalog) -> None:
     assert names(cat, "a") == ["y"]
 
 
+def _entries_agree(c: Catalog, path: str) -> list[tuple[str, int, int, float]]:
+    """listdir_entries(path) is listdir(path) without the Archive objects (same names, same order)."""
+    lean = c.listdir_entries(path)
+    full = c.listdir(path)
+    assert [n for n, *_ in lean] == [n for n, _ in full]
+    for (name, is_dir, size, mtime), (_, a) in zip(lean, full, strict=True):
+        if a is None:
+            assert (is_dir, size, mtime) == (1, 0, 0.0), name
+        else:
+            assert not is_dir and (size, mtime) == (a.size, a.mtime), name
+            assert isinstance(size, int) and isinstance(mtime, float)
+    return lean
+
+
+def test_listdir_entries_agrees_with_listdir(cat: Catalog) -> None:
+    cat.import_inventory(
+        [
+            item("old-AAAA1111", "d/photo.jpg", "2026-01-01T00:00:00Z", size=10, mtime=1500.5),
+            item("new-BBBB2222", "d/photo.jpg", "2026-01-05T00:00:00Z", size=20, mtime=1600.25),
+            item("SAMEPREFIX-1", "d/x.bin", size=31),
+            item("SAMEPREFIX-2", "d/x.bin", size=32),
+            item("SAMEPREFIX-3", "d/x.bin", size=33),
+            item("file-sub", "d/sub", size=4),  # a file named like a directory: gets a variant
+            item("inner", "d/sub/deep/y.txt", size=5),
+            item("gone", "d/deleted.txt", size=6),
+            item("gone-dup", "d/photo.jpg", "2026-01-09T00:00:00Z", size=7),
+            item("top", "top.txt", size=8),
+        ],
+        D1,
+    )
+    cat.mark_deleted("gone")
+    cat.mark_deleted("gone-dup")  # the newest duplicate deleted: the next one takes the plain name
+    upload(cat, "up1", "d/new.txt", "2026-01-15T00:00:00Z")
+    cat.mkdir("d/empty")
+    d = _entries_agree(cat, "d")
+    assert [n for n, *_ in d] == sorted(n for n, *_ in d)
+    by_name = {n: (is_dir, size) for n, is_dir, size, _ in d}
+    assert by_name["photo.jpg"] == (0, 20)
+    assert by_name[variant_name("photo.jpg", "old-AAAA1111")] == (0, 10)
+    assert by_name["sub"][0] and by_name["empty"][0]
+    assert by_name[variant_name("sub", "file-sub")] == (0, 4)
+    assert "deleted.txt" not in by_name and by_name["new.txt"] == (0, 7)
+    assert by_name["x.bin"] == (0, 31)  # ties: the smallest id keeps the plain name
+    assert sorted(size for _, size in by_name.values() if size > 30) == [31, 32, 33]  # 3 distinct names
+    assert [n for n, *_ in _entries_agree(cat, "")] == ["d", "top.txt"]
+    assert _entries_agree(cat, "/d/sub/") == [("deep", 1, 0, 0.0)]
+    assert _entries_agree(cat, "d/empty") == []
+    with pytest.raises(NotFoundError):
+        cat.listdir_entries("nope")
+    with pytest.raises(NotFoundError):
+        cat.listdir_entries("top.txt")
+    assert gc.isenabled()
+    # deletions that empty a directory and give a name back agree too
+    cat.mark_deleted("inner")
+    assert [n for n, *_ in _entries_agree(cat, "d")].count("sub") == 1
+    assert not dict((n, i) for n, i, *_ in cat.listdir_entries("d"))["sub"]
+
+
 # ------------------------------------------------------------------------------ reconciliation
 
 
