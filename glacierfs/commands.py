@@ -285,6 +285,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
             part_size=part_size,
             concurrency=args.concurrency,
             progress=ctx.progress,
+            single_request=args.single_request,
         )
         for name, _size in files:
             archive_path = normalize_archive_path(name)
@@ -697,6 +698,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--part-size", metavar="SIZE", help="multipart part size: 1M, 64MiB, 1G or bytes")
     p.add_argument("--concurrency", type=int, default=4, metavar="N", help="parallel part uploads (4)")
     p.add_argument("--description", metavar="TEXT", help="archive description sent as-is")
+    p.add_argument(
+        "--single-request",
+        action="store_true",
+        help="send files of at most one part as one UploadArchive (1 request instead of 3); a crash "
+        "in the instant after the service stored it can then leave a duplicate archive, which is "
+        "why the default is a multipart upload for every file",
+    )
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_upload)
 

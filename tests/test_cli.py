@@ -269,6 +269,20 @@ def _server_inventory(server, vault: str) -> list[dict]:
     return json.loads(g.get_job_output(vaultName=vault, jobId=job)["body"].read())["ArchiveList"]
 
 
+def test_upload_is_multipart_unless_single_request(cli: Cli, vault: str, work: Path, glacier_server) -> None:
+    """Small files go multipart by default (idempotent resume); --single-request sends one UploadArchive."""
+    data_a = write(work / "a.txt", 1000)
+    data_b = write(work / "b.txt", 1000, seed=3)
+    res_a = cli("upload", "-v", vault, "a.txt")
+    log_a = glacier_server.log_path.read_text()
+    assert "InitiateMultipartUpload" in log_a and "UploadArchive" not in log_a
+    res_b = cli("upload", "-v", vault, "--single-request", "b.txt")
+    log_b = glacier_server.log_path.read_text()[len(log_a) :]
+    assert "UploadArchive" in log_b and "InitiateMultipartUpload" not in log_b
+    assert res_a.lines[0].split("  ")[1] == tree_hash(data_a)
+    assert res_b.lines[0].split("  ")[1] == tree_hash(data_b)
+
+
 def test_upload_errors(cli: Cli, vault: str, work: Path) -> None:
     write(work / "a.txt", 10)
     cli.error(2, "upload", "-v", vault, "a.txt", "nope.txt", match="nope.txt: no such file")
