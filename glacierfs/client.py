@@ -288,7 +288,9 @@ def _translate_client_error(exc: bce.ClientError, context: str | None, secrets: 
     if code in ("LimitExceededException", "PolicyEnforcedException"):
         return done(ConflictError, _prefix(context, f"{code}: {message}"))
     if code == "InsufficientCapacityException":
-        return done(ServiceError, _prefix(context, f"no Expedited capacity right now; retry or use another tier ({message})"))
+        return done(ServiceError, _prefix(
+            context, "Glacier has no Expedited retrieval capacity right now (InsufficientCapacityException);"
+            " retry later or use the Standard or Bulk tier"))
     if code == "MissingParameterValueException":
         return done(ServiceError, _prefix(context, f"the service says a parameter is missing: {message}"))
     if status >= 500 or code in ("ServiceUnavailableException", "RequestTimeoutException", "InternalFailure"):

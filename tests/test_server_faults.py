@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
@@ -93,3 +100,140 @@ def test_retries_get_through_faults(glacier_server_factory):
         c.upload_multipart_part(vaultName="v", uploadId=uid, range=f"bytes {start}-{start + len(chunk) - 1}/*", body=chunk)
     r = c.complete_multipart_upload(vaultName="v", uploadId=uid, archiveSize=str(len(data)), checksum=tree_hash(data))
     assert r["checksum"] == tree_hash(data)
+
+
+# -- closed, capacity, policy, slow (reference §5 item 10) -----------------------------------
+
+
+def initiate(c, aid: str | None = None, tier: str | None = None) -> str:
+    """InitiateJob (archive-retrieval with ``aid``, else inventory); "ok" or "STATUS Code"."""
+    params = {"Type": "archive-retrieval", "ArchiveId": aid} if aid else {"Type": "inventory-retrieval"}
+    if tier:
+        params["Tier"] = tier
+    try:
+        c.initiate_job(vaultName="v", jobParameters=params)
+        return "ok"
+    except ClientError as exc:
+        status, code, _ = error_of(exc)
+        return f"{status} {code}"
+
+
+def vault_with_archive(server) -> tuple:
+    c = server.client(max_attempts=1)
+    c.create_vault(vaultName="v")
+    aid = c.upload_archive(vaultName="v", body=b"x" * 1000)["archiveId"]
+    server.snapshot("v")
+    return c, aid
+
+
+def test_closed_is_no_longer_supported_on_any_operation(glacier_server_factory):
+    s = glacier_server_factory("--faults", "closed=1")
+    c = s.client(max_attempts=1)
+    calls = [c.list_vaults, lambda: c.create_vault(vaultName="v"), lambda: c.describe_vault(vaultName="v"),
+             lambda: c.list_jobs(vaultName="v"), lambda: c.upload_archive(vaultName="v", body=b"abc")]
+    for call in calls:
+        with pytest.raises(ClientError) as exc:
+            call()
+        status, code, message = error_of(exc)
+        assert (status, code) == (400, "NoLongerSupportedException")
+        assert "no longer supported for new accounts" in message and "2025-12-15" in message
+    assert s.admin("status", method="GET")["account"]  # admin is never faulted
+
+
+def test_capacity_only_on_expedited_archive_retrieval(glacier_server_factory):
+    s = glacier_server_factory("--faults", "capacity=1")
+    c, aid = vault_with_archive(s)  # CreateVault, UploadArchive: not faulted
+    with pytest.raises(ClientError) as exc:
+        c.initiate_job(vaultName="v", jobParameters={"Type": "archive-retrieval", "ArchiveId": aid, "Tier": "Expedited"})
+    status, code, message = error_of(exc)
+    assert (status, code) == (503, "InsufficientCapacityException")
+    assert "capacity" in message.lower() and "Expedited" in message
+    body = exc.value.response
+    assert body["ResponseMetadata"]["HTTPHeaders"]["x-amzn-errortype"] == "InsufficientCapacityException"
+    raw = urllib.request.Request(f"{s.url}/-/vaults/v/jobs", method="POST", headers={"x-amz-glacier-version": "2012-06-01"},
+                                 data=json.dumps({"Type": "archive-retrieval", "ArchiveId": aid, "Tier": "Expedited"}).encode())
+    with pytest.raises(urllib.error.HTTPError) as http:
+        urllib.request.urlopen(raw, timeout=30)
+    assert http.value.code == 503
+    assert json.loads(http.value.read())["type"] == "Server"
+    assert [initiate(c, aid, t) for t in ("Standard", "Bulk", None)] == ["ok", "ok", "ok"]
+    assert initiate(c) == "ok"  # inventory
+    assert initiate(c, "no-such-archive", "Expedited") == "404 ResourceNotFoundException"  # validation first
+    assert c.list_jobs(vaultName="v")["JobList"]
+
+
+def test_policy_only_on_standard_archive_retrieval(glacier_server_factory):
+    s = glacier_server_factory("--faults", "policy=1")
+    c, aid = vault_with_archive(s)
+    with pytest.raises(ClientError) as exc:
+        c.initiate_job(vaultName="v", jobParameters={"Type": "archive-retrieval", "ArchiveId": aid})  # default tier
+    status, code, message = error_of(exc)
+    assert (status, code) == (400, "PolicyEnforcedException")
+    assert "policy" in message.lower()
+    assert initiate(c, aid, "Standard") == "400 PolicyEnforcedException"
+    assert [initiate(c, aid, t) for t in ("Expedited", "Bulk")] == ["ok", "ok"]
+    assert initiate(c) == "ok"
+
+
+def test_new_kinds_are_reproducible_with_a_seed(glacier_server_factory, tmp_path):
+    spec = ("--faults", "closed=0.3,capacity=0.5,policy=0.5", "--seed", "7")
+
+    def run(data_dir):
+        s = glacier_server_factory(*spec, "--faults-ops", "InitiateJob,ListVaults", data_dir=data_dir)
+        c, aid = vault_with_archive(s)
+        return [initiate(c, aid, ("Expedited", "Standard", "Bulk")[i % 3]) for i in range(30)] + outcomes(s, 15)
+
+    a, b = run(tmp_path / "a"), run(tmp_path / "b")
+    assert a == b
+    assert {"ok", "400 NoLongerSupportedException", "503 InsufficientCapacityException",
+            "400 PolicyEnforcedException"} <= set(a)
+    assert "400 NoLongerSupportedException" in a[30:]  # ListVaults gets closed, never capacity/policy
+    assert not {"503 InsufficientCapacityException", "400 PolicyEnforcedException"} & set(a[30:])
+
+
+def test_slow_delays_the_response(glacier_server_factory):
+    s = glacier_server_factory("--faults", "slow=1", "--slow-seconds", "0.6", "--faults-ops", "ListVaults")
+    c = s.client(max_attempts=1)
+    c.create_vault(vaultName="v")
+    start = time.monotonic()
+    c.describe_vault(vaultName="v")  # not in --faults-ops
+    assert time.monotonic() - start < 0.5
+    start = time.monotonic()
+    assert [v["VaultName"] for v in c.list_vaults()["VaultList"]] == ["v"]  # slow but correct
+    assert time.monotonic() - start >= 0.6
+    start = time.monotonic()
+    s.admin("status", method="GET")  # admin is never faulted
+    assert time.monotonic() - start < 0.5
+
+
+def test_slow_is_reproducible_with_a_seed(glacier_server_factory, tmp_path):
+    def run(data_dir):
+        s = glacier_server_factory("--faults", "slow=0.4", "--slow-seconds", "0.3", "--seed", "3", data_dir=data_dir)
+        c = s.client(max_attempts=1)
+        times = []
+        for _ in range(10):
+            start = time.monotonic()
+            c.list_vaults()
+            times.append(time.monotonic() - start >= 0.3)
+        return times
+
+    a = run(tmp_path / "a")
+    assert a == run(tmp_path / "b")
+    assert True in a and False in a
+
+
+def test_cli_download_expedited_without_capacity_is_one_line(glacier_server_factory, tmp_path):
+    s = glacier_server_factory("--faults", "capacity=1")
+    _, aid = vault_with_archive(s)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "glacierfs", "download", "-v", "v", f"-a={aid}", "--tier", "Expedited",
+         "-o", str(tmp_path / "out"), "--endpoint-url", s.url, "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    err = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr and len(err.splitlines()) == 1, proc.stderr
+    assert err.startswith("glacierfs: error: ") and "no Expedited retrieval capacity" in err, err
+    assert "InsufficientCapacityException" in err and "Standard or Bulk" in err, err
+    assert not (tmp_path / "out").exists()

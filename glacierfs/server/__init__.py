@@ -120,6 +120,7 @@ def start_server(
     loose_checksums: bool = False,
     short_pages: bool = False,
     body_timeout: float = 60.0,
+    slow_seconds: float = 2.0,
     sigv4_keys: tuple[str, str] | None = None,
     account: str = "012345678901",
     region: str = "us-east-1",
@@ -144,7 +145,7 @@ def start_server(
                                      inventory_interval=inventory_interval), seed=seed)
         options = Options(
             verify_content_sha256=verify_content_sha256, omit_nulls=omit_nulls, loose_checksums=loose_checksums,
-            short_pages=short_pages, body_timeout=body_timeout, faults=FaultPlan(fractions, seed, faults_ops),
+            short_pages=short_pages, body_timeout=body_timeout, faults=FaultPlan(fractions, seed, faults_ops, slow_seconds),
             sigv4=SigV4Verifier(*sigv4_keys, region=region) if sigv4_keys else None,
         )
         try:

@@ -60,7 +60,7 @@ from glacierfs.treehash import MiB, TreeHasher, is_megabyte_aligned, is_tree_has
 from .apierror import ApiError, invalid, missing, not_found, vault_not_found
 from .bodies import IncompleteBody, Received
 from .clock import iso_ms, parse_iso
-from .faults import FaultPlan
+from .faults import NO_FAULT, FaultPlan
 from .ids import request_id
 from .sigv4 import SigV4Verifier
 from .store import MAX_PARTS, Store
@@ -79,6 +79,10 @@ HTTP_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 JOB_STATUSES = ("InProgress", "Succeeded", "Failed")
 TIERS = ("Expedited", "Standard", "Bulk")
 EVENTS = ("ArchiveRetrievalCompleted", "InventoryRetrievalCompleted")
+NO_LONGER_SUPPORTED = (
+    "The Amazon Glacier vault API is no longer supported for new accounts:"
+    " the service is closed to new customers since 2025-12-15."
+)
 
 
 @dataclass
@@ -206,6 +210,7 @@ class Handler(BaseHTTPRequestHandler):
         self._rid = request_id()
         self._op = "-"
         self._reset_done = False
+        self._draw = NO_FAULT
         self._corrupt = False
         self._fault: str | None = None
         self._body_cache: bytes | None = None
@@ -304,6 +309,8 @@ class Handler(BaseHTTPRequestHandler):
     def _start(self, status: int, headers: dict[str, str], length: int, body: bytes = b"") -> None:
         """Send status and headers (and a small ``body`` in the same write)."""
         self._headers_sent = True
+        if self._draw.slow:  # injected slow response: hold it back, then send it as usual
+            time.sleep(self.options.faults.slow_seconds)
         self.send_response(status)
         self.send_header("x-amzn-RequestId", self._rid)
         for k, v in headers.items():
@@ -381,13 +388,16 @@ class Handler(BaseHTTPRequestHandler):
     def _api(self, method: str, segs: list[str]) -> None:
         op, fn, args = self._route(method, segs)
         self._op = op
-        self._fault, self._corrupt = self.options.faults.draw(op)
+        self._draw = self.options.faults.draw(op)
+        self._fault, self._corrupt = self._draw.fault, self._draw.corrupt
         if self._fault == "500":
             raise ApiError(500, "ServiceUnavailableException", "Service unavailable, please retry.", "Server")
         if self._fault == "throttle":
             raise ApiError(400, "ThrottlingException", "Rate exceeded")
         if self._fault == "408":
             raise ApiError(408, "RequestTimeoutException", "Request timed out.")
+        if self._fault == "closed":
+            raise ApiError(400, "NoLongerSupportedException", NO_LONGER_SUPPORTED)
         if self._fault == "reset" and op not in ("UploadArchive", "UploadMultipartPart", "GetJobOutput"):
             self._reset()
         account = segs[0]
@@ -679,6 +689,14 @@ class Handler(BaseHTTPRequestHandler):
         body = self._read_json()
         params = body.get("jobParameters", body) if isinstance(body.get("jobParameters"), dict) else body
         fields = self._job_fields(vault, params)
+        if fields.get("action") == "ArchiveRetrieval":
+            if fields["tier"] == "Expedited" and self._draw.capacity:
+                raise ApiError(503, "InsufficientCapacityException",
+                               "There is not enough capacity to process this Expedited retrieval right now.",
+                               "Server")
+            if fields["tier"] == "Standard" and self._draw.policy:
+                raise ApiError(400, "PolicyEnforcedException",
+                               "The retrieval request was refused by the vault's data retrieval policy.")
         job_id = self.store.initiate_job(vault, fields)
         self._send(202, {"Location": f"/{self._acct()}/vaults/{vault}/jobs/{job_id}", "x-amz-job-id": job_id})
 

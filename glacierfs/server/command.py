@@ -65,9 +65,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inventory-interval", type=_positive_seconds, default=60.0, metavar="SECONDS",
                    help="take inventory snapshots of changed vaults this often (default 60)")
     p.add_argument("--faults", metavar="SPEC", default=None,
-                   help="inject faults, e.g. 500=0.05,throttle=0.05,408=0.02,reset=0.02,corrupt=0.05")
+                   help="inject faults as KIND=FRACTION,...; kinds: 500, throttle (400 ThrottlingException),"
+                        " 408, reset (connection reset), corrupt (GetJobOutput bytes flipped, hash kept),"
+                        " closed (400 NoLongerSupportedException), capacity (503"
+                        " InsufficientCapacityException on Expedited archive retrievals), policy (400"
+                        " PolicyEnforcedException on Standard archive retrievals), slow (response held"
+                        " back --slow-seconds); e.g. 500=0.05,throttle=0.05,reset=0.02,slow=0.1")
     p.add_argument("--faults-ops", metavar="OPS", default=None,
                    help="comma-separated operation names the faults apply to (default all)")
+    p.add_argument("--slow-seconds", type=_seconds, default=2.0, metavar="SECONDS",
+                   help="how long a 'slow' fault holds a response back (default 2)")
     p.add_argument("--seed", type=int, default=None, help="seed for ids and faults (reproducible runs)")
     p.add_argument("--omit-nulls", action="store_true", help="leave null fields out of responses")
     p.add_argument("--loose-checksums", action="store_true",
@@ -126,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
             data_dir, host=args.host, port=args.port, job_delay=args.job_delay,
             inventory_interval=args.inventory_interval, faults=faults, faults_ops=ops, seed=args.seed,
             verify_content_sha256=not args.no_content_sha256_check, omit_nulls=args.omit_nulls,
-            loose_checksums=args.loose_checksums, short_pages=args.short_pages, body_timeout=args.body_timeout, sigv4_keys=keys,
+            loose_checksums=args.loose_checksums, short_pages=args.short_pages, body_timeout=args.body_timeout,
+            slow_seconds=args.slow_seconds, sigv4_keys=keys,
         )
     except DataDirInUse as exc:
         return _fail(str(exc))
