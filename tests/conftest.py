@@ -8,19 +8,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
 def treehash_vectors() -> list[dict]:
-    path = SHARED / "testdata" / "treehash_vectors.json"
+    path = DATA / "treehash_vectors.json"
     if not path.exists():
-        pytest.fail(f"shared test vectors missing: {path}")
+        pytest.fail(f"tree-hash vectors missing: {path}")
     return json.loads(path.read_text())["vectors"]
 
 
 def vector_bytes(size: int) -> bytes:
-    """The generator of ../shared/testdata/treehash_vectors.json."""
+    """The generator of tests/data/treehash_vectors.json (copied from the project's shared test data)."""
     return bytes((i * 7 + i // 4096) % 256 for i in range(size))
 
 
