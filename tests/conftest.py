@@ -52,14 +52,15 @@ def isolated_aws_config(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def glacier_server_factory(tmp_path: Path):
-    """``factory(*extra_args, data_dir=None)`` -> a started :class:`GlacierServer`; all stopped at teardown."""
+    """``factory(*extra_args, data_dir=None, admin=True)`` -> a started :class:`GlacierServer` (with the
+    ``--admin`` hooks unless ``admin=False``); all stopped at teardown."""
     from tests.glacier_server import GlacierServer
 
     servers: list[GlacierServer] = []
 
-    def factory(*extra_args: str, data_dir: Path | None = None) -> GlacierServer:
+    def factory(*extra_args: str, data_dir: Path | None = None, admin: bool = True) -> GlacierServer:
         d = data_dir or tmp_path / f"glacier-data-{len(servers)}"
-        server = GlacierServer(d, *extra_args, start=False)
+        server = GlacierServer(d, *extra_args, start=False, admin=admin)
         servers.append(server)
         server.start()
         return server

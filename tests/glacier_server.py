@@ -1,9 +1,11 @@
 """A ``glacierfs serve`` subprocess for integration tests (used through conftest fixtures).
 
 ``GlacierServer(data_dir, *extra_args)`` starts
-``python -m glacierfs serve --port 0 --data-dir D --job-delay 0 --inventory-interval 3600``
+``python -m glacierfs serve --port 0 --data-dir D --job-delay 0 --inventory-interval 3600 --admin``
 plus ``extra_args`` (later arguments win, so ``--job-delay 5`` overrides), waits for the
-``listening on`` line and offers boto3 clients and the admin hooks. ``stop()`` (SIGTERM)
+``listening on`` line and offers boto3 clients and the admin hooks (signed with the server's
+``--access-key``/``--secret-key`` when it runs with ``--verify-sigv4``; ``admin=False`` starts it
+without the hooks). ``stop()`` (SIGTERM)
 and ``kill()`` (SIGKILL) are safe to call twice; ``restart()`` starts again on the same dir.
 """
 
@@ -26,9 +28,11 @@ START_TIMEOUT = 30.0
 class GlacierServer:
     """One server process on ``data_dir``; ``url`` is set while it runs."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], *extra_args: str, start: bool = True) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], *extra_args: str, start: bool = True,
+                 admin: bool = True) -> None:
         self.data_dir = Path(data_dir)
         self.extra_args = list(extra_args)
+        self.with_admin = admin
         self.proc: subprocess.Popen[bytes] | None = None
         self.url: str | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.server.log"
@@ -39,8 +43,14 @@ class GlacierServer:
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "glacierfs", "serve", "--port", "0", "--data-dir", str(self.data_dir),
-            "--job-delay", "0", "--inventory-interval", "3600", "--verbose", *self.extra_args,
+            "--job-delay", "0", "--inventory-interval", "3600", "--verbose", *(["--admin"] if self.with_admin else []),
+            *self.extra_args,
         ]
+
+    def _arg(self, name: str) -> str | None:
+        args = self.extra_args
+        values = [args[i + 1] for i in range(len(args) - 1) if args[i] == name]
+        return values[-1] if values else None
 
     def start(self) -> str:
         if self.proc is not None and self.proc.poll() is None:
@@ -122,7 +132,18 @@ class GlacierServer:
     def admin(self, path: str, method: str = "POST", body: dict | None = None) -> dict:
         """Call ``/_admin/<path>`` and return its JSON answer."""
         data = json.dumps(body).encode() if body is not None else b""
-        req = urllib.request.Request(f"{self.url}/_admin/{path.lstrip('/')}", data=data, method=method)
+        url = f"{self.url}/_admin/{path.lstrip('/')}"
+        headers: dict[str, str] = {}
+        if "--verify-sigv4" in self.extra_args:
+            from botocore.auth import SigV4Auth
+            from botocore.awsrequest import AWSRequest
+            from botocore.credentials import Credentials
+
+            signed = AWSRequest(method=method, url=url, data=data)
+            creds = Credentials(self._arg("--access-key") or "", self._arg("--secret-key") or "")
+            SigV4Auth(creds, "glacier", "us-east-1").add_auth(signed)
+            headers = dict(signed.headers.items())
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
         with urllib.request.urlopen(req, timeout=60) as resp:
             return json.loads(resp.read() or b"{}")
 

@@ -209,7 +209,7 @@ def test_get_job_output_ranges_and_hash_rule(c, vault):
     job = c.initiate_job(vaultName=vault, jobParameters={"Type": "archive-retrieval", "ArchiveId": aid, "Tier": "Bulk"})["jobId"]
     cases = [
         (2 * MiB, 4 * MiB - 1, True),  # a node of the tree
-        (MiB, 3 * MiB - 1, False),  # MiB aligned, not a node
+        (MiB, 3 * MiB - 1, True),  # MiB aligned, not a node: hashed by the API reference rule (the default)
         (4 * MiB, len(data) - 1, True),  # the last node, short
         (0, 99, False),
     ]

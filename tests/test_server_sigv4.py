@@ -66,6 +66,20 @@ def test_unsigned_request_is_refused(signed):
     assert json.loads(resp.read())["code"] == "MissingAuthenticationTokenException"
 
 
-def test_admin_needs_no_signature(signed):
+def test_admin_needs_a_valid_signature(signed):
+    """Under --verify-sigv4 the admin hooks are signed like any request (issue 10 item 2)."""
     client(signed).create_vault(vaultName="v")
-    assert signed.snapshot("v")["changed"] is True
+    u = urlsplit(signed.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.request("POST", "/_admin/clock/advance?seconds=10")
+    resp = conn.getresponse()
+    assert resp.status == 400
+    assert json.loads(resp.read())["code"] == "MissingAuthenticationTokenException"
+    conn.request("POST", "/_admin/vaults/v/inventory", headers={
+        "Authorization": "AWS4-HMAC-SHA256 Credential=AKIDLOCAL/20250101/us-east-1/glacier/aws4_request,"
+                         " SignedHeaders=host;x-amz-date, Signature=" + "0" * 64,
+        "x-amz-date": "20250101T000000Z"})
+    resp = conn.getresponse()
+    assert resp.status == 403
+    resp.read()
+    assert signed.snapshot("v")["changed"] is True  # signed with the server's keys: accepted

@@ -169,18 +169,45 @@ def test_omit_nulls_switch(glacier_server_factory):
     assert "LastInventoryDate" not in json.loads(raw)
 
 
-def test_loose_checksum_switch(glacier_server_factory):
-    s = glacier_server_factory("--loose-checksums")
-    c = s.client()
-    c.create_vault(vaultName="v")
+@pytest.mark.parametrize("strict", [False, True])
+def test_range_checksum_rule(glacier_server_factory, strict):
+    """Default: the API reference's rule (a range on MiB boundaries, or a MiB-aligned start to the end, gets
+    x-amz-sha256-tree-hash); --strict-range-checksum: the dev guide's tree-hash alignment (issue 10 item 9)."""
     import os
 
-    data = os.urandom(4 * MiB)
+    s = glacier_server_factory(*(["--strict-range-checksum"] if strict else []))
+    c = s.client()
+    c.create_vault(vaultName="v")
+    data = os.urandom(4 * MiB + 5)
     aid = c.upload_archive(vaultName="v", body=data)["archiveId"]
     job = c.initiate_job(vaultName="v", jobParameters={"Type": "archive-retrieval", "ArchiveId": aid})["jobId"]
-    out = c.get_job_output(vaultName="v", jobId=job, range=f"bytes={MiB}-{3 * MiB - 1}")
-    body = out["body"].read()
-    assert out["checksum"] == tree_hash(body)  # MiB aligned is enough under the loose rule
+
+    def checksum(rng: str, lo: int, hi: int) -> str | None:
+        out = c.get_job_output(vaultName="v", jobId=job, range=rng)
+        assert out["body"].read() == data[lo:hi]
+        return out.get("checksum")
+
+    mib_aligned = checksum(f"bytes={MiB}-{3 * MiB - 1}", MiB, 3 * MiB)  # not a node of the tree
+    to_the_end = checksum(f"bytes={MiB}-", MiB, len(data))
+    if strict:
+        assert mib_aligned is None and to_the_end is None
+    else:
+        assert mib_aligned == tree_hash(data[MiB:3 * MiB])
+        assert to_the_end == tree_hash(data[MiB:])
+    assert checksum(f"bytes={2 * MiB}-{4 * MiB - 1}", 2 * MiB, 4 * MiB) == tree_hash(data[2 * MiB:4 * MiB])  # a node
+    assert checksum("bytes=5-100", 5, 101) is None  # not on MiB boundaries: never
+
+
+def test_range_past_the_end_has_the_service_message(glacier_server_factory):
+    s = glacier_server_factory()
+    c = s.client()
+    c.create_vault(vaultName="v")
+    aid = c.upload_archive(vaultName="v", body=b"x" * 1000)["archiveId"]
+    job = c.initiate_job(vaultName="v", jobParameters={"Type": "archive-retrieval", "ArchiveId": aid})["jobId"]
+    resp, raw = request(conn_for(s), "GET", f"/-/vaults/v/jobs/{job}/output", headers={"Range": "bytes=1000-1999"})
+    assert resp.status == 400
+    assert json.loads(raw) == {"code": "InvalidParameterValueException", "type": "Client",
+                               "message": "The start of the range is larger than size of retrieved data: bytes=1000-1999"}
 
 
 def test_slow_body_gets_408(glacier_server_factory):

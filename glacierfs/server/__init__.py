@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import threading
 from pathlib import Path
@@ -26,13 +27,14 @@ from typing import Any
 from .app import GlacierHTTPServer, Options
 from .faults import FaultPlan, parse_spec
 from .sigv4 import SigV4Verifier
-from .store import Settings, Store
+from .store import Settings, Store, is_disk_full
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DataDirInUse", "ServerHandle", "start_server"]
 
 TICK = 0.5
+MAX_LATENCY = 60.0
 
 
 class DataDirInUse(Exception):
@@ -59,11 +61,22 @@ class ServerHandle:
         self._ticker.start()
 
     def _tick(self) -> None:
+        full = False
         while not self._stop.wait(TICK):
             try:
                 self.store.periodic()
-            except Exception:
-                log.exception("periodic work failed")
+                full = False
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    log.exception("periodic work failed")
+                elif not full:  # one line when the data dir fills up, not one per tick
+                    full = True
+                    log.warning("periodic work postponed: the data dir is full: %s", exc)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether shutdown has begun (lock-free: safe to poll from anywhere)."""
+        return self._stop.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until shutdown (returns True) or ``timeout``."""
@@ -118,12 +131,16 @@ def start_server(
     verify_content_sha256: bool = True,
     omit_nulls: bool = False,
     loose_checksums: bool = False,
+    strict_range_checksum: bool = False,
     short_pages: bool = False,
     body_timeout: float = 60.0,
     slow_seconds: float = 2.0,
     sigv4_keys: tuple[str, str] | None = None,
     account: str = "012345678901",
     region: str = "us-east-1",
+    admin: bool = False,
+    latency: float = 0.0,
+    bandwidth: float | None = None,
     **unknown: Any,
 ) -> ServerHandle:
     """Start a server on ``data_dir`` in background threads and return its handle.
@@ -131,10 +148,18 @@ def start_server(
     Raises :class:`DataDirInUse`, ``OSError`` (data dir or port unusable), ``sqlite3.Error``
     (corrupt metadata) or ``ValueError`` (bad fault spec). ``job_delay`` 0 completes jobs
     inside InitiateJob; ``inventory_interval`` (default 60 s) is the snapshot schedule of
-    changed vaults. Options mirror ``glacierfs serve``'s (see :mod:`.command`).
+    changed vaults. ``admin`` enables the ``/_admin/`` endpoints (off by default, as
+    ``serve --admin``). ``latency`` (seconds) holds every response back; ``bandwidth`` (bytes/s)
+    caps each connection's transfer. ``loose_checksums`` is accepted for compatibility: the
+    API reference's MiB rule is now the default, ``strict_range_checksum`` selects the dev
+    guide's tree-hash rule. Options mirror ``glacierfs serve``'s (see :mod:`.command`).
     """
     if unknown:
         raise TypeError(f"unknown server options: {', '.join(sorted(unknown))}")
+    if not (math.isfinite(latency) and 0 <= latency <= MAX_LATENCY):
+        raise ValueError(f"latency must be 0-{MAX_LATENCY:g} seconds, not {latency!r}")
+    if bandwidth is not None and not (math.isfinite(bandwidth) and bandwidth > 0):
+        raise ValueError(f"bandwidth must be a positive number of bytes per second, not {bandwidth!r}")
     root = Path(data_dir).absolute()
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(root, 0o700)
@@ -144,7 +169,9 @@ def start_server(
         store = Store(root, Settings(account=account, region=region, job_delay=job_delay,
                                      inventory_interval=inventory_interval), seed=seed)
         options = Options(
-            verify_content_sha256=verify_content_sha256, omit_nulls=omit_nulls, loose_checksums=loose_checksums,
+            verify_content_sha256=verify_content_sha256, omit_nulls=omit_nulls,
+            strict_range_checksum=strict_range_checksum and not loose_checksums, admin=admin,
+            latency=latency, bandwidth=bandwidth,
             short_pages=short_pages, body_timeout=body_timeout, faults=FaultPlan(fractions, seed, faults_ops, slow_seconds),
             sigv4=SigV4Verifier(*sigv4_keys, region=region) if sigv4_keys else None,
         )

@@ -44,9 +44,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,8 +64,8 @@ from .bodies import IncompleteBody, Received
 from .clock import iso_ms, parse_iso
 from .faults import NO_FAULT, FaultPlan
 from .ids import request_id
-from .sigv4 import SigV4Verifier
-from .store import MAX_PARTS, Store
+from .sigv4 import SigV4Verifier, redact
+from .store import MAX_PARTS, Store, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +73,20 @@ API_VERSION = "2012-06-01"
 DRAIN_LIMIT = 64 * MiB
 MAX_ARCHIVE = 4096 * MiB
 MAX_JSON = MiB
+MAX_MARKER = 4096
+MAX_INT = 2**63 - 1
+MAX_ADVANCE = 10 * 366 * 86400.0  # one admin clock step: at most ten years
+MAX_CLOCK_OFFSET = 100 * 366 * 86400.0  # the virtual clock never runs more than a century ahead
+MAX_POPULATE = 10_000_000
+MAX_POPULATE_BYTES = 64 * 1024 * MiB  # generated bodies are hashed at populate time
+MIN_DATE, MAX_DATE = 0.0, 253402300799.0  # 1970-01-01 .. 9999-12-31T23:59:59Z
+DIGITS = re.compile(r"^[0-9]{1,19}$")
 ARCHIVE_OVERHEAD = 32 * 1024
 VAULT_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
 ACCOUNT = re.compile(r"^(-|\d{12})$")
-CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\*|\d+)$")
-HTTP_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+CONTENT_RANGE = re.compile(r"^bytes ([0-9]{1,19})-([0-9]{1,19})/(\*|[0-9]{1,19})$")
+HTTP_RANGE = re.compile(r"^bytes=([0-9]{0,19})-([0-9]{0,19})$")
+BYTE_RANGE = re.compile(r"^([0-9]{1,19})-([0-9]{1,19})$")
 JOB_STATUSES = ("InProgress", "Succeeded", "Failed")
 TIERS = ("Expedited", "Standard", "Bulk")
 EVENTS = ("ArchiveRetrievalCompleted", "InventoryRetrievalCompleted")
@@ -91,11 +102,26 @@ class Options:
 
     verify_content_sha256: bool = True
     omit_nulls: bool = False  # leave out null fields instead of sending explicit nulls (§5 item 15)
-    loose_checksums: bool = False  # GetJobOutput hash header by the model's MiB rule instead of tree alignment
+    strict_range_checksum: bool = False  # GetJobOutput hash header only for tree-hash aligned ranges (dev guide)
     short_pages: bool = False  # List* pages with more to come hold one item less than they could
     body_timeout: float = 60.0  # seconds of silence before a body read fails with 408
     faults: FaultPlan = field(default_factory=lambda: FaultPlan({}, None))
     sigv4: SigV4Verifier | None = None
+    admin: bool = False  # the /_admin/ endpoints exist only when this is set (serve --admin)
+    latency: float = 0.0  # seconds each response is held back (serve --latency)
+    bandwidth: float | None = None  # bytes/s each connection's transfer is capped at (serve --bandwidth)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def loads(raw: bytes | str) -> Any:
+    """Strict JSON: no NaN/Infinity literals; ValueError (also for nesting too deep to parse)."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def encode_marker(value: Any) -> str:
@@ -103,16 +129,116 @@ def encode_marker(value: Any) -> str:
 
 
 def decode_marker(marker: str) -> Any:
+    if len(marker) > MAX_MARKER:
+        raise invalid("Invalid marker: too long")
     try:
-        return json.loads(base64.urlsafe_b64decode(marker + "=" * (-len(marker) % 4)))
+        return loads(base64.urlsafe_b64decode(marker + "=" * (-len(marker) % 4)))
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise invalid(f"Invalid marker: {marker}") from None
+
+
+def marker_int(marker: str) -> int:
+    """A marker that names a position (a sequence number or byte offset): 0 <= n < 2**63."""
+    value = decode_marker(marker)
+    if type(value) is not int or not 0 <= value <= MAX_INT:
+        raise invalid(f"Invalid marker: {marker}")
+    return value
+
+
+def marker_str(marker: str) -> str:
+    value = decode_marker(marker)
+    if not isinstance(value, str):
+        raise invalid(f"Invalid marker: {marker}")
+    return value
+
+
+def parse_uint(text: str, what: str) -> int:
+    """A decimal integer header or field: ASCII digits only, below 2**63, else 400."""
+    text = text.strip()
+    if not DIGITS.match(text) or int(text) > MAX_INT:
+        raise invalid(f"Invalid {what}: {text[:100]}")
+    return int(text)
 
 
 def check_printable(value: str, what: str) -> str:
     if len(value) > 1024 or any(not 0x20 <= ord(c) <= 0x7E for c in value):
         raise invalid(f"Invalid {what}: must be at most 1024 printable ASCII characters")
     return value
+
+
+class Pacer:
+    """Caps one connection's transfer at ``rate`` bytes/s (``--bandwidth``), without bursts.
+
+    Each transfer of n bytes moves a deadline n/rate later (from now, if the link was idle)
+    and sleeps until it: the time to move N bytes is never below N/rate. Used by one request
+    thread at a time (a connection is served by one thread), so it needs no lock.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._due = 0.0
+
+    def account(self, n: int) -> None:
+        if n <= 0:
+            return
+        now = time.monotonic()
+        self._due = max(self._due, now) + n / self.rate
+        if self._due > now:
+            time.sleep(self._due - now)
+
+
+PACE_CHUNK = 64 * 1024
+
+
+class PacedReader:
+    """A connection's rfile whose reads are paced (only the methods http.server and the body reader use)."""
+
+    def __init__(self, raw: Any, pacer: Pacer) -> None:
+        self._raw = raw
+        self._pacer = pacer
+
+    def read(self, n: int | None = -1) -> bytes:
+        """Like BufferedReader.read: exactly ``n`` bytes unless the stream ends first."""
+        if n is None or n < 0:
+            data = self._raw.read()
+            self._pacer.account(len(data))
+            return bytes(data)
+        parts = []
+        while n > 0:
+            piece = self._raw.read(min(n, PACE_CHUNK))
+            if not piece:
+                break
+            self._pacer.account(len(piece))
+            parts.append(piece)
+            n -= len(piece)
+        return b"".join(parts)
+
+    def readline(self, limit: int = -1) -> bytes:
+        data = self._raw.readline(limit)
+        self._pacer.account(len(data))
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+class PacedWriter:
+    """A connection's wfile whose writes are paced, in pieces of at most ``PACE_CHUNK`` bytes."""
+
+    def __init__(self, raw: Any, pacer: Pacer) -> None:
+        self._raw = raw
+        self._pacer = pacer
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        for i in range(0, len(view), PACE_CHUNK):
+            piece = view[i:i + PACE_CHUNK]
+            self._raw.write(piece)
+            self._pacer.account(len(piece))
+        return len(view)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
 
 
 class _Reset(Exception):
@@ -144,6 +270,15 @@ class GlacierHTTPServer(ThreadingHTTPServer):
             self.connections.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that broke outside a request's own handling: one quiet line if the client went
+        away (reset, broken pipe, timeout), the traceback only for anything else (a bug)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.info("connection from %s ended: %s", client_address[0], type(exc).__name__)
+            return
+        log.exception("unexpected error on the connection from %s", client_address[0])
+
     def close_connections(self) -> None:
         with self.conn_lock:
             conns = list(self.connections)
@@ -172,15 +307,21 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.options.body_timeout
         super().setup()
+        rate = self.server.options.bandwidth
+        if rate:  # one pacer per connection: reads and writes share the connection's rate
+            pacer = Pacer(rate)
+            self.rfile = PacedReader(self.rfile, pacer)  # type: ignore[assignment]
+            self.wfile = PacedWriter(self.wfile, pacer)  # type: ignore[assignment]
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s %s", self.address_string(), format % args)
+        log.info("%s %s", self.address_string(), redact(format % args))
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """The access log: client, request line, status, operation, ms to the status line (no headers)."""
         started = getattr(self, "_started", None)
         ms = f"{(time.monotonic() - started) * 1000:.1f}ms" if started else "-"
-        log.info('%s "%s" %s %s %s', self.client_address[0], self.requestline, code, getattr(self, "_op", "-"), ms)
+        log.info('%s "%s" %s %s %s', self.client_address[0], redact(self.requestline), code, getattr(self, "_op", "-"),
+                 ms)
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -217,16 +358,19 @@ class Handler(BaseHTTPRequestHandler):
         self._headers_sent = False
         te = self.headers.get("Transfer-Encoding", "")
         self._chunked = "chunked" in te.lower()
+        raw_length = self.headers.get("Content-Length")
+        self._remaining = 0
         try:
-            self._remaining = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self._remaining = 0
-            self.close_connection = True
-        try:
+            if raw_length is not None:
+                if not DIGITS.match(raw_length.strip()):
+                    # unreadable framing: the body cannot be skipped, so the connection ends after the answer
+                    self.close_connection = True
+                    raise invalid(f"Invalid Content-Length: {raw_length[:100]}")
+                self._remaining = int(raw_length)
             url = urlsplit(self.path)
             self._query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
             segs = [unquote(s) for s in url.path.split("/")[1:]]
-            if segs and segs[0] == "_admin":
+            if segs and segs[0] == "_admin" and self.options.admin:
                 self._op = "Admin"
                 self._admin(method, segs[1:])
             else:
@@ -242,10 +386,16 @@ class Handler(BaseHTTPRequestHandler):
             log.info("client went away during %s: %s", self._op, exc)
             self.close_connection = True
             return
-        except Exception:
-            log.exception("internal error in %s", self._op)
+        except Exception as exc:
             self.close_connection = True
-            self._send_error(ApiError(500, "ServiceUnavailableException", "Internal server error.", "Server"))
+            if is_disk_full(exc):
+                # one line, no traceback: the write was undone (temp file removed, transaction rolled back)
+                log.warning("%s failed: the data dir is full: %s", self._op, exc)
+                self._send_error(ApiError(500, "ServiceUnavailableException",
+                                          "The server is out of storage space; nothing was stored.", "Server"))
+            else:
+                log.exception("internal error in %s", self._op)
+                self._send_error(ApiError(500, "ServiceUnavailableException", "Internal server error.", "Server"))
         finally:
             self._finish_body()
 
@@ -276,7 +426,7 @@ class Handler(BaseHTTPRequestHandler):
         if not raw.strip():
             return {}
         try:
-            data = json.loads(raw)
+            data = loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "SerializationException", "Malformed JSON in the request body.") from None
         if not isinstance(data, dict):
@@ -309,6 +459,8 @@ class Handler(BaseHTTPRequestHandler):
     def _start(self, status: int, headers: dict[str, str], length: int, body: bytes = b"") -> None:
         """Send status and headers (and a small ``body`` in the same write)."""
         self._headers_sent = True
+        if self.options.latency:  # the modelled round trip: every response is held back this long
+            time.sleep(self.options.latency)
         if self._draw.slow:  # injected slow response: hold it back, then send it as usual
             time.sleep(self.options.faults.slow_seconds)
         self.send_response(status)
@@ -517,7 +669,7 @@ class Handler(BaseHTTPRequestHandler):
         start = None
         if marker:
             prefix = self.store.arn("")
-            if not marker.startswith(prefix):
+            if not marker.startswith(prefix) or len(marker) > len(prefix) + 255:
                 raise invalid(f"Invalid marker: {marker}")
             start = marker[len(prefix):]
         page, nxt = self._shorten(*self.store.list_vaults(start, limit), key="name")
@@ -640,11 +792,7 @@ class Handler(BaseHTTPRequestHandler):
     def list_parts(self, vault: str, upload_id: str) -> None:
         limit = self._limit(50, 50)
         marker = self._query.get("marker")
-        after = 0
-        if marker:
-            after = decode_marker(marker)
-            if not isinstance(after, int):
-                raise invalid(f"Invalid marker: {marker}")
+        after = marker_int(marker) if marker else 0
         up, page, nxt = self.store.list_parts(vault, upload_id, after, limit)
         page, nxt = self._shorten(page, nxt, key="start")
         self._send_json(200, {
@@ -663,11 +811,7 @@ class Handler(BaseHTTPRequestHandler):
     def list_uploads(self, vault: str) -> None:
         limit = self._limit(50, 50)
         marker = self._query.get("marker")
-        after = ""
-        if marker:
-            after = decode_marker(marker)
-            if not isinstance(after, str):
-                raise invalid(f"Invalid marker: {marker}")
+        after = marker_str(marker) if marker else ""
         page, nxt = self._shorten(*self.store.list_uploads(vault, after, limit), key="id")
         self._send_json(200, {
             "Marker": encode_marker(nxt) if nxt is not None else None,
@@ -720,19 +864,22 @@ class Handler(BaseHTTPRequestHandler):
             archive_id = p.get("ArchiveId")
             if not archive_id:
                 raise missing("Required parameter missing: ArchiveId")
+            if not isinstance(archive_id, str) or len(archive_id) > 1024:
+                raise invalid("Invalid ArchiveId")
             tier = p.get("Tier") or "Standard"
             if tier not in TIERS:
-                raise invalid(f"Invalid Tier: {tier}. Valid values are {', '.join(TIERS)}")
-            arch = self.store.archive(str(archive_id))
-            if arch is None or arch["vault"] != vault:
+                raise invalid(f"Invalid Tier: {str(tier)[:100]}. Valid values are {', '.join(TIERS)}")
+            arch = self.store.archive(archive_id)
+            if arch is None or arch["vault"] != vault or arch["deleted"] is not None:
+                # a deleted archive is refused at once, as on the service (not accepted to fail later)
                 raise not_found(f"The archive ID was not found: {archive_id}")
             size = arch["size"]
             rng = p.get("RetrievalByteRange")
             if rng is not None:
-                m = re.match(r"^(\d+)-(\d+)$", str(rng))
+                m = BYTE_RANGE.match(rng) if isinstance(rng, str) else None
                 if not m or not is_megabyte_aligned(int(m.group(1)), int(m.group(2)), size):
                     raise invalid(
-                        f"Invalid RetrievalByteRange: {rng}. The range must be megabyte (1048576 bytes) aligned"
+                        f"Invalid RetrievalByteRange: {str(rng)[:100]}. The range must be megabyte (1048576 bytes) aligned"
                         f" and within the archive size {size}"
                     )
                 start, end = int(m.group(1)), int(m.group(2))
@@ -750,28 +897,34 @@ class Handler(BaseHTTPRequestHandler):
                     raise invalid(f"{forbidden} is not allowed for inventory-retrieval jobs")
             fmt = p.get("Format") or "JSON"
             if fmt not in ("JSON", "CSV"):
-                raise invalid(f"Invalid Format: {fmt}. Valid values are JSON and CSV")
+                raise invalid(f"Invalid Format: {str(fmt)[:100]}. Valid values are JSON and CSV")
             irp = p.get("InventoryRetrievalParameters") or {}
             if not isinstance(irp, dict):
                 raise invalid("Invalid InventoryRetrievalParameters")
+            for name in ("StartDate", "EndDate", "Limit", "Marker"):
+                value = irp.get(name)
+                if value is not None and (not isinstance(value, str | int) or isinstance(value, bool)):
+                    raise invalid(f"Invalid {name}: must be a string")
             inv: dict[str, Any] = {"echo": {k: irp.get(k) for k in ("StartDate", "EndDate", "Limit", "Marker")}}
             for key, name in (("start", "StartDate"), ("end", "EndDate")):
                 if irp.get(name):
                     try:
-                        inv[key] = parse_iso(str(irp[name]))
-                    except ValueError:
-                        raise invalid(f"Invalid {name}: {irp[name]}") from None
+                        when = parse_iso(str(irp[name]))
+                    except (ValueError, OverflowError):
+                        raise invalid(f"Invalid {name}: {str(irp[name])[:100]}") from None
+                    if not MIN_DATE <= when <= MAX_DATE:
+                        raise invalid(f"Invalid {name}: {str(irp[name])[:100]}")
+                    inv[key] = when
             if irp.get("Limit") is not None:
-                try:
-                    inv["limit"] = int(irp["Limit"])
-                except (TypeError, ValueError):
-                    raise invalid(f"Invalid Limit: {irp['Limit']}") from None
+                inv["limit"] = parse_uint(str(irp["Limit"]), "Limit")
                 if inv["limit"] < 1:
                     raise invalid(f"Invalid Limit: {irp['Limit']}")
+                inv["limit"] = min(inv["limit"], MAX_INT - 1)
             if irp.get("Marker"):
                 after = decode_marker(str(irp["Marker"]))
-                if not (isinstance(after, list) and len(after) == 2):
-                    raise invalid(f"Invalid Marker: {irp['Marker']}")
+                if not (isinstance(after, list) and len(after) == 2 and type(after[0]) in (int, float)
+                        and math.isfinite(after[0]) and isinstance(after[1], str)):
+                    raise invalid(f"Invalid Marker: {str(irp['Marker'])[:100]}")
                 inv["after"] = after
             fields.update(action="InventoryRetrieval", format=fmt, inv_params=json.dumps(inv))
             return fields
@@ -797,11 +950,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise invalid(f"The completed value is not valid: {completed_raw}")
             completed = completed_raw.lower() == "true"
         marker = self._query.get("marker")
-        after = 0
-        if marker:
-            after = decode_marker(marker)
-            if not isinstance(after, int):
-                raise invalid(f"Invalid marker: {marker}")
+        after = marker_int(marker) if marker else 0
         page, nxt = self._shorten(*self.store.list_jobs(vault, status, completed, after, limit), key="seq")
         self._send_json(200, {
             "JobList": [self._describe_job(j) for j in page],
@@ -825,7 +974,9 @@ class Handler(BaseHTTPRequestHandler):
                 end = min(int(m.group(2)), total - 1) if m.group(2) else total - 1
             else:  # suffix range: the last n bytes
                 start = max(0, total - int(m.group(2)))
-            if start > end or start >= total:
+            if start >= total:
+                raise invalid(f"The start of the range is larger than size of retrieved data: {raw.strip()}")
+            if start > end:
                 raise invalid(f"Invalid Range: {raw}. The job output has {total} bytes")
             ranged = True
         headers = {"Accept-Ranges": "bytes"}
@@ -863,16 +1014,17 @@ class Handler(BaseHTTPRequestHandler):
             sent += len(chunk)
 
     def _output_tree_hash(self, job: dict[str, Any], start: int, end: int) -> str | None:
-        """The hash header for output bytes [start, end] by the alignment rule (reference §4.2)."""
+        """The hash header for output bytes [start, end] (reference §4.2): by default the API reference's
+        rule (start and end on MiB boundaries, or a MiB-aligned start to the end of the archive), with
+        ``strict_range_checksum`` the dev guide's tree-hash alignment of both the job and the download."""
         size = job["archive_size"]
         base = job["range_start"]
         lo, hi = base + start, base + end
-        if self.options.loose_checksums:
-            if lo % MiB or not ((hi + 1) % MiB == 0 or hi == size - 1):
-                return None
-        else:
+        if self.options.strict_range_checksum:  # the dev guide's rule: tree-hash aligned job and download
             if job["tree_hash"] is None or not is_tree_hash_aligned(lo, hi, size):
                 return None
+        elif lo % MiB or not ((hi + 1) % MiB == 0 or hi == size - 1):  # the API reference: MiB boundaries
+            return None
         if start == 0 and end == job["range_end"] - base and job["tree_hash"]:
             return job["tree_hash"]
         hasher = TreeHasher()
@@ -909,9 +1061,12 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- admin -------------------------------------------------------------------------
     def _admin(self, method: str, segs: list[str]) -> None:
-        """Test and tooling hooks; never faulted, no version header needed."""
+        """Test and tooling hooks (only with ``serve --admin``); never faulted, no version header needed,
+        signed like any request under ``--verify-sigv4``."""
         q = self._query
         store = self.store
+        if self.options.sigv4 is not None:
+            self._check_signature(method, "Admin")
         if method == "GET" and segs == ["status"]:
             self._send_json(200, {"url": self.server.url, "now": iso_ms(store.now()), "account": store.settings.account})
             return
@@ -939,21 +1094,28 @@ class Handler(BaseHTTPRequestHandler):
                 seconds = float(q.get("seconds", "0"))
             except ValueError:
                 raise invalid("seconds must be a number") from None
+            if not (math.isfinite(seconds) and 0 <= seconds <= MAX_ADVANCE):
+                raise invalid(f"seconds must be a finite number from 0 to {MAX_ADVANCE:.0f}")
+            if store.clock.offset + seconds > MAX_CLOCK_OFFSET:
+                raise invalid(f"the virtual clock may run at most {MAX_CLOCK_OFFSET:.0f} seconds ahead")
             store.clock.advance(seconds)
             store.periodic()
             self._send_json(200, {"now": iso_ms(store.now())})
         elif len(segs) == 3 and segs[0] == "vaults" and segs[2] == "populate":
             body = self._read_json()
             try:
-                count = int(q.get("count", body.get("count", 1)))
-                size = int(q.get("size", body.get("size", 1024)))
-            except (TypeError, ValueError):
+                count = parse_uint(str(q.get("count", body.get("count", 1))), "count")
+                size = parse_uint(str(q.get("size", body.get("size", 1024))), "size")
+            except ApiError:
                 raise invalid("count and size must be integers") from None
-            if count < 0 or size < 1:
-                raise invalid("count must be >= 0 and size >= 1")
+            if not (0 <= count <= MAX_POPULATE and 1 <= size <= MAX_ARCHIVE and count * size <= MAX_POPULATE_BYTES):
+                raise invalid(f"count must be 0-{MAX_POPULATE}, size 1-{MAX_ARCHIVE} and count*size at most"
+                              f" {MAX_POPULATE_BYTES}")
             descriptions = body.get("descriptions") or []
             if not isinstance(descriptions, list) or not all(isinstance(d, str) for d in descriptions):
                 raise invalid("descriptions must be a list of strings")
+            for d in descriptions:
+                check_printable(d, "archive description")
             ids = store.populate(segs[1], count, size, descriptions)
             if q.get("snapshot") in ("1", "true") or body.get("snapshot"):
                 store.snapshot(segs[1], force=True)

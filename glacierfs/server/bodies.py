@@ -92,15 +92,23 @@ class BodyStore:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         hasher = TreeHasher(linear=True)
         ok = False
+        failed: OSError | None = None
         try:
             remaining = length
             while remaining:
                 data = stream.read(min(chunk, remaining))
                 if not data:
                     raise IncompleteBody(f"body ended {remaining} bytes early")
-                hasher.update(data)
-                os.write(fd, data)
                 remaining -= len(data)
+                if failed is not None:
+                    continue  # the disk is full: read the rest so the client gets our answer, store nothing
+                hasher.update(data)
+                try:
+                    os.write(fd, data)
+                except OSError as exc:
+                    failed = exc
+            if failed is not None:
+                raise failed
             os.fsync(fd)
             ok = True
         finally:

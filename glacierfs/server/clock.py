@@ -8,6 +8,7 @@ them together (reference §5 item 1) without tests having to sleep.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -16,22 +17,41 @@ from datetime import UTC, datetime
 log = logging.getLogger(__name__)
 
 
+MAX_OFFSET = 200 * 366 * 86400.0  # beyond this dates stop being representable soon (year 9999)
+
+
 class Clock:
-    """``now()`` = ``time.time()`` + offset; ``advance`` persists the offset through ``save``."""
+    """``now()`` = ``time.time()`` + offset; ``advance`` persists the offset through ``save``.
+
+    The offset is always finite and within ``[0, MAX_OFFSET]``: ``advance`` refuses anything else
+    with ValueError (before changing or saving anything), and a persisted offset outside that range
+    (written by an older server) is ignored with a warning, so one bad request can never break
+    every later date.
+    """
 
     def __init__(self, offset: float = 0.0, save: Callable[[float], None] | None = None) -> None:
+        if not (math.isfinite(offset) and 0 <= offset <= MAX_OFFSET):
+            log.warning("ignoring an unusable persisted clock offset %r", offset)
+            offset = 0.0
         self._offset = offset
         self._save = save
         self._lock = threading.Lock()
+
+    @property
+    def offset(self) -> float:
+        return self._offset
 
     def now(self) -> float:
         return time.time() + self._offset
 
     def advance(self, seconds: float) -> float:
         with self._lock:
-            self._offset += seconds
+            new = self._offset + seconds
+            if not (math.isfinite(seconds) and seconds >= 0 and new <= MAX_OFFSET):
+                raise ValueError(f"cannot advance the clock by {seconds!r} seconds")
             if self._save:
-                self._save(self._offset)
+                self._save(new)
+            self._offset = new
         return self.now()
 
 

@@ -12,8 +12,11 @@ This module imports nothing of the client side: errors are printed here, not rai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import re
+import select
 import signal
 import sqlite3
 import sys
@@ -51,6 +54,26 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _latency(text: str) -> float:
+    value = _seconds(text)
+    if value > 60:
+        raise argparse.ArgumentTypeError(f"invalid latency {text!r}: at most 60 seconds")
+    return value
+
+
+RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?(?:/s)?\s*$", re.IGNORECASE)
+UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _rate(text: str) -> float:
+    """``10M`` / ``10MiB`` / ``10MB/s`` -> 10 MiB per second (units are binary, like --part-size)."""
+    m = RATE.match(text)
+    value = float(m.group(1)) * UNITS[m.group(2).lower()] if m else 0.0
+    if not m or value < 1:
+        raise argparse.ArgumentTypeError(f"invalid rate {text!r}: expected bytes per second like 500K, 10M, 1G")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
@@ -77,8 +100,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how long a 'slow' fault holds a response back (default 2)")
     p.add_argument("--seed", type=int, default=None, help="seed for ids and faults (reproducible runs)")
     p.add_argument("--omit-nulls", action="store_true", help="leave null fields out of responses")
-    p.add_argument("--loose-checksums", action="store_true",
-                   help="send GetJobOutput hashes for any MiB-aligned range (API reference rule)")
+    p.add_argument("--strict-range-checksum", action="store_true",
+                   help="send GetJobOutput hashes only for tree-hash aligned ranges (the dev guide's rule;"
+                        " default: the API reference's rule, any range on MiB boundaries)")
+    p.add_argument("--loose-checksums", action="store_true", help=argparse.SUPPRESS)  # the default now
+    p.add_argument("--admin", action="store_true",
+                   help="enable the /_admin/ test hooks (clock, job completion, snapshots, populate);"
+                        " signed like any request under --verify-sigv4")
+    p.add_argument("--latency", type=_latency, default=0.0, metavar="SECONDS",
+                   help="hold every response back this long (models a WAN round trip; default 0)")
+    p.add_argument("--bandwidth", type=_rate, default=None, metavar="RATE",
+                   help="cap each connection's transfer at RATE bytes/s (e.g. 10M = 10 MiB/s; default none)")
     p.add_argument("--short-pages", action="store_true",
                    help="List* pages that have more after them hold one item less than the limit")
     p.add_argument("--no-content-sha256-check", action="store_true",
@@ -125,6 +157,21 @@ def run(args: argparse.Namespace) -> int:
         if not access or not secret:
             return _fail("--verify-sigv4 needs --access-key and --secret-key (or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)", 2)
         keys = (access, secret)
+    # Signals only set a flag; the wakeup fd makes the main loop's select return at once. The handler
+    # takes no lock (Event.set() in a handler deadlocks when the signal lands while the main thread
+    # holds that Event's lock), so any number of SIGTERM/SIGINT, however close, ends the server.
+    stopping = False
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     data_dir = Path(os.path.expanduser(args.data_dir))
     if data_dir.exists() and not data_dir.is_dir():
         return _fail(f"--data-dir {data_dir}: not a directory", 2)
@@ -133,8 +180,9 @@ def run(args: argparse.Namespace) -> int:
             data_dir, host=args.host, port=args.port, job_delay=args.job_delay,
             inventory_interval=args.inventory_interval, faults=faults, faults_ops=ops, seed=args.seed,
             verify_content_sha256=not args.no_content_sha256_check, omit_nulls=args.omit_nulls,
-            loose_checksums=args.loose_checksums, short_pages=args.short_pages, body_timeout=args.body_timeout,
-            slow_seconds=args.slow_seconds, sigv4_keys=keys,
+            strict_range_checksum=args.strict_range_checksum, short_pages=args.short_pages,
+            body_timeout=args.body_timeout, slow_seconds=args.slow_seconds, sigv4_keys=keys, admin=args.admin,
+            latency=args.latency, bandwidth=args.bandwidth,
         )
     except DataDirInUse as exc:
         return _fail(str(exc))
@@ -146,15 +194,15 @@ def run(args: argparse.Namespace) -> int:
         where = f"{args.host}:{args.port}" if exc.filename is None else str(exc.filename)
         return _fail(f"cannot start on {where}: {exc.strerror or exc}")
 
-    def stop(signum: int, frame: object) -> None:
-        handle._stop.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     print(f"listening on {handle.url}", flush=True)
     try:
-        while not handle.wait(1.0):
-            pass
+        while not stopping and not handle.stopped:
+            with contextlib.suppress(InterruptedError):
+                select.select([wake_r], [], [], 1.0)
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 64)
     finally:
         handle.shutdown()
+        os.close(wake_r)
+        os.close(wake_w)
     return 0

@@ -48,6 +48,26 @@ def canonical_query(raw_query: str) -> str:
     return "&".join(f"{k}={v}" for k, v in sorted(pairs))
 
 
+SECRET_HEADERS = ("authorization", "x-amz-security-token")
+SECRET_QUERY = re.compile(r"((?:^|[?&])X-Amz-(?:Signature|Security-Token|Credential)=)[^&\s\"]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Presigned-URL secrets in a request line or query, replaced by ``<redacted>``."""
+    return SECRET_QUERY.sub(r"\1<redacted>", text)
+
+
+def redact_canonical(canonical: str) -> str:
+    """A canonical request fit for a log: no session token, authorization or presigned secrets."""
+    lines = []
+    for line in canonical.split("\n"):
+        name, sep, _value = line.partition(":")
+        if sep and name.lower() in SECRET_HEADERS:
+            line = f"{name}:<redacted>"
+        lines.append(redact(line))
+    return "\n".join(lines)
+
+
 class SigV4Verifier:
     """Checks the Authorization header of each request against one access key / secret key."""
 
@@ -94,5 +114,5 @@ class SigV4Verifier:
         key = _hmac(_hmac(_hmac(_hmac(("AWS4" + self.secret_key).encode(), day), region), service), "aws4_request")
         expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, signature):
-            log.info("signature mismatch; canonical request was:\n%s", canonical)
+            log.info("signature mismatch; canonical request was (secrets redacted):\n%s", redact_canonical(canonical))
             raise ApiError(403, "InvalidSignatureException", MISMATCH)

@@ -25,8 +25,10 @@ Decisions on undocumented points (reference §8):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -96,6 +98,13 @@ class Settings:
     inventory_interval: float = 60.0
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """Out of space (or over a quota or the file-size limit) while writing a body file or SQLite."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
 def _inv_marker_key(created: float, archive_id: str) -> str:
     return json.dumps([created, archive_id])
 
@@ -127,7 +136,8 @@ class Store:
         self.ids = IdGenerator(seed, boot)
         self.clock = Clock(float(self._meta("clock_offset", "0")), lambda off: self._set_meta("clock_offset", repr(off)))
         self._last_sweep = 0.0
-        if self._meta("last_inventory_run", "") == "":
+        last_run = self._meta("last_inventory_run", "")
+        if last_run == "" or not math.isfinite(float(last_run)) or float(last_run) > self.now() + DAY:
             self._set_meta("last_inventory_run", repr(self.now()))  # the schedule starts at the first boot
         self.bodies.clean_temp()
         self._sweep_orphans()
@@ -143,10 +153,13 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite may have rolled back already (SQLITE_FULL, a failed COMMIT): keep the first error
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _q(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -568,7 +581,11 @@ class Store:
             try:
                 if self._complete_job(dict(row), fail):
                     done.append(row["id"])
-            except Exception:  # a bug or a vanished body file: fail this job, keep going with the others
+            except Exception as exc:
+                if is_disk_full(exc):  # out of space: the job stays in progress, completes on a later tick
+                    log.warning("job %s not completed yet: the data dir is full: %s", row["id"], exc)
+                    continue
+                # a bug or a vanished body file: fail this job, keep going with the others
                 log.exception("completing job %s failed", row["id"])
                 with contextlib.suppress(Exception):
                     with self._tx() as db:
@@ -602,12 +619,16 @@ class Store:
             items, next_marker = self._inventory_items(job["vault"], params)
             tmp = self.bodies.new_temp()
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-            with os.fdopen(fd, "wb") as f:
-                size = write_inventory(f, job["format"], self.arn(job["vault"]), iso_s(v["inv_date"]), items)
-                f.flush()
-                os.fsync(f.fileno())
-            out_path, rel = self.bodies.job_output_path(job["id"])
-            os.rename(tmp, out_path)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    size = write_inventory(f, job["format"], self.arn(job["vault"]), iso_s(v["inv_date"]), items)
+                    f.flush()
+                    os.fsync(f.fileno())
+                out_path, rel = self.bodies.job_output_path(job["id"])
+                os.rename(tmp, out_path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             updates = {"status": "Succeeded", "status_message": "Succeeded", "output_file": rel,
                        "output_size": size, "next_marker": next_marker}
         updates["completed"] = self.now()
