@@ -215,7 +215,7 @@ def mount_state(mnt: Path) -> str:
     try:
         os.statvfs(mnt)  # statfs always reaches the daemon; stat may be answered from the kernel's cache
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):  # ECONNABORTED: aborted, being torn down
             return "dead"
         raise StateError(f"cannot check mount point {mnt}: {exc.strerror or exc}") from None
     return "live"
