@@ -203,7 +203,7 @@ def hint_options(args: argparse.Namespace) -> str:
         value = getattr(args, opt, None)
         if value:
             parts += [f"--{opt.replace('_', '-')}", str(value)]
-    if getattr(args, "cache_dir", None) and args.cache_dir != os.environ.get("GLACIERFS_CACHE_DIR"):
+    if getattr(args, "cache_dir", None):  # also when it came from GLACIERFS_CACHE_DIR: logs outlive shells
         parts += ["--cache-dir", str(Path(args.cache_dir).expanduser().absolute())]
     return " ".join(shlex.quote(p) for p in parts)
 
@@ -304,8 +304,11 @@ def _log_path(args: argparse.Namespace) -> Path:
 
     region = getattr(args, "region", None) or default_region(getattr(args, "profile", None))
     # "@" is not allowed in vault names: the --all-vaults log cannot collide with a vault's
-    base = vault_dir(cache_root_for(args) / "logs", endpoint_id_for(args), region, (args.vault or "@all-vaults"))
-    base.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    base = vault_dir(cache_root_for(args) / "logs", endpoint_id_for(args), region, args.vault or "@all-vaults")
+    root = cache_root_for(args)
+    for d in reversed(base.parents):  # every new level private (mkdir(parents=True) uses the umask)
+        if d.is_relative_to(root) and d != base:
+            d.mkdir(mode=0o700, exist_ok=True)
     return base.with_name(base.name + ".log")
 
 
@@ -511,7 +514,10 @@ class _StoppingCore:
         self._core.stop(timeout)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._core, name)
+        value = getattr(self._core, name)
+        if callable(value):
+            setattr(self, name, value)  # bound methods are stable: later calls skip this hook
+        return value
 
 
 def build_vaultfs(
