@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import glacierfs
 from glacierfs.errors import (
@@ -567,40 +567,62 @@ def _ensure_vault(ctx: Any, vault: str, local: bool) -> None:
 
 
 _LOG_FUNC = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
-_libfuse_log_func: Any = None  # kept alive: libfuse holds the pointer
 
 
-def _route_libfuse_log() -> None:
-    """Send libfuse's messages through our log, without its known noise (``LIBFUSE_NOISE``)."""
-    global _libfuse_log_func
-    try:
-        import mfusepy
+class _LibfuseLog:
+    """libfuse's messages through our log: pieces joined up to their newline, known noise dropped.
 
-        libfuse = mfusepy._libfuse
-        setter = libfuse.fuse_set_log_func
-        libc = ctypes.CDLL(None)
-        vsnprintf = libc.vsnprintf
-    except (ImportError, AttributeError, OSError):
-        return
-    vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
-    fuse_log = logging.getLogger("glacierfs.libfuse")
-    levels = {0: logging.CRITICAL, 1: logging.CRITICAL, 2: logging.CRITICAL, 3: logging.ERROR,
+    libfuse calls the log function from whichever thread logs (mostly the main thread while
+    mounting); ``_lock`` guards ``_pieces`` and ``last``.
+    """
+
+    LEVELS: ClassVar[dict[int, int]] = {0: logging.CRITICAL, 1: logging.CRITICAL, 2: logging.CRITICAL, 3: logging.ERROR,
               4: logging.WARNING, 5: logging.INFO, 6: logging.INFO, 7: logging.DEBUG}
 
-    def emit(level: int, fmt: bytes | None, ap: int | None) -> None:
-        try:
-            buf = ctypes.create_string_buffer(1024)
-            vsnprintf(buf, len(buf), fmt, ap)
-            text = buf.value.decode("utf-8", "replace").strip()
-            if text and not any(noise in text for noise in LIBFUSE_NOISE):
-                fuse_log.log(levels.get(level, logging.WARNING), "libfuse: %s", text)
-        except Exception:  # a logging failure must never reach libfuse
-            pass
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pieces: list[str] = []
+        self.last = ""  # the last complete message (named in a failed mount's error)
+        self._log = logging.getLogger("glacierfs.libfuse")
+        self._func: Any = None  # the C callback, kept alive while libfuse holds its pointer
 
-    _libfuse_log_func = _LOG_FUNC(emit)
-    setter.argtypes = [_LOG_FUNC]
-    setter.restype = None
-    setter(_libfuse_log_func)
+    def install(self) -> None:
+        try:
+            import mfusepy
+
+            setter = mfusepy._libfuse.fuse_set_log_func
+            vsnprintf = ctypes.CDLL(None).vsnprintf
+        except (ImportError, AttributeError, OSError):  # an old libfuse: its messages go to stderr
+            return
+        vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+
+        def emit(level: int, fmt: bytes | None, ap: int | None) -> None:
+            try:
+                buf = ctypes.create_string_buffer(2048)
+                vsnprintf(buf, len(buf), fmt, ap)
+                self._piece(level, buf.value.decode("utf-8", "replace"))
+            except Exception:  # a logging failure must never reach libfuse
+                pass
+
+        self._func = _LOG_FUNC(emit)
+        setter.argtypes = [_LOG_FUNC]
+        setter.restype = None
+        setter(self._func)
+
+    def _piece(self, level: int, text: str) -> None:
+        with self._lock:
+            self._pieces.append(text)
+            if not text.endswith("\n"):
+                return
+            line = " ".join("".join(self._pieces).split())
+            self._pieces.clear()
+            if not line or any(noise in line for noise in LIBFUSE_NOISE):
+                return
+            self.last = line
+        self._log.log(self.LEVELS.get(level, logging.WARNING), "libfuse: %s", line)
+
+
+_LIBFUSE_LOG = _LibfuseLog()
 
 
 def _wait_for_workers(before: set[threading.Thread], deadline: float) -> list[threading.Thread]:
@@ -632,7 +654,7 @@ def run_foreground(args: argparse.Namespace, mnt: Path) -> int:
     fmt = logging.Formatter("%(asctime)s glacierfs[%(process)d]: %(levelname)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.setFormatter(fmt)
-    _route_libfuse_log()
+    _LIBFUSE_LOG.install()
     gate = threading.Event()
     with open_context(args) as ctx, contextlib.ExitStack() as stack:
         before = set(threading.enumerate())
@@ -656,7 +678,8 @@ def run_foreground(args: argparse.Namespace, mnt: Path) -> int:
         try:
             fuse_adapter.run(_StoppingCore(core, gate), str(mnt), fsname=fsname, options=_fuse_options(args))
         except RuntimeError as exc:
-            raise StateError(f"cannot mount on {mnt}: libfuse error {exc}") from None
+            reason = _LIBFUSE_LOG.last or f"libfuse error {exc}"
+            raise StateError(f"cannot mount on {mnt}: {reason}") from None
         finally:
             gate.set()
         busy = _wait_for_workers(before, time.monotonic() + STOP_TIMEOUT)

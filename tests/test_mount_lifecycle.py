@@ -93,14 +93,14 @@ def test_daemon_runs_the_installed_package_whatever_the_cwd(mounts, tmp_path, pl
 def test_after_kill9_mount_and_umount_detach_the_dead_mount(mounts, tmp_path):
     mnt = tmp_path / "mnt"
     mounts.mount(*_local(tmp_path), "v", mnt=mnt)
-    (mnt / "kept.txt").write_bytes(b"staged before the kill\n")
+    (mnt / "kept.txt").write_bytes(b"archived before the kill\n")
+    assert subprocess.run(["sync", str(mnt / "kept.txt")], timeout=60).returncode == 0
     os.kill(mounts.pid(mnt), signal.SIGKILL)
     wait_until(lambda: not any(pid_running(p) for p in mounts.pids), 30, "the killed daemon")
 
     res = mounts.mount(*_local(tmp_path), "v", mnt=mnt)  # no manual fusermount3 step
     assert res.stderr.count("detached the dead mount") == 1, res.stderr
-    assert subprocess.run(["sync", str(mnt / "kept.txt")], timeout=60).returncode == 0
-    assert (mnt / "kept.txt").read_bytes() == b"staged before the kill\n"
+    assert (mnt / "kept.txt").read_bytes() == b"archived before the kill\n"
 
     os.kill(mounts.pid(mnt), signal.SIGKILL)
     wait_until(lambda: not any(pid_running(p) for p in mounts.pids), 30, "the killed daemon")
@@ -194,6 +194,13 @@ def test_non_empty_mount_point_is_refused_unless_nonempty(mounts, tmp_path):
     assert not (mnt / "mine.txt").exists()  # hidden while mounted, as asked
     assert cli("umount", str(mnt)).returncode == 0
     assert (mnt / "mine.txt").read_text() == "would be hidden"
+
+
+def test_libfuse_refusal_is_named_in_the_error(mounts, tmp_path):
+    res = mounts.mount(*_local(tmp_path), "-o", "no_such_fuse_option", "v", mnt=tmp_path / "mnt", check=False)
+    assert res.returncode == 7
+    line = _one_line(res.stderr)
+    assert "unknown option" in line and "no_such_fuse_option" in line, line
 
 
 def test_already_mounted_says_how_to_unmount(mounts, tmp_path):
