@@ -88,10 +88,8 @@ class Unmounting(GlacierFSError):
 
 def default_local_dir() -> str:
     """Data directory of a bare ``--local``: the one ``glacierfs serve`` uses by default."""
-    try:
-        from glacierfs.server.command import DEFAULT_DATA_DIR
-    except ImportError:  # pragma: no cover
-        DEFAULT_DATA_DIR = "~/.local/share/glacierfs/server"
+    from glacierfs.server.command import DEFAULT_DATA_DIR
+
     return os.path.expanduser(DEFAULT_DATA_DIR)
 
 
@@ -329,10 +327,14 @@ def _rotate(log_path: Path) -> None:
 
 
 def _child_argv(args: argparse.Namespace, mnt: Path) -> list[str]:
-    """``python -I`` running the installed package's CLI: the cwd never reaches ``sys.path``."""
+    """``python -I`` running the installed package's CLI: the cwd never reaches ``sys.path``.
+
+    The package's directory is put first only when it is not on the path already (a
+    site-packages directory must not go before the standard library).
+    """
     package_root = str(Path(glacierfs.__file__).resolve().parent.parent)
     bootstrap = (
-        "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+        "import sys; r = sys.argv.pop(1); r in sys.path or sys.path.insert(0, r); "
         "from glacierfs.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     argv = [sys.executable, "-I", "-c", bootstrap, package_root, "mount", "--foreground"]
