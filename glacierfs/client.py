@@ -73,8 +73,10 @@ class ConnectionSettings:
 
     @property
     def endpoint_id(self) -> str:
-        """Identity of the endpoint for local state paths: ``aws`` or the endpoint URL."""
-        return "aws" if not self.endpoint_url else self.endpoint_url.rstrip("/")
+        """Identity of the endpoint for local state paths (the rule is :func:`glacierfs.local.endpoint_id`)."""
+        from glacierfs.local import endpoint_id
+
+        return endpoint_id(self.endpoint_url)
 
 
 def validate_vault_name(vault: str) -> str:

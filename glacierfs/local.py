@@ -2,9 +2,14 @@
 
 ``--local`` talks to the ``glacierfs serve`` already running on DATA_DIR (it advertises
 itself in ``DATA_DIR/server.json``) or, if none is alive, runs an embedded server
-in-process for the duration of the command. The endpoint id names the client-side state
-(catalog, caches) so that two endpoints never share it: ``aws``, the endpoint URL, or
-``local:<absolute data dir>`` (stable across server restarts and ports).
+in-process for the duration of the command.
+
+This module owns the endpoint id (:func:`endpoint_id`), which names the client-side state
+(catalog, caches, mount logs) so that two endpoints never share it: ``aws``; for
+``--local DATA_DIR`` ``local:<absolute data dir>``, because the data dir *is* the server's
+identity (its port changes at every restart); for ``--endpoint-url`` the normalized URL
+(lower-case scheme and host, default port and trailing ``/`` dropped), so the same server
+reached through another port or host name is another endpoint.
 """
 
 from __future__ import annotations
@@ -27,6 +32,47 @@ log = logging.getLogger(__name__)
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 Cleanup = Callable[[], None] | None
+
+
+def endpoint_id(endpoint_url: str | None = None, local_dir: Path | None = None) -> str:
+    """The identity of an endpoint for local state paths (the one owner of this rule)."""
+    if local_dir is not None:
+        return f"local:{local_dir}"
+    if not endpoint_url:
+        return "aws"
+    url = endpoint_url.rstrip("/")
+    try:
+        parts = urlsplit(url)
+        scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return url
+    if not host:
+        return url
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}.get(scheme)
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def local_data_dir(local: str) -> Path:
+    """The absolute data directory of ``--local DATA_DIR`` (created if missing)."""
+    data_dir = Path(local).expanduser()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot use {local} as a data directory: {exc.strerror or exc}") from None
+    if not data_dir.is_dir():
+        raise UsageError(f"{local} is not a directory")
+    return data_dir.resolve()
+
+
+def endpoint_id_for(args: argparse.Namespace) -> str:
+    """:func:`endpoint_id` of the common options, without contacting or starting anything."""
+    local = getattr(args, "local", None)
+    if local:
+        return endpoint_id(local_dir=local_data_dir(local))
+    return endpoint_id(getattr(args, "endpoint_url", None))
 
 
 def is_local_endpoint(url: str | None) -> bool:
@@ -136,14 +182,7 @@ def resolve_endpoint(args: argparse.Namespace) -> tuple[str | None, str, dict[st
     if local and endpoint_url:
         raise UsageError("--local and --endpoint-url exclude each other")
     if local:
-        data_dir = Path(local).expanduser()
-        try:
-            data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot use {local} as a data directory: {exc.strerror or exc}") from None
-        if not data_dir.is_dir():
-            raise UsageError(f"{local} is not a directory")
-        data_dir = data_dir.resolve()
+        data_dir = local_data_dir(local)
         if not (
             getattr(args, "access_key", None) and getattr(args, "secret_key", None)
         ) and not _has_credentials(profile):
@@ -152,10 +191,10 @@ def resolve_endpoint(args: argparse.Namespace) -> tuple[str | None, str, dict[st
         cleanup: Cleanup = None
         if url is None:
             url, cleanup = start_embedded(data_dir)
-        return url, f"local:{data_dir}", extra, cleanup
+        return url, endpoint_id(local_dir=data_dir), extra, cleanup
     if endpoint_url:
         parts = urlsplit(endpoint_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise UsageError(f"invalid --endpoint-url {endpoint_url!r}: expected http(s)://host[:port]")
-        return endpoint_url.rstrip("/"), endpoint_url.rstrip("/"), extra, None
-    return None, "aws", extra, None
+        return endpoint_url.rstrip("/"), endpoint_id(endpoint_url), extra, None
+    return None, endpoint_id(), extra, None

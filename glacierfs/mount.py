@@ -1,43 +1,95 @@
-"""``glacierfs mount`` and ``glacierfs umount``.
+"""``glacierfs mount`` and ``glacierfs umount``: the mount's life from start to stop.
 
-Without ``--foreground`` the command starts ``python -m glacierfs mount --foreground ...`` as
-a detached child (new session, output to ``<cache-dir>/logs/<vault>.log``), waits until the
-mount point is mounted (or the child died: its last log line becomes the error) and returns.
-The child builds the client context (``--local`` may run the embedded server inside it, so
-the server lives exactly as long as the mount), the core (:class:`~glacierfs.vfs.VaultFS`)
-and serves FUSE until ``fusermount3 -u`` / ``glacierfs umount``.
+Start. Without ``--foreground`` the command starts the daemon as a detached child (new
+session, output to the mount log) and waits until the mount point is mounted, or until the
+child died: then its last log line becomes the error and its exit status the command's (the
+codes of :mod:`glacierfs.errors`). The child runs ``python -I`` (isolated: neither the cwd
+nor ``PYTHON*`` variables reach ``sys.path``) with the directory of the installed package put
+first explicitly, so a ``./glacierfs/`` in the cwd is never imported by a process that holds
+the user's AWS secrets. The child builds the client context (``--local`` may run the embedded
+server inside it, so the server lives exactly as long as the mount), the core
+(:class:`~glacierfs.vfs.VaultFS`) and serves FUSE.
+
+Dead mounts. A mount whose process died (kill -9) stays in the mount table with a dead
+connection (ENOTCONN on stat); ``mount`` and ``umount`` detect it and detach it
+(``fusermount3 -u -z``) with one log line.
+
+Stop. ``umount`` runs ``fusermount3 -u``; the kernel's DESTROY makes the FUSE loop stop the
+core (``stop()``). The shutdown order is: (1) FUSE loop ends, core stopped; (2) the service
+gate closes: calls already in flight finish, new ones fail at once with :class:`Unmounting`,
+so upload workers end within one request; (3) the core's worker threads are waited for (at
+most ``STOP_TIMEOUT``); (4) only then are catalogs closed and an embedded server stopped. If
+workers are still busy at the deadline the process exits without closing what they use
+(their state is durable and resumes at the next mount). ``umount`` returns once the mount
+process has exited (``--lazy``: at once), so an immediate ``mount`` finds the vault free.
+
+Threads: this module's code runs in the main thread (the FUSE loop) and, for the gate, in
+the core's workers (``_ServiceGate`` only reads a ``threading.Event``). No lock.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import errno
 import fcntl
 import logging
+import logging.handlers
 import os
-import re
+import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from glacierfs.errors import GlacierFSError, NotFoundError, StateError, UsageError
+import glacierfs
+from glacierfs.errors import (
+    ConflictError,
+    CredentialsError,
+    GlacierFSError,
+    IntegrityError,
+    NotFoundError,
+    NotReadyError,
+    ServiceError,
+    StateError,
+    UsageError,
+)
+from glacierfs.processes import pid_running, processes_with_env
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0  # how long a stopping mount waits for requests in flight
+UMOUNT_TIMEOUT = STOP_TIMEOUT + 30.0  # how long `umount` waits for the mount process to exit
 DEFAULT_CACHE_SIZE = "10GiB"
 KEYS_ENV = ("GLACIERFS_MOUNT_ACCESS_KEY", "GLACIERFS_MOUNT_SECRET_KEY")  # -k/-s handed to the daemon
+MOUNTPOINT_ENV = "GLACIERFS_MOUNTPOINT"  # marks the daemon of a mount point (umount waits for it)
+LOG_MAX_BYTES = 4 << 20  # a mount log over this size is rotated when the next mount starts
+LOG_BACKUPS = 3
+# libfuse 3.14's compat fuse_main_real prints this at every mount whatever the options
+LIBFUSE_NOISE = ("Ignoring invalid max threads value",)
+_EXIT_CLASSES: dict[int, type[GlacierFSError]] = {
+    cls.exit_code: cls
+    for cls in (UsageError, NotFoundError, CredentialsError, ServiceError, IntegrityError, StateError,
+                NotReadyError, ConflictError)
+}
+
+
+class Unmounting(GlacierFSError):
+    """A service call refused because the mount is stopping (the work resumes at the next mount)."""
+
+    exit_code = StateError.exit_code
 
 
 def default_local_dir() -> str:
     """Data directory of a bare ``--local``: the one ``glacierfs serve`` uses by default."""
-    try:
-        from glacierfs.server.command import DEFAULT_DATA_DIR
-    except ImportError:  # pragma: no cover
-        DEFAULT_DATA_DIR = "~/.local/share/glacierfs/server"
+    from glacierfs.server.command import DEFAULT_DATA_DIR
+
     return os.path.expanduser(DEFAULT_DATA_DIR)
 
 
@@ -85,13 +137,20 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="start a retrieval of this tier (Expedited, Standard, Bulk) when an uncached archive is opened",
     )
     p.add_argument(
-        "-o", dest="fuse_options", action="append", default=[], metavar="OPTIONS", help="FUSE mount options"
+        "-o", dest="fuse_options", action="append", default=[], metavar="OPTIONS",
+        help="FUSE mount options (e.g. allow_other; nonempty: mount over a directory that has files)",
     )
     p.set_defaults(func=cmd_mount)
 
-    u = sub.add_parser("umount", help="unmount a glacierfs mount point")
+    u = sub.add_parser(
+        "umount",
+        help="unmount a glacierfs mount point",
+        description="Unmount MOUNTPOINT and return once its mount process has exited (uploads in "
+        "flight resume at the next mount). A mount whose process died is detached.",
+    )
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
-    u.add_argument("-z", "--lazy", action="store_true", help="lazy unmount (detach even if busy)")
+    u.add_argument("-z", "--lazy", action="store_true",
+                   help="lazy unmount: detach even if busy and return at once")
     u.set_defaults(func=cmd_umount)
 
 
@@ -99,16 +158,26 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def _fix_positionals(args: argparse.Namespace) -> None:
-    """``--local VAULT MNT`` parses VAULT as DATA_DIR: shift it back (the only valid reading)."""
+    """``--local VAULT MNT`` parses VAULT as DATA_DIR: shift it back when that is the only valid reading."""
     if args.all_vaults:
         if args.mountpoint is None:
             args.mountpoint, args.vault = args.vault, None
         elif args.vault is not None:
             raise UsageError("--all-vaults takes only MOUNTPOINT")
     elif args.mountpoint is None and args.local not in (None, default_local_dir()) and args.vault:
-        args.vault, args.mountpoint, args.local = args.local, args.vault, default_local_dir()
+        from glacierfs.commands import VAULT_NAME
+
+        # `--local photos ~/mnt` (bare --local, default data dir) or `--local DATA demo` with the
+        # mount point forgotten? Only the first if DATA can be a vault name and is no directory.
+        if VAULT_NAME.fullmatch(args.local) and not os.path.isdir(args.local) and os.path.isdir(args.vault):
+            args.vault, args.mountpoint, args.local = args.local, args.vault, default_local_dir()
+        else:
+            raise UsageError(
+                f"the mount point is missing: glacierfs mount --local {shlex.quote(args.local)} "
+                f"{shlex.quote(args.vault)} MOUNTPOINT"
+            )
     if args.mountpoint is None:
-        raise UsageError("usage: glacierfs mount VAULT MOUNTPOINT (or --all-vaults MOUNTPOINT)")
+        raise UsageError("the mount point is missing: glacierfs mount VAULT MOUNTPOINT (or --all-vaults MOUNTPOINT)")
     if not args.all_vaults and not args.vault:
         raise UsageError("VAULT is required (or use --all-vaults)")
     if args.vault:
@@ -119,12 +188,93 @@ def _fix_positionals(args: argparse.Namespace) -> None:
         raise UsageError("--concurrency must be at least 1")
 
 
-def _mountpoint(path: str) -> Path:
+def hint_options(args: argparse.Namespace) -> str:
+    """The common options in use, shell-quoted, for hints that must work as printed.
+
+    ``glacierfs download -v V PATH`` without the mount's ``--local``/``--cache-dir``/
+    ``--endpoint-url`` would address another catalog (or a real AWS vault).
+    """
+    parts: list[str] = []
+    if getattr(args, "local", None):
+        parts += ["--local", str(Path(args.local).expanduser().absolute())]
+    for opt in ("endpoint_url", "region", "profile"):
+        value = getattr(args, opt, None)
+        if value:
+            parts += [f"--{opt.replace('_', '-')}", str(value)]
+    if getattr(args, "cache_dir", None):  # also when it came from GLACIERFS_CACHE_DIR: logs outlive shells
+        parts += ["--cache-dir", str(Path(args.cache_dir).expanduser().absolute())]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def mount_state(mnt: Path) -> str:
+    """``"none"``, ``"live"`` or ``"dead"`` (in the mount table, but its FUSE connection is gone: ENOTCONN)."""
+    if not _in_mount_table(mnt):
+        return "none"
+    try:
+        os.statvfs(mnt)  # statfs always reaches the daemon; stat may be answered from the kernel's cache
+    except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):  # ECONNABORTED: aborted, being torn down
+            return "dead"
+        raise StateError(f"cannot check mount point {mnt}: {exc.strerror or exc}") from None
+    return "live"
+
+
+def _in_mount_table(mnt: Path) -> bool:
+    target = str(mnt)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    return True
+    except OSError:
+        return os.path.ismount(mnt)
+    return False
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as ``\\ooo``."""
+    for code in ("040", "011", "012", "134"):
+        field = field.replace("\\" + code, chr(int(code, 8)))
+    return field
+
+
+def _fusermount() -> str:
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    if tool is None:
+        raise StateError("fusermount3 not found: install the fuse3 package")
+    return tool
+
+
+def detach_dead(mnt: Path) -> None:
+    """Detach a mount whose process died (lazily: nothing can be flushed through it anymore)."""
+    res = subprocess.run([_fusermount(), "-u", "-z", str(mnt)], capture_output=True, text=True, check=False)
+    if res.returncode != 0 and _in_mount_table(mnt):
+        msg = (res.stderr or res.stdout).strip().splitlines()
+        raise StateError(f"cannot detach the dead mount on {mnt}: {msg[-1] if msg else res.returncode}")
+    log.warning("detached the dead mount on %s (its process had died; staged files resume at the next mount)", mnt)
+
+
+def _mountpoint(path: str, nonempty: bool) -> Path:
     mnt = Path(path).expanduser().absolute()
+    state = mount_state(mnt)
+    if state == "dead":
+        detach_dead(mnt)
+    elif state == "live":
+        raise StateError(f"{mnt} is already a mount point; unmount it first: glacierfs umount {shlex.quote(str(mnt))}")
     if not mnt.is_dir():
         raise UsageError(f"mount point {mnt} is not a directory")
-    if os.path.ismount(mnt):
-        raise StateError(f"{mnt} is already a mount point")
+    if not nonempty:
+        try:
+            entries = os.listdir(mnt)
+        except OSError as exc:
+            raise UsageError(f"cannot read mount point {mnt}: {exc.strerror or exc}") from None
+        if entries:
+            raise UsageError(
+                f"mount point {mnt} is not empty ({len(entries)} {'entry' if len(entries) == 1 else 'entries'} "
+                "would be hidden while mounted); "
+                "use an empty directory, or -o nonempty to mount over them"
+            )
     return mnt
 
 
@@ -134,6 +284,7 @@ def _fuse_options(args: argparse.Namespace) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     for text in args.fuse_options:
         opts.update(parse_options(text))
+    opts.pop("nonempty", None)  # ours (see _mountpoint): libfuse3 mounts over files without asking
     for bad in ("big_writes", "max_write", "writeback_cache"):
         if bad in opts:
             log.warning("ignoring FUSE option %s: libfuse3 rejects it", bad)
@@ -143,20 +294,50 @@ def _fuse_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def _sanitize(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
-
-
 def _log_path(args: argparse.Namespace) -> Path:
+    """``<cache-dir>/logs/<endpoint>/<region>/<vault>.log``: one log per endpoint and vault."""
+    from glacierfs.catalog import vault_dir
     from glacierfs.commands import cache_root_for
+    from glacierfs.local import default_region, endpoint_id_for
 
-    logs = cache_root_for(args) / "logs"
-    logs.mkdir(mode=0o700, exist_ok=True)
-    return logs / f"{_sanitize(args.vault or 'all-vaults')}.log"
+    region = getattr(args, "region", None) or default_region(getattr(args, "profile", None))
+    # "@" is not allowed in vault names: the --all-vaults log cannot collide with a vault's
+    base = vault_dir(cache_root_for(args) / "logs", endpoint_id_for(args), region, args.vault or "@all-vaults")
+    root = cache_root_for(args)
+    for d in reversed(base.parents):  # every new level private (mkdir(parents=True) uses the umask)
+        if d.is_relative_to(root) and d != base:
+            d.mkdir(mode=0o700, exist_ok=True)
+    return base.with_name(base.name + ".log")
+
+
+def _rotate(log_path: Path) -> None:
+    """Keep a mount log bounded: over ``LOG_MAX_BYTES`` it becomes ``.1`` (``.1`` -> ``.2``, ...)."""
+    try:
+        if log_path.stat().st_size < LOG_MAX_BYTES:
+            return
+    except FileNotFoundError:
+        return
+    handler = logging.handlers.RotatingFileHandler(log_path, backupCount=LOG_BACKUPS, delay=True)
+    try:
+        handler.doRollover()
+    finally:
+        handler.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(log_path)  # doRollover re-created it with the umask: _open_log makes it 0600
 
 
 def _child_argv(args: argparse.Namespace, mnt: Path) -> list[str]:
-    argv = [sys.executable, "-m", "glacierfs", "mount", "--foreground"]
+    """``python -I`` running the installed package's CLI: the cwd never reaches ``sys.path``.
+
+    The package's directory is put first only when it is not on the path already (a
+    site-packages directory must not go before the standard library).
+    """
+    package_root = str(Path(glacierfs.__file__).resolve().parent.parent)
+    bootstrap = (
+        "import sys; r = sys.argv.pop(1); r in sys.path or sys.path.insert(0, r); "
+        "from glacierfs.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = [sys.executable, "-I", "-c", bootstrap, package_root, "mount", "--foreground"]
     # -k/-s go to the child through its environment (KEYS_ENV), never its command line: any
     # local user can read a process's command line in /proc, only its owner the environment.
     for opt in ("endpoint_url", "region", "profile", "cache_dir", "part_size", "auto_retrieve"):
@@ -183,11 +364,14 @@ def _child_argv(args: argparse.Namespace, mnt: Path) -> list[str]:
 def cmd_mount(args: argparse.Namespace) -> int:
     _keys_from_env(args)
     _fix_positionals(args)
-    mnt = _mountpoint(args.mountpoint)
-    if shutil.which("fusermount3") is None and shutil.which("fusermount") is None:
-        raise StateError("fusermount3 not found: install the fuse3 package")
+    _fusermount()
     if not os.path.exists("/dev/fuse"):
         raise StateError("/dev/fuse is missing: load the fuse module or run with --device /dev/fuse")
+    from glacierfs.fuse_adapter import parse_options
+
+    nonempty = any("nonempty" in parse_options(text) for text in args.fuse_options)
+    _fuse_options(args)  # its warnings, once, on the terminal
+    mnt = _mountpoint(args.mountpoint, nonempty)
     from glacierfs.sizes import parse_size
 
     args.cache_size_bytes = parse_size(args.cache_size)
@@ -197,12 +381,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return _daemonize(args, mnt)
 
 
-def _child_env(args: argparse.Namespace) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in KEYS_ENV}
+def _child_env(args: argparse.Namespace, mnt: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in KEYS_ENV and k != MOUNTPOINT_ENV}
     for opt, name in zip(("access_key", "secret_key"), KEYS_ENV, strict=True):
         value = getattr(args, opt, None)
         if value:
             env[name] = value
+    env[MOUNTPOINT_ENV] = str(mnt)
     return env
 
 
@@ -223,6 +408,7 @@ def _open_log(log_path: Path) -> Any:
 
 def _daemonize(args: argparse.Namespace, mnt: Path) -> int:
     log_path = _log_path(args)
+    _rotate(log_path)
     argv = _child_argv(args, mnt)
     with _open_log(log_path) as logf:
         logf.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} mount {args.vault or '--all-vaults'} on {mnt}\n".encode())
@@ -235,18 +421,19 @@ def _daemonize(args: argparse.Namespace, mnt: Path) -> int:
             stderr=logf,
             start_new_session=True,
             close_fds=True,
-            env=_child_env(args),
+            env=_child_env(args, mnt),
         )
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
-        if os.path.ismount(mnt):
+        if mount_state(mnt) == "live":
             if not getattr(args, "quiet", False):
                 print(f"glacierfs: mounted {args.vault or 'all vaults'} on {mnt} (pid {child.pid}, log {log_path})",
                       file=sys.stderr)
             return 0
         code = child.poll()
         if code is not None:
-            raise StateError(f"mount failed: {_last_line(log_path, start)} (log: {log_path})")
+            cls = _EXIT_CLASSES.get(code, StateError)
+            raise cls(f"mount failed: {_last_line(log_path, start)} (log: {log_path})")
         time.sleep(0.05)
     child.kill()
     raise StateError(f"mount not ready after {READY_TIMEOUT:.0f} s (log: {log_path})")
@@ -259,31 +446,20 @@ def _last_line(path: Path, start: int) -> str:
             lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
     except OSError:
         return "no log"
-    useful = [ln for ln in lines if "Ignoring invalid max threads" not in ln]
+    useful = [ln for ln in lines if not any(noise in ln for noise in LIBFUSE_NOISE)]
     line = (useful or lines or ["exited without a message"])[-1]
     return line.removeprefix("glacierfs: error: ").removeprefix("glacierfs: ")
 
 
-def vault_state_dir(cache_root: Path, endpoint_id: str, region: str, vault: str, catalog: Any = None) -> Path:
-    """The per-vault state directory (the catalog's, when it tells us)."""
-    for attr in ("state_dir", "root", "vault_dir"):
-        value = getattr(catalog, attr, None)
-        if isinstance(value, str | os.PathLike):
-            return Path(value)
-    for fn_name in ("vault_dir", "state_dir"):
-        try:
-            import glacierfs.catalog as catalog_mod
+def vault_state_dir(cache_root: Path, endpoint_id: str, region: str, vault: str) -> Path:
+    """The per-vault state directory: the catalog's (:func:`glacierfs.catalog.vault_dir` owns the layout)."""
+    from glacierfs.catalog import vault_dir
 
-            fn = getattr(catalog_mod, fn_name, None)
-            if callable(fn):
-                return Path(fn(cache_root, endpoint_id, region, vault))
-        except ImportError:
-            break
-    return cache_root / _sanitize(endpoint_id) / _sanitize(region) / _sanitize(vault)
+    return Path(vault_dir(cache_root, endpoint_id, region, vault))
 
 
 @contextlib.contextmanager
-def _mount_lock(state_dir: Path):
+def _mount_lock(state_dir: Path) -> Iterator[None]:
     """One mount per vault state: two would upload the same staged files."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(state_dir / "mount.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -300,34 +476,85 @@ def _mount_lock(state_dir: Path):
         os.close(fd)
 
 
+class _ServiceGate:
+    """The Glacier client the core uses, refusing new calls once the mount stops.
+
+    Calls in flight finish; later ones raise :class:`Unmounting`, which the upload engine
+    does not retry, so a worker ends within one request and its durable state resumes at the
+    next mount. Attribute reads other than public methods pass through.
+    """
+
+    _PASS = frozenset({"translate"})
+
+    def __init__(self, glacier: Any, closed: threading.Event) -> None:
+        self._glacier = glacier
+        self._closed = closed
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._glacier, name)
+        if name.startswith("_") or name in self._PASS or not callable(attr):
+            return attr
+        closed = self._closed
+
+        def call(*a: Any, **kw: Any) -> Any:
+            if closed.is_set():
+                raise Unmounting(f"unmounting: {name} not sent (resumes at the next mount)")
+            return attr(*a, **kw)
+
+        return call
+
+
+class _StoppingCore:
+    """The core as the FUSE adapter sees it: ``stop()`` (from DESTROY) first closes the service gate."""
+
+    def __init__(self, core: Any, gate: threading.Event) -> None:
+        self._core = core
+        self._gate = gate
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._gate.set()
+        self._core.stop(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._core, name)
+        if callable(value):
+            setattr(self, name, value)  # bound methods are stable: later calls skip this hook
+        return value
+
+
 def build_vaultfs(
-    ctx: Any, args: argparse.Namespace, vault: str, stack: contextlib.ExitStack, display_root: str = ""
+    ctx: Any, args: argparse.Namespace, vault: str, stack: contextlib.ExitStack, display_root: str = "",
+    gate: threading.Event | None = None,
 ) -> Any:
     """Catalog, data cache, upload engine factory and job runner for one vault -> VaultFS."""
     from glacierfs.datacache import DataCache
+    from glacierfs.jobs import Backoff, JobRunner
     from glacierfs.upload import UploadEngine
     from glacierfs.vfs import VaultFS
 
     catalog = ctx.catalog(vault)
-    state_dir = vault_state_dir(ctx.cache_root, ctx.endpoint_id, ctx.region, vault, catalog)
+    state_dir = vault_state_dir(ctx.cache_root, ctx.endpoint_id, ctx.region, vault)
     stack.enter_context(_mount_lock(state_dir))
     cache = DataCache(state_dir, args.cache_size_bytes)
+    glacier: Any = _ServiceGate(ctx.glacier, gate) if gate is not None else ctx.glacier
 
     def engine_factory() -> Any:
-        return UploadEngine(ctx.glacier, catalog, vault, part_size=args.part_size_bytes, concurrency=args.concurrency)
+        return UploadEngine(glacier, catalog, vault, part_size=args.part_size_bytes, concurrency=args.concurrency)
 
+    runner = JobRunner(glacier, catalog, vault, progress=ctx.progress, poll=Backoff.local() if ctx.is_local else Backoff())
     return VaultFS(
         catalog,
-        ctx.glacier,
+        glacier,
         vault,
         cache,
         engine_factory=engine_factory,
-        runner=ctx.runner(vault),
+        runner=runner,
         read_only=args.read_only,
         auto_retrieve=args.auto_retrieve,
         poll_interval=0.5 if ctx.is_local else 60.0,
         max_poll_interval=5.0 if ctx.is_local else 900.0,
         display_root=display_root,
+        hint_options=hint_options(args),
     )
 
 
@@ -341,6 +568,83 @@ def _ensure_vault(ctx: Any, vault: str, local: bool) -> None:
         log.warning("created vault %s on the local server", vault)
 
 
+_LOG_FUNC = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
+class _LibfuseLog:
+    """libfuse's messages through our log: pieces joined up to their newline, known noise dropped.
+
+    libfuse calls the log function from whichever thread logs (mostly the main thread while
+    mounting); ``_lock`` guards ``_pieces`` and ``last``.
+    """
+
+    LEVELS: ClassVar[dict[int, int]] = {0: logging.CRITICAL, 1: logging.CRITICAL, 2: logging.CRITICAL, 3: logging.ERROR,
+              4: logging.WARNING, 5: logging.INFO, 6: logging.INFO, 7: logging.DEBUG}
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pieces: list[str] = []
+        self.last = ""  # the last complete message (named in a failed mount's error)
+        self._log = logging.getLogger("glacierfs.libfuse")
+        self._func: Any = None  # the C callback, kept alive while libfuse holds its pointer
+
+    def install(self) -> None:
+        try:
+            import mfusepy
+
+            setter = mfusepy._libfuse.fuse_set_log_func
+            vsnprintf = ctypes.CDLL(None).vsnprintf
+        except (ImportError, AttributeError, OSError):  # an old libfuse: its messages go to stderr
+            return
+        vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+
+        def emit(level: int, fmt: bytes | None, ap: int | None) -> None:
+            try:
+                buf = ctypes.create_string_buffer(2048)
+                vsnprintf(buf, len(buf), fmt, ap)
+                self._piece(level, buf.value.decode("utf-8", "replace"))
+            except Exception:  # a logging failure must never reach libfuse
+                pass
+
+        self._func = _LOG_FUNC(emit)
+        setter.argtypes = [_LOG_FUNC]
+        setter.restype = None
+        setter(self._func)
+
+    def _piece(self, level: int, text: str) -> None:
+        with self._lock:
+            self._pieces.append(text)
+            if not text.endswith("\n"):
+                return
+            line = " ".join("".join(self._pieces).split())
+            self._pieces.clear()
+            if not line or any(noise in line for noise in LIBFUSE_NOISE):
+                return
+            self.last = line
+        self._log.log(self.LEVELS.get(level, logging.WARNING), "libfuse: %s", line)
+
+
+_LIBFUSE_LOG = _LibfuseLog()
+
+
+def _wait_for_workers(before: set[threading.Thread], deadline: float) -> list[threading.Thread]:
+    """Join the threads started since ``before`` (the core's workers); returns those still running.
+
+    libfuse's own threads appear as ``Dummy-N`` once they called into Python, and a --local
+    server's request threads serve the client's keep-alive connections: neither is ours to wait for.
+    """
+    current = threading.current_thread()
+    while True:
+        busy = [
+            t for t in threading.enumerate()
+            if t not in before and t is not current and t.is_alive()
+            and not t.name.startswith("Dummy-") and "process_request_thread" not in t.name
+        ]
+        if not busy or time.monotonic() >= deadline:
+            return busy
+        busy[0].join(max(0.0, min(1.0, deadline - time.monotonic())))
+
+
 def run_foreground(args: argparse.Namespace, mnt: Path) -> int:
     from glacierfs import fuse_adapter
     from glacierfs.commands import open_context
@@ -352,26 +656,43 @@ def run_foreground(args: argparse.Namespace, mnt: Path) -> int:
     fmt = logging.Formatter("%(asctime)s glacierfs[%(process)d]: %(levelname)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.setFormatter(fmt)
+    _LIBFUSE_LOG.install()
+    gate = threading.Event()
     with open_context(args) as ctx, contextlib.ExitStack() as stack:
+        before = set(threading.enumerate())
+        core: Any
         if args.all_vaults:
             from glacierfs.vfs import MultiVaultFS
 
             core = MultiVaultFS(
                 ctx,
-                lambda vault: build_vaultfs(ctx, args, vault, stack, display_root=str(mnt / vault)),
+                lambda vault: build_vaultfs(ctx, args, vault, stack, display_root=str(mnt / vault), gate=gate),
                 read_only=args.read_only,
+                hint_options=hint_options(args),
             )
             fsname = "glacierfs"
         else:
             _ensure_vault(ctx, args.vault, bool(args.local))
-            core = build_vaultfs(ctx, args, args.vault, stack, display_root=str(mnt))
+            core = build_vaultfs(ctx, args, args.vault, stack, display_root=str(mnt), gate=gate)
             core.recover()  # before mounting: a damaged staging area fails the mount, not its first call
             fsname = f"glacierfs:{args.vault}"
         log.info("mounting %s on %s (endpoint %s)", fsname, mnt, ctx.endpoint_url or "AWS")
         try:
-            fuse_adapter.run(core, str(mnt), fsname=fsname, options=_fuse_options(args))
+            fuse_adapter.run(_StoppingCore(core, gate), str(mnt), fsname=fsname, options=_fuse_options(args))
         except RuntimeError as exc:
-            raise StateError(f"cannot mount on {mnt}: libfuse error {exc}") from None
+            reason = _LIBFUSE_LOG.last or f"libfuse error {exc}"
+            raise StateError(f"cannot mount on {mnt}: {reason}") from None
+        finally:
+            gate.set()
+        busy = _wait_for_workers(before, time.monotonic() + STOP_TIMEOUT)
+        if busy:
+            # closing the catalogs under them would fail their last writes: leave as a crash would
+            # (every step's state is durable), without errors in the log
+            log.info("stopped with %d requests in flight; their work resumes at the next mount", len(busy))
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
     return 0
 
 
@@ -380,15 +701,34 @@ def run_foreground(args: argparse.Namespace, mnt: Path) -> int:
 
 def cmd_umount(args: argparse.Namespace) -> int:
     mnt = Path(args.mountpoint).expanduser().absolute()
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    if tool is None:
-        raise StateError("fusermount3 not found: install the fuse3 package")
-    if not os.path.ismount(mnt):
+    tool = _fusermount()
+    state = mount_state(mnt)
+    if state == "none":
         raise UsageError(f"{mnt} is not mounted")
+    if state == "dead":
+        detach_dead(mnt)
+        return 0
+    owners = processes_with_env(MOUNTPOINT_ENV, str(mnt))
     cmd = [tool, "-u"] + (["-z"] if args.lazy else []) + [str(mnt)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         msg = (res.stderr or res.stdout).strip().splitlines()
         raise GlacierFSError(f"unmount failed: {msg[-1] if msg else 'exit ' + str(res.returncode)}"
                              " (files still open? try --lazy)")
+    if not args.lazy:
+        _wait_exit(owners, time.monotonic() + UMOUNT_TIMEOUT, mnt)
     return 0
+
+
+def _wait_exit(pids: list[int], deadline: float, mnt: Path, alive: Callable[[int], bool] = pid_running) -> None:
+    """Return once every pid has exited: the vault's mount lock is free then."""
+    while True:
+        running = [p for p in pids if alive(p)]
+        if not running:
+            return
+        if time.monotonic() >= deadline:
+            raise StateError(
+                f"{mnt} is unmounted but its process {running[0]} is still finishing after "
+                f"{UMOUNT_TIMEOUT:.0f} s; see its log"
+            )
+        time.sleep(0.05)

@@ -30,3 +30,44 @@ def process_start(pid: int) -> str | None:
             return fh.read().rsplit(b")", 1)[1].split()[19].decode()
     except (OSError, IndexError):
         return None
+
+
+def pid_running(pid: Any) -> bool:
+    """Like :func:`pid_alive`, but a zombie (exited, not yet reaped by its parent) counts as gone.
+
+    A daemonized mount is reparented to init or a subreaper, which may reap it late: waiting
+    for "the process stopped" must not wait for the reaping.
+    """
+    if not pid_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc: trust kill(0)
+    return state not in (b"Z", b"X")
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Pids of this user's processes started with ``name=value`` in their environment.
+
+    ``/proc/PID/environ`` is readable only by the process's owner (and root), so this finds
+    our own processes only; it shows the environment the process was started with.
+    """
+    needle = f"{name}={value}".encode()
+    found: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in env:
+            found.append(int(entry))
+    return found

@@ -199,8 +199,10 @@ class VaultFS:
         poll_interval: float = 2.0,
         max_poll_interval: float = 300.0,
         display_root: str = "",
+        hint_options: str = "",
     ) -> None:
         self.display_root = display_root  # where the user sees this vault (for log hints)
+        self.hint_options = hint_options  # shell-quoted common options for CLI hints (mount.hint_options)
         self.catalog = catalog
         self.glacier = glacier
         self.vault = vault
@@ -1275,7 +1277,10 @@ class MultiVaultFS:
 
     VAULT_LIST_TTL = 10.0
 
-    def __init__(self, ctx: Any, factory: Callable[[str], VaultFS], *, read_only: bool = False) -> None:
+    def __init__(
+        self, ctx: Any, factory: Callable[[str], VaultFS], *, read_only: bool = False, hint_options: str = ""
+    ) -> None:
+        self.hint_options = hint_options  # shell-quoted common options for CLI hints (mount.hint_options)
         self._ctx = ctx
         self._factory = factory
         self.read_only = read_only

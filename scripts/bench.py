@@ -555,6 +555,9 @@ def main() -> int:
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    if args.workdir and not os.path.isdir(args.workdir):
+        print(f"bench: error: --workdir {args.workdir}: no such directory (create it first)", file=sys.stderr)
+        return 2
     procs.isolate_aws()
     rows: list[Row] = []
     started = time.perf_counter()

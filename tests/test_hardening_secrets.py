@@ -130,7 +130,7 @@ def test_mount_log_and_process_keep_keys_private(glacier_server_factory, tmp_pat
         tm.unmount(mnt)
         if pid:
             _wait_gone(pid)
-    logs = list((cache / "logs").glob("*.log"))
+    logs = list((cache / "logs").rglob("*.log"))  # logs/<endpoint>/<region>/<vault>.log
     assert logs, "the mount wrote no log"
     leaks = find_secrets((KEY, SECRET), [cache], cmdlines)
     assert not leaks, f"credentials leaked: {leaks}"

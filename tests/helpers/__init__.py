@@ -1,0 +1,1 @@
+"""Helpers shared by test modules (no fixtures with side effects at import)."""
