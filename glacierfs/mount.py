@@ -4,7 +4,7 @@ Without ``--foreground`` the command starts ``python -m glacierfs mount --foregr
 a detached child (new session, output to ``<cache-dir>/logs/<vault>.log``), waits until the
 mount point is mounted (or the child died: its last log line becomes the error) and returns.
 The child builds the client context (``--local`` may run the embedded server inside it, so
-the server lives exactly as long as the mount), the core (:class:`~glacierfs.vfs.VaultFS`)
+the server lives exactly as long as the mount), the core (:class:`~glacierfs.fs.vaultfs.VaultFS`)
 and serves FUSE until ``fusermount3 -u`` / ``glacierfs umount``.
 """
 
@@ -129,7 +129,7 @@ def _mountpoint(path: str) -> Path:
 
 
 def _fuse_options(args: argparse.Namespace) -> dict[str, Any]:
-    from glacierfs.fuse_adapter import parse_options
+    from glacierfs.fs.fuse_adapter import parse_options
 
     opts: dict[str, Any] = {}
     for text in args.fuse_options:
@@ -138,9 +138,7 @@ def _fuse_options(args: argparse.Namespace) -> dict[str, Any]:
         if bad in opts:
             log.warning("ignoring FUSE option %s: libfuse3 rejects it", bad)
             opts.pop(bad)
-    if args.read_only:
-        opts["ro"] = True
-    return opts
+    return opts  # --read-only is enforced by the core (EROFS), so retrievals keep working
 
 
 def _sanitize(text: str) -> str:
@@ -304,9 +302,9 @@ def build_vaultfs(
     ctx: Any, args: argparse.Namespace, vault: str, stack: contextlib.ExitStack, display_root: str = ""
 ) -> Any:
     """Catalog, data cache, upload engine factory and job runner for one vault -> VaultFS."""
-    from glacierfs.datacache import DataCache
+    from glacierfs.fs.datacache import DataCache
+    from glacierfs.fs.vaultfs import VaultFS
     from glacierfs.upload import UploadEngine
-    from glacierfs.vfs import VaultFS
 
     catalog = ctx.catalog(vault)
     state_dir = vault_state_dir(ctx.cache_root, ctx.endpoint_id, ctx.region, vault, catalog)
@@ -342,8 +340,8 @@ def _ensure_vault(ctx: Any, vault: str, local: bool) -> None:
 
 
 def run_foreground(args: argparse.Namespace, mnt: Path) -> int:
-    from glacierfs import fuse_adapter
     from glacierfs.commands import open_context
+    from glacierfs.fs import fuse_adapter
 
     if not getattr(args, "debug", False) and not getattr(args, "quiet", False):
         logging.getLogger("glacierfs").setLevel(logging.INFO)
@@ -354,7 +352,7 @@ def run_foreground(args: argparse.Namespace, mnt: Path) -> int:
         handler.setFormatter(fmt)
     with open_context(args) as ctx, contextlib.ExitStack() as stack:
         if args.all_vaults:
-            from glacierfs.vfs import MultiVaultFS
+            from glacierfs.fs.multivault import MultiVaultFS
 
             core = MultiVaultFS(
                 ctx,

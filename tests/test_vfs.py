@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from glacierfs.datacache import DataCache
 from glacierfs.errors import ServiceError
+from glacierfs.fs import FSError, MultiVaultFS, VaultFS
+from glacierfs.fs.datacache import DataCache
+from glacierfs.fs.staging import Manifest, StagingArea
 from glacierfs.treehash import tree_hash
-from glacierfs.vfs import FSError, MultiVaultFS, VaultFS
 
 VAULT = "v"
 
@@ -22,22 +23,50 @@ VAULT = "v"
 # --------------------------------------------------------------------------- data cache
 
 
-def test_recover_keeps_released_files_and_discards_cut_off_copies(tmp_path):
-    cache = DataCache(tmp_path, 1 << 30)
-    done, done_path = cache.new_staging()
+def test_recover_keeps_committed_files_and_discards_cut_off_copies(tmp_path):
+    area = StagingArea(tmp_path)
+    done, done_path = area.new()
     done_path.write_bytes(b"complete")
-    cache.write_manifest(done, {"path": "/a"})
-    _cut, cut_path = cache.new_staging()
+    area.write_manifest(done, Manifest("/a"))
+    _cut, cut_path = area.new()
     cut_path.write_bytes(b"partial")
-    (cache.staging_dir / "x.json.tmp").write_text("{")
-    again = DataCache(tmp_path, 1 << 30)
-    assert again.recover() == {done: {"path": "/a"}}
+    (area.dir / ".x.json.1.2.3.tmp").write_text("{")
+    again = StagingArea(tmp_path)
+    assert again.recover() == {done: Manifest("/a")}
     assert not cut_path.exists() and done_path.read_bytes() == b"complete"
-    assert sorted(os.listdir(cache.staging_dir)) == sorted([f"{done}.data", f"{done}.json"])
+    assert sorted(os.listdir(area.dir)) == sorted([f"{done}.data", f"{done}.json"])
+
+
+def test_manifest_writes_from_many_threads_never_collide(tmp_path):
+    """One manifest written by several threads at once (the upload worker and a FUSE thread):
+    unique temporary names, so no writer loses its rename (issue 8 item 8)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    area = StagingArea(tmp_path)
+    sid, path = area.new()
+    path.write_bytes(b"x")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: area.write_manifest(sid, Manifest(f"/f{i}", generation=i)), range(200)))
+    assert sorted(os.listdir(area.dir)) == sorted([f"{sid}.data", f"{sid}.json"])
+    assert StagingArea(tmp_path).recover()[sid].path.startswith("/f")
+
+
+def test_cache_size_is_applied_at_start(tmp_path):
+    cache = DataCache(tmp_path, 1 << 30)
+    for name in ("a", "b", "c"):
+        src = tmp_path / f"src-{name}"
+        src.write_bytes(b"x" * 100)
+        cache.add(name, src)
+    small = DataCache(tmp_path, 150)
+    assert small.cached_ids() == ["a", "b", "c"]
+    small.evict()  # what VaultFS.start does
+    assert len(small.cached_ids()) == 1 and small.usage() <= 150
+    assert sum(small.was_evicted(n) for n in "abc") == 2
 
 
 def test_lru_bound_never_evicts_staging_or_the_newest_entry(tmp_path):
-    cache = DataCache(tmp_path, 250)
+    area = StagingArea(tmp_path)
+    cache = DataCache(tmp_path, 250, staged_bytes=area.bytes)
     for name in ("a", "b", "c"):
         src = tmp_path / f"src-{name}"
         src.write_bytes(b"x" * 100)
@@ -45,7 +74,7 @@ def test_lru_bound_never_evicts_staging_or_the_newest_entry(tmp_path):
         time.sleep(0.01)
     assert cache.cached_ids() == ["b", "c"]
     cache.touch("b")
-    _sid, staging = cache.new_staging()
+    _sid, staging = area.new()
     staging.write_bytes(b"y" * 200)
     src = tmp_path / "src-d"
     src.write_bytes(b"z" * 10)
@@ -109,7 +138,6 @@ class Env:
 
 @pytest.fixture
 def env(glacier_server, tmp_path):
-    pytest.importorskip("glacierfs.catalog")
     e = Env(glacier_server, tmp_path)
     yield e
     e.close()
@@ -222,7 +250,7 @@ def test_unlink_deletes_archive_and_aborts_pending(env):
     write_file(fs, "/queued", b"q")
     fs.unlink("/queued")
     assert [n for n, _ in fs.readdir("/")] == ["keep"]
-    assert os.listdir(fs.cache.staging_dir) == []
+    assert os.listdir(fs.staging.dir) == []
     ids = [a["ArchiveId"] for a in _inventory(env.server)]
     assert gone_id not in ids and len(ids) == 1
 
@@ -309,7 +337,7 @@ def test_restart_resumes_released_files_only(env):
     sync(fs2, "/released")
     assert read_all(fs2, "/released") == b"r" * 5000
     assert [a["Size"] for a in _inventory(env.server)] == [5000]
-    assert os.listdir(fs2.cache.staging_dir) == []
+    assert os.listdir(fs2.staging.dir) == []
 
 
 def test_failed_upload_gives_eio_and_empty_files_stay_local(env):
@@ -363,7 +391,7 @@ def test_multivault_root_lists_and_creates_vaults(env):
 def test_closed_file_keeps_its_size_while_its_bytes_move_into_the_cache(env):
     fs = env.fs(upload_delay=3600)
     write_file(fs, "/f", b"12345")
-    staged = next(fs.cache.staging_dir.glob("*.data"))
+    staged = next(fs.staging.dir.glob("*.data"))
     os.rename(staged, staged.with_suffix(".moved"))  # what the upload worker does at the end
     try:
         assert fs.getattr("/f").size == 5
