@@ -453,3 +453,125 @@ def test_names_that_would_not_survive_the_catalog_are_refused(env):
     assert err(fs.create, "/" + "x" * 1100) == errno.ENAMETOOLONG
     fh = fs.create("/50% ünï?*.txt")
     fs.release(fh)
+
+
+# --------------------------------------------------------------------------- commit point, failures
+
+
+def test_close_is_the_commit_point(env):
+    """The manifest is durable when flush (close(2)) returns, before RELEASE: a crash between the
+    two (kill -9 of the mount) still uploads the file at the next mount."""
+    fs = env.fs(upload_delay=3600)
+    fh = fs.create("/f")
+    fs.write(fh, b"committed at close", 0)
+    assert list(fs.staging.dir.glob("*.json")) == []
+    fs.flush(fh)  # close(2) returns after this
+    assert len(list(fs.staging.dir.glob("*.json"))) == 1
+    fs.stop()  # like kill -9: no release ever comes
+    fs2 = env.fs()
+    sync(fs2, "/f")
+    assert read_all(fs2, "/f") == b"committed at close"
+    assert [a["Size"] for a in _inventory(env.server)] == [len(b"committed at close")]
+
+
+def test_no_room_for_the_commit_record_is_closes_error(env, monkeypatch):
+    from glacierfs.fs import staging
+
+    fs = env.fs()
+    real = staging.StagingArea.write_manifest
+
+    def full(self: Any, sid: str, manifest: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(staging.StagingArea, "write_manifest", full)
+    fh = fs.create("/f")
+    fs.write(fh, b"bytes fit, the record does not", 0)
+    assert err(fs.flush, fh) == errno.ENOSPC
+    fs.release(fh)
+    assert fs.getxattr("/f", "user.glacier.state") == b"failed"
+    assert err(sync, fs, "/f") == errno.EIO
+    monkeypatch.setattr(staging.StagingArea, "write_manifest", real)
+    fh = fs.open("/f", os.O_WRONLY | os.O_TRUNC)  # written again with room: committed and uploaded
+    fs.write(fh, b"again", 0)
+    fs.flush(fh)
+    fs.release(fh)
+    sync(fs, "/f")
+    assert read_all(fs, "/f") == b"again"
+
+
+def test_a_worker_survives_any_exception_and_fsync_gets_eio(env):
+    from glacierfs.upload import UploadEngine
+
+    class Crashing(UploadEngine):
+        def upload(self, source: Any, archive_path: str, **kw: Any) -> Any:
+            if archive_path == "bad":
+                raise RuntimeError("a bug in the engine")
+            return super().upload(source, archive_path, **kw)
+
+    fs = env.fs(upload_workers=1, engine_factory=lambda: Crashing(env.glacier, env.catalog, VAULT))
+    write_file(fs, "/bad", b"x")
+    write_file(fs, "/good", b"y")
+    assert err(sync, fs, "/bad") == errno.EIO
+    assert fs.getxattr("/bad", "user.glacier.state") == b"failed"
+    sync(fs, "/good")
+    assert fs.getxattr("/good", "user.glacier.state") == b"cached"
+
+
+def test_names_that_are_not_utf8(env):
+    fs = env.fs()
+    bad = "/caf\udce9"  # b"caf\xe9" (Latin-1) as mfusepy hands it over
+    assert err(fs.create, bad) == errno.EILSEQ
+    assert err(fs.mkdir, bad) == errno.EILSEQ
+    assert err(fs.getattr, bad) == errno.ENOENT
+    write_file(fs, "/ok", b"1")
+    assert err(fs.rename, "/ok", bad) == errno.EILSEQ
+    assert [n for n, _ in fs.readdir("/")] == ["ok"]
+
+
+def test_read_only_refuses_writes_in_the_core_but_retrieves(env):
+    fs = env.fs(cache_size=1)
+    write_file(fs, "/a", b"a" * 10)
+    sync(fs, "/a")
+    write_file(fs, "/b", b"b")
+    sync(fs, "/b")
+    fs.stop()
+    ro = env.fs(read_only=True, cache_size=1)
+    for call, args in ((ro.create, ("/x",)), (ro.mkdir, ("/x",)), (ro.unlink, ("/a",)), (ro.chmod, ("/a", 0o600)),
+                       (ro.utimens, ("/a", 1.0)), (ro.rename, ("/a", "/c"))):
+        assert err(call, *args) == errno.EROFS, call
+    assert err(ro.open, "/a", os.O_WRONLY) == errno.EROFS
+    ro.setxattr("/a", "user.glacier.retrieve", b"Standard")
+    deadline = time.monotonic() + 60
+    while ro.getxattr("/a", "user.glacier.state") != b"cached":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert read_all(ro, "/a") == b"a" * 10
+
+
+def test_concurrent_retrieve_asks_start_one_job(env):
+    from concurrent.futures import ThreadPoolExecutor
+
+    fs = env.fs(cache_size=1)
+    write_file(fs, "/a", b"a" * 10)
+    sync(fs, "/a")
+    write_file(fs, "/b", b"b")
+    sync(fs, "/b")
+    assert fs.getxattr("/a", "user.glacier.state") == b"archived"
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda _: fs.setxattr("/a", "user.glacier.retrieve", b"Standard"), range(12)))
+    jobs = env.server.client().list_jobs(vaultName=VAULT)["JobList"]
+    assert [j["Action"] for j in jobs] == ["ArchiveRetrieval"]
+
+
+def test_not_cached_hint_is_a_command_that_works_as_printed(env, caplog):
+    fs = env.fs(cache_size=1, hint_options="--local /data --cache-dir '/my cache'", display_root="/mnt/v")
+    fs.mkdir("/dir")
+    write_file(fs, "/dir/cold file", b"c" * 10)
+    sync(fs, "/dir/cold file")
+    write_file(fs, "/warm", b"w")
+    sync(fs, "/warm")
+    with caplog.at_level("WARNING", logger="glacierfs"):
+        assert err(fs.open, "/dir/cold file", os.O_RDONLY) == errno.EAGAIN
+    text = caplog.text
+    assert "glacierfs download --local /data --cache-dir '/my cache' -v v 'dir/cold file'" in text, text
+    assert "setfattr -n user.glacier.retrieve -v Standard '/mnt/v/dir/cold file'" in text, text
