@@ -145,6 +145,7 @@ class Retrievals:
         except Exception as exc:
             log.debug("cannot list jobs: %s", exc)
             return
+        followed = evicted = 0
         for job in jobs or []:
             if not isinstance(job, dict):
                 continue
@@ -153,6 +154,7 @@ class Retrievals:
             if not isinstance(archive_id, str) or status == "Failed" or self.cache.has(archive_id):
                 continue
             if self.cache.was_evicted(archive_id):
+                evicted += 1
                 continue
             try:
                 if self.catalog.get(archive_id) is None:
@@ -162,6 +164,9 @@ class Retrievals:
             tier = job.get("tier") or job.get("Tier") or "Standard"
             with self._lock:
                 self._table.setdefault(archive_id, Retrieval(archive_id, str(tier), time.monotonic(), starting=False))
+            followed += 1
+        log.info("reattached %d retrieval job(s)%s", followed,
+                 f"; {evicted} of evicted archive(s) not downloaded again until asked" if evicted else "")
         self._wake.set()
 
     def _first_inventory(self) -> None:
