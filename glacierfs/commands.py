@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import posixpath
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from glacierfs.errors import ConflictError, NotFoundError, NotReadyError, UsageError
+from glacierfs.names import check_vault_name
 from glacierfs.progress import NULL_PROGRESS, Progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,7 +46,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 TIERS = ("Expedited", "Standard", "Bulk")
-VAULT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -68,12 +67,6 @@ def cache_root_for(args: argparse.Namespace) -> Path:
     if not root.is_dir():
         raise UsageError(f"cache directory {root} is not a directory")
     return root.resolve()
-
-
-def check_vault_name(name: str) -> str:
-    if not VAULT_NAME.fullmatch(name or ""):
-        raise UsageError(f"invalid vault name {name!r}: use 1-255 characters from A-Z a-z 0-9 _ . -")
-    return name
 
 
 def normalize_archive_path(path: str) -> str:

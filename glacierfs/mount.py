@@ -8,7 +8,7 @@ nor ``PYTHON*`` variables reach ``sys.path``) with the directory of the installe
 first explicitly, so a ``./glacierfs/`` in the cwd is never imported by a process that holds
 the user's AWS secrets. The child builds the client context (``--local`` may run the embedded
 server inside it, so the server lives exactly as long as the mount), the core
-(:class:`~glacierfs.vfs.VaultFS`) and serves FUSE.
+(:class:`~glacierfs.fs.vaultfs.VaultFS`) and serves FUSE.
 
 Dead mounts. A mount whose process died (kill -9) stays in the mount table with a dead
 connection (ENOTCONN on stat); ``mount`` and ``umount`` detect it and detach it
@@ -279,7 +279,7 @@ def _mountpoint(path: str, nonempty: bool) -> Path:
 
 
 def _fuse_options(args: argparse.Namespace) -> dict[str, Any]:
-    from glacierfs.fuse_adapter import parse_options
+    from glacierfs.fs.fuse_adapter import parse_options
 
     opts: dict[str, Any] = {}
     for text in args.fuse_options:
@@ -289,9 +289,7 @@ def _fuse_options(args: argparse.Namespace) -> dict[str, Any]:
         if bad in opts:
             log.warning("ignoring FUSE option %s: libfuse3 rejects it", bad)
             opts.pop(bad)
-    if args.read_only:
-        opts["ro"] = True
-    return opts
+    return opts  # --read-only is enforced by the core (EROFS), so retrievals keep working
 
 
 def _log_path(args: argparse.Namespace) -> Path:
@@ -367,7 +365,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     _fusermount()
     if not os.path.exists("/dev/fuse"):
         raise StateError("/dev/fuse is missing: load the fuse module or run with --device /dev/fuse")
-    from glacierfs.fuse_adapter import parse_options
+    from glacierfs.fs.fuse_adapter import parse_options
 
     nonempty = any("nonempty" in parse_options(text) for text in args.fuse_options)
     _fuse_options(args)  # its warnings, once, on the terminal
@@ -527,10 +525,10 @@ def build_vaultfs(
     gate: threading.Event | None = None,
 ) -> Any:
     """Catalog, data cache, upload engine factory and job runner for one vault -> VaultFS."""
-    from glacierfs.datacache import DataCache
+    from glacierfs.fs.datacache import DataCache
+    from glacierfs.fs.vaultfs import VaultFS
     from glacierfs.jobs import Backoff, JobRunner
     from glacierfs.upload import UploadEngine
-    from glacierfs.vfs import VaultFS
 
     catalog = ctx.catalog(vault)
     state_dir = vault_state_dir(ctx.cache_root, ctx.endpoint_id, ctx.region, vault)
@@ -646,8 +644,8 @@ def _wait_for_workers(before: set[threading.Thread], deadline: float) -> list[th
 
 
 def run_foreground(args: argparse.Namespace, mnt: Path) -> int:
-    from glacierfs import fuse_adapter
     from glacierfs.commands import open_context
+    from glacierfs.fs import fuse_adapter
 
     if not getattr(args, "debug", False) and not getattr(args, "quiet", False):
         logging.getLogger("glacierfs").setLevel(logging.INFO)
@@ -662,7 +660,7 @@ def run_foreground(args: argparse.Namespace, mnt: Path) -> int:
         before = set(threading.enumerate())
         core: Any
         if args.all_vaults:
-            from glacierfs.vfs import MultiVaultFS
+            from glacierfs.fs.multivault import MultiVaultFS
 
             core = MultiVaultFS(
                 ctx,

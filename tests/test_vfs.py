@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from glacierfs.datacache import DataCache
 from glacierfs.errors import ServiceError
+from glacierfs.fs import FSError, MultiVaultFS, VaultFS
+from glacierfs.fs.datacache import DataCache
+from glacierfs.fs.staging import Manifest, StagingArea
 from glacierfs.treehash import tree_hash
-from glacierfs.vfs import FSError, MultiVaultFS, VaultFS
 
 VAULT = "v"
 
@@ -22,22 +23,50 @@ VAULT = "v"
 # --------------------------------------------------------------------------- data cache
 
 
-def test_recover_keeps_released_files_and_discards_cut_off_copies(tmp_path):
-    cache = DataCache(tmp_path, 1 << 30)
-    done, done_path = cache.new_staging()
+def test_recover_keeps_committed_files_and_discards_cut_off_copies(tmp_path):
+    area = StagingArea(tmp_path)
+    done, done_path = area.new()
     done_path.write_bytes(b"complete")
-    cache.write_manifest(done, {"path": "/a"})
-    _cut, cut_path = cache.new_staging()
+    area.write_manifest(done, Manifest("/a"))
+    _cut, cut_path = area.new()
     cut_path.write_bytes(b"partial")
-    (cache.staging_dir / "x.json.tmp").write_text("{")
-    again = DataCache(tmp_path, 1 << 30)
-    assert again.recover() == {done: {"path": "/a"}}
+    (area.dir / ".x.json.1.2.3.tmp").write_text("{")
+    again = StagingArea(tmp_path)
+    assert again.recover() == {done: Manifest("/a")}
     assert not cut_path.exists() and done_path.read_bytes() == b"complete"
-    assert sorted(os.listdir(cache.staging_dir)) == sorted([f"{done}.data", f"{done}.json"])
+    assert sorted(os.listdir(area.dir)) == sorted([f"{done}.data", f"{done}.json"])
+
+
+def test_manifest_writes_from_many_threads_never_collide(tmp_path):
+    """One manifest written by several threads at once (the upload worker and a FUSE thread):
+    unique temporary names, so no writer loses its rename (issue 8 item 8)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    area = StagingArea(tmp_path)
+    sid, path = area.new()
+    path.write_bytes(b"x")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: area.write_manifest(sid, Manifest(f"/f{i}", generation=i)), range(200)))
+    assert sorted(os.listdir(area.dir)) == sorted([f"{sid}.data", f"{sid}.json"])
+    assert StagingArea(tmp_path).recover()[sid].path.startswith("/f")
+
+
+def test_cache_size_is_applied_at_start(tmp_path):
+    cache = DataCache(tmp_path, 1 << 30)
+    for name in ("a", "b", "c"):
+        src = tmp_path / f"src-{name}"
+        src.write_bytes(b"x" * 100)
+        cache.add(name, src)
+    small = DataCache(tmp_path, 150)
+    assert small.cached_ids() == ["a", "b", "c"]
+    small.evict()  # what VaultFS.start does
+    assert len(small.cached_ids()) == 1 and small.usage() <= 150
+    assert sum(small.was_evicted(n) for n in "abc") == 2
 
 
 def test_lru_bound_never_evicts_staging_or_the_newest_entry(tmp_path):
-    cache = DataCache(tmp_path, 250)
+    area = StagingArea(tmp_path)
+    cache = DataCache(tmp_path, 250, staged_bytes=area.bytes)
     for name in ("a", "b", "c"):
         src = tmp_path / f"src-{name}"
         src.write_bytes(b"x" * 100)
@@ -45,7 +74,7 @@ def test_lru_bound_never_evicts_staging_or_the_newest_entry(tmp_path):
         time.sleep(0.01)
     assert cache.cached_ids() == ["b", "c"]
     cache.touch("b")
-    _sid, staging = cache.new_staging()
+    _sid, staging = area.new()
     staging.write_bytes(b"y" * 200)
     src = tmp_path / "src-d"
     src.write_bytes(b"z" * 10)
@@ -109,7 +138,6 @@ class Env:
 
 @pytest.fixture
 def env(glacier_server, tmp_path):
-    pytest.importorskip("glacierfs.catalog")
     e = Env(glacier_server, tmp_path)
     yield e
     e.close()
@@ -222,7 +250,7 @@ def test_unlink_deletes_archive_and_aborts_pending(env):
     write_file(fs, "/queued", b"q")
     fs.unlink("/queued")
     assert [n for n, _ in fs.readdir("/")] == ["keep"]
-    assert os.listdir(fs.cache.staging_dir) == []
+    assert os.listdir(fs.staging.dir) == []
     ids = [a["ArchiveId"] for a in _inventory(env.server)]
     assert gone_id not in ids and len(ids) == 1
 
@@ -309,7 +337,7 @@ def test_restart_resumes_released_files_only(env):
     sync(fs2, "/released")
     assert read_all(fs2, "/released") == b"r" * 5000
     assert [a["Size"] for a in _inventory(env.server)] == [5000]
-    assert os.listdir(fs2.cache.staging_dir) == []
+    assert os.listdir(fs2.staging.dir) == []
 
 
 def test_failed_upload_gives_eio_and_empty_files_stay_local(env):
@@ -363,7 +391,7 @@ def test_multivault_root_lists_and_creates_vaults(env):
 def test_closed_file_keeps_its_size_while_its_bytes_move_into_the_cache(env):
     fs = env.fs(upload_delay=3600)
     write_file(fs, "/f", b"12345")
-    staged = next(fs.cache.staging_dir.glob("*.data"))
+    staged = next(fs.staging.dir.glob("*.data"))
     os.rename(staged, staged.with_suffix(".moved"))  # what the upload worker does at the end
     try:
         assert fs.getattr("/f").size == 5
@@ -425,3 +453,125 @@ def test_names_that_would_not_survive_the_catalog_are_refused(env):
     assert err(fs.create, "/" + "x" * 1100) == errno.ENAMETOOLONG
     fh = fs.create("/50% ünï?*.txt")
     fs.release(fh)
+
+
+# --------------------------------------------------------------------------- commit point, failures
+
+
+def test_close_is_the_commit_point(env):
+    """The manifest is durable when flush (close(2)) returns, before RELEASE: a crash between the
+    two (kill -9 of the mount) still uploads the file at the next mount."""
+    fs = env.fs(upload_delay=3600)
+    fh = fs.create("/f")
+    fs.write(fh, b"committed at close", 0)
+    assert list(fs.staging.dir.glob("*.json")) == []
+    fs.flush(fh)  # close(2) returns after this
+    assert len(list(fs.staging.dir.glob("*.json"))) == 1
+    fs.stop()  # like kill -9: no release ever comes
+    fs2 = env.fs()
+    sync(fs2, "/f")
+    assert read_all(fs2, "/f") == b"committed at close"
+    assert [a["Size"] for a in _inventory(env.server)] == [len(b"committed at close")]
+
+
+def test_no_room_for_the_commit_record_is_closes_error(env, monkeypatch):
+    from glacierfs.fs import staging
+
+    fs = env.fs()
+    real = staging.StagingArea.write_manifest
+
+    def full(self: Any, sid: str, manifest: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(staging.StagingArea, "write_manifest", full)
+    fh = fs.create("/f")
+    fs.write(fh, b"bytes fit, the record does not", 0)
+    assert err(fs.flush, fh) == errno.ENOSPC
+    fs.release(fh)
+    assert fs.getxattr("/f", "user.glacier.state") == b"failed"
+    assert err(sync, fs, "/f") == errno.EIO
+    monkeypatch.setattr(staging.StagingArea, "write_manifest", real)
+    fh = fs.open("/f", os.O_WRONLY | os.O_TRUNC)  # written again with room: committed and uploaded
+    fs.write(fh, b"again", 0)
+    fs.flush(fh)
+    fs.release(fh)
+    sync(fs, "/f")
+    assert read_all(fs, "/f") == b"again"
+
+
+def test_a_worker_survives_any_exception_and_fsync_gets_eio(env):
+    from glacierfs.upload import UploadEngine
+
+    class Crashing(UploadEngine):
+        def upload(self, source: Any, archive_path: str, **kw: Any) -> Any:
+            if archive_path == "bad":
+                raise RuntimeError("a bug in the engine")
+            return super().upload(source, archive_path, **kw)
+
+    fs = env.fs(upload_workers=1, engine_factory=lambda: Crashing(env.glacier, env.catalog, VAULT))
+    write_file(fs, "/bad", b"x")
+    write_file(fs, "/good", b"y")
+    assert err(sync, fs, "/bad") == errno.EIO
+    assert fs.getxattr("/bad", "user.glacier.state") == b"failed"
+    sync(fs, "/good")
+    assert fs.getxattr("/good", "user.glacier.state") == b"cached"
+
+
+def test_names_that_are_not_utf8(env):
+    fs = env.fs()
+    bad = "/caf\udce9"  # b"caf\xe9" (Latin-1) as mfusepy hands it over
+    assert err(fs.create, bad) == errno.EILSEQ
+    assert err(fs.mkdir, bad) == errno.EILSEQ
+    assert err(fs.getattr, bad) == errno.ENOENT
+    write_file(fs, "/ok", b"1")
+    assert err(fs.rename, "/ok", bad) == errno.EILSEQ
+    assert [n for n, _ in fs.readdir("/")] == ["ok"]
+
+
+def test_read_only_refuses_writes_in_the_core_but_retrieves(env):
+    fs = env.fs(cache_size=1)
+    write_file(fs, "/a", b"a" * 10)
+    sync(fs, "/a")
+    write_file(fs, "/b", b"b")
+    sync(fs, "/b")
+    fs.stop()
+    ro = env.fs(read_only=True, cache_size=1)
+    for call, args in ((ro.create, ("/x",)), (ro.mkdir, ("/x",)), (ro.unlink, ("/a",)), (ro.chmod, ("/a", 0o600)),
+                       (ro.utimens, ("/a", 1.0)), (ro.rename, ("/a", "/c"))):
+        assert err(call, *args) == errno.EROFS, call
+    assert err(ro.open, "/a", os.O_WRONLY) == errno.EROFS
+    ro.setxattr("/a", "user.glacier.retrieve", b"Standard")
+    deadline = time.monotonic() + 60
+    while ro.getxattr("/a", "user.glacier.state") != b"cached":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert read_all(ro, "/a") == b"a" * 10
+
+
+def test_concurrent_retrieve_asks_start_one_job(env):
+    from concurrent.futures import ThreadPoolExecutor
+
+    fs = env.fs(cache_size=1)
+    write_file(fs, "/a", b"a" * 10)
+    sync(fs, "/a")
+    write_file(fs, "/b", b"b")
+    sync(fs, "/b")
+    assert fs.getxattr("/a", "user.glacier.state") == b"archived"
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda _: fs.setxattr("/a", "user.glacier.retrieve", b"Standard"), range(12)))
+    jobs = env.server.client().list_jobs(vaultName=VAULT)["JobList"]
+    assert [j["Action"] for j in jobs] == ["ArchiveRetrieval"]
+
+
+def test_not_cached_hint_is_a_command_that_works_as_printed(env, caplog):
+    fs = env.fs(cache_size=1, hint_options="--local /data --cache-dir '/my cache'", display_root="/mnt/v")
+    fs.mkdir("/dir")
+    write_file(fs, "/dir/cold file", b"c" * 10)
+    sync(fs, "/dir/cold file")
+    write_file(fs, "/warm", b"w")
+    sync(fs, "/warm")
+    with caplog.at_level("WARNING", logger="glacierfs"):
+        assert err(fs.open, "/dir/cold file", os.O_RDONLY) == errno.EAGAIN
+    text = caplog.text
+    assert "glacierfs download --local /data --cache-dir '/my cache' -v v 'dir/cold file'" in text, text
+    assert "setfattr -n user.glacier.retrieve -v Standard '/mnt/v/dir/cold file'" in text, text

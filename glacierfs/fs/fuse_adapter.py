@@ -1,0 +1,327 @@
+"""Thin mfusepy adapter: translates FUSE callbacks to the core (:class:`~glacierfs.fs.types.FSCore`).
+
+Translation only: paths, stat dicts, errnos. Rules (see docs on FUSE in ARCHITECTURE.md):
+
+* ``use_ns = True``: times are integer nanoseconds;
+* only ``_``-prefixed attributes on the Operations object (any public attribute named like a
+  FUSE operation would become that callback);
+* errnos come from :func:`glacierfs.errors.errno_for` (the one table); anything that is not a
+  :class:`~glacierfs.errors.GlacierFSError` or ``OSError`` is logged with its traceback once and
+  becomes EIO (never EINVAL, never ENOSYS);
+* worker threads start in ``init`` (after daemonizing), stop in ``destroy``;
+* readdir hands libfuse full attributes with real offsets (readdirplus) from
+  :class:`~glacierfs.fs.listing_cache.Listings`, so ``ls -l`` of a large directory needs no
+  per-file getattr.
+
+Threading: libfuse calls in on its worker threads; this module keeps no state of its own but
+the ``struct fuse`` pointer (written once in ``init``), used to invalidate kernel entries.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+
+import mfusepy
+
+from glacierfs.errors import GlacierFSError, errno_for
+from glacierfs.fs.listing_cache import BLKSIZE, Listings, StatPacker
+from glacierfs.fs.types import DIR_MODE, FILE_MODE, Attr, FSCore, FSError
+
+log = logging.getLogger(__name__)
+
+FUSE_FILL_DIR_PLUS = 1 << 1
+FUSE_READDIR_PLUS = 1 << 0
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+# Long kernel caching keeps `ls -l` of big directories fast; entries another process removes
+# are invalidated by the core (VaultFS.notice_changes) through fuse_invalidate_path.
+DEFAULT_OPTIONS = {"attr_timeout": "3600", "entry_timeout": "3600", "negative_timeout": "0"}
+if (mfusepy.fuse_version_major, mfusepy.fuse_version_minor) >= (3, 12):
+    # fsync blocks its FUSE thread until the archive exists: with libfuse's default of 10
+    # threads, ten waiting `sync FILE` would freeze every other operation on the mount
+    DEFAULT_OPTIONS["max_threads"] = "64"
+
+_QUIET = {errno.ENOENT, errno.ENODATA, errno.EOPNOTSUPP, errno.EEXIST, errno.ENOTEMPTY, errno.EAGAIN}
+
+
+def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Exceptions from the core -> FuseOSError(errno_for(exc))."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except mfusepy.FuseOSError:
+            raise
+        except OSError as exc:  # FSError included
+            code = errno_for(exc)
+            if code not in _QUIET:
+                log.debug("%s%r: %s", fn.__name__, args[1:2], exc)
+            raise mfusepy.FuseOSError(code) from None
+        except GlacierFSError as exc:
+            log.warning("%s %s: %s", fn.__name__, args[1] if len(args) > 1 else "", exc)
+            raise mfusepy.FuseOSError(errno_for(exc)) from None
+        except Exception:
+            log.exception("%s%r: unexpected error, returning EIO", fn.__name__, args[1:2])
+            raise mfusepy.FuseOSError(errno.EIO) from None
+
+    return wrapper
+
+
+class GlacierOperations(mfusepy.Operations):
+    """FUSE callbacks over an :class:`FSCore`."""
+
+    use_ns = True
+
+    def __init__(self, core: FSCore) -> None:
+        self._core = core
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+        self._listings = Listings(core, StatPacker(mfusepy.c_stat, self._uid, self._gid).pack)
+        self._fuse_ptr: int | None = None
+
+    def _stat(self, a: Attr) -> dict[str, Any]:
+        ns = int(a.mtime * 1e9)
+        if a.is_dir:
+            mode, nlink = stat.S_IFDIR | DIR_MODE, 2
+        else:
+            mode, nlink = stat.S_IFREG | FILE_MODE, 1
+        return {
+            "st_mode": mode, "st_nlink": nlink, "st_size": a.size, "st_blocks": (a.size + 511) // 512,
+            "st_blksize": BLKSIZE, "st_uid": self._uid, "st_gid": self._gid,
+            "st_atime": ns, "st_mtime": ns, "st_ctime": ns,
+        }
+
+    def _invalidate(self, path: str) -> None:
+        ptr = self._fuse_ptr
+        invalidate = getattr(mfusepy._libfuse, "fuse_invalidate_path", None)  # libfuse >= 3.1
+        if ptr and invalidate is not None:
+            invalidate.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            invalidate.restype = ctypes.c_int
+            invalidate(ptr, path.encode("utf-8", "surrogateescape"))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def init(self, path: str) -> None:
+        try:
+            self._fuse_ptr = mfusepy._libfuse.fuse_get_context().contents.fuse
+        except Exception:  # pragma: no cover - exotic libfuse
+            self._fuse_ptr = None
+        self._core.set_invalidator(self._invalidate)
+        self._core.start()
+        self._listings.prefetch("/")
+        self._listings.watch()
+        log.info("mounted")
+
+    def destroy(self, path: str) -> None:
+        self._listings.stop()
+        try:
+            self._core.stop()
+        except Exception:
+            log.exception("error while stopping")
+
+    # ------------------------------------------------------------------ metadata
+
+    @_errors
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        return self._stat(self._core.getattr(path))
+
+    @_errors
+    def statfs(self, path: str) -> dict[str, int]:
+        return self._core.statfs()
+
+    @_errors
+    def opendir(self, path: str) -> int:
+        return self._listings.opendir(path)
+
+    @_errors
+    def releasedir(self, path: str, fh: int) -> int:
+        self._listings.releasedir(fh)
+        return 0
+
+    @_errors
+    def readdir_with_offset(self, path: str, offset: int, fh: int) -> Iterator[tuple[str, dict[str, Any], int]]:
+        """Used by mfusepy's own readdir path (libfuse2); libfuse3 goes through :meth:`_FUSE.readdir_fuse_3`."""
+        entries = self._listings.entries(fh, offset)
+        return (
+            (name.decode("utf-8", "surrogateescape"), {"st_mode": st.st_mode}, i + 1)
+            for i, (name, st) in enumerate(entries[offset:], start=offset)
+        )
+
+    @_errors
+    def _entries(self, fh: int, offset: int) -> list[tuple[bytes, Any]]:
+        return self._listings.entries(fh, offset)
+
+    @_errors
+    def mkdir(self, path: str, mode: int) -> int:
+        self._core.mkdir(path)
+        return 0
+
+    @_errors
+    def rmdir(self, path: str) -> int:
+        self._core.rmdir(path)
+        return 0
+
+    @_errors
+    def unlink(self, path: str) -> int:
+        self._core.unlink(path)
+        return 0
+
+    @_errors
+    def rename(self, old: str, new: str) -> int:
+        self._core.rename(old, new)
+        return 0
+
+    @_errors
+    def link(self, target: str, source: str) -> int:
+        self._core.link(target, source)
+        return 0
+
+    @_errors
+    def symlink(self, target: str, source: str) -> int:
+        self._core.symlink(target, source)
+        return 0
+
+    @_errors
+    def readlink(self, path: str) -> str:
+        self._core.getattr(path)
+        raise FSError(errno.EINVAL)
+
+    @_errors
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        raise FSError(errno.EPERM)
+
+    @_errors
+    def chmod(self, path: str, mode: int) -> int:
+        self._core.chmod(path, mode)
+        return 0
+
+    @_errors
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        self._core.chown(path, uid, gid)
+        return 0
+
+    @_errors
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        if times is None:
+            mtime: float | None = None
+        else:
+            ns = int(times[1])
+            if (ns - UTIME_OMIT) % 10**9 == 0:
+                return 0
+            mtime = None if (ns - UTIME_NOW) % 10**9 == 0 else ns / 1e9
+        self._core.utimens(path, mtime)
+        return 0
+
+    # ------------------------------------------------------------------ files
+
+    @_errors
+    def create(self, path: str, mode: int, flags: int) -> int:
+        return self._core.create(path, flags)
+
+    @_errors
+    def open(self, path: str, flags: int) -> int:
+        return self._core.open(path, flags)
+
+    @_errors
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return self._core.read(fh, size, offset)
+
+    @_errors
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        return self._core.write(fh, data, offset)
+
+    @_errors
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        self._core.truncate(path, length, fh)
+        return 0
+
+    @_errors
+    def flush(self, path: str, fh: int) -> int:
+        self._core.flush(fh)
+        return 0
+
+    @_errors
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        self._core.fsync(fh, bool(datasync))
+        return 0
+
+    @_errors
+    def release(self, path: str, fh: int) -> int:
+        self._core.release(fh)
+        return 0
+
+    # ------------------------------------------------------------------ xattrs
+
+    @_errors
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        return self._core.getxattr(path, name)
+
+    @_errors
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        self._core.setxattr(path, name, value)
+        return 0
+
+    @_errors
+    def listxattr(self, path: str) -> list[str]:
+        return self._core.listxattr(path)
+
+    @_errors
+    def removexattr(self, path: str, name: str) -> int:
+        self._core.removexattr(path, name)
+        return 0
+
+
+class _FUSE(mfusepy.FUSE):
+    """mfusepy's FUSE with readdirplus: full attributes with real offsets reach libfuse
+    (mfusepy 3.1 only passes the file type on). (libfuse 3.14's high-level API does not pass
+    ``cache_readdir`` on, so listings are cached in the core instead.)"""
+
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
+        fill = FUSE_FILL_DIR_PLUS if flags & FUSE_READDIR_PLUS else 0
+        entries = self.operations._entries(fip.contents.fh, offset)
+        for i in range(offset, len(entries)):
+            name, st = entries[i]
+            if filler(buf, name, st, i + 1, fill if i >= 2 else 0) != 0:
+                break
+        return 0
+
+
+def parse_options(text: str | None) -> dict[str, Any]:
+    """``-o a=b,c`` -> ``{"a": "b", "c": True}``."""
+    out: dict[str, Any] = {}
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        out[key] = value if sep else True
+    return out
+
+
+def run(core: FSCore, mountpoint: str, *, fsname: str, options: dict[str, Any] | None = None) -> None:
+    """Mount ``core`` on ``mountpoint`` and serve until unmounted (foreground, multithreaded).
+
+    A read-only mount is enforced by the core (EROFS), not by the kernel's ``ro`` flag, so that
+    ``setfattr -n user.glacier.retrieve`` keeps working; an explicit ``-o ro`` is passed on.
+    """
+    opts: dict[str, Any] = dict(DEFAULT_OPTIONS)
+    opts.update(options or {})
+    opts.setdefault("fsname", fsname)
+    opts.setdefault("subtype", "glacierfs")
+    started = time.monotonic()
+    log.debug("mounting %s on %s with %s", fsname, mountpoint, opts)
+    if mfusepy.fuse_version_major != 3:
+        log.warning("libfuse %d loaded: install fuse3 for readdirplus and large writes", mfusepy.fuse_version_major)
+    _FUSE(GlacierOperations(core), mountpoint, foreground=True, **opts)
+    log.info("unmounted %s after %.0f s", mountpoint, time.monotonic() - started)

@@ -1,0 +1,216 @@
+"""Directory listings for readdirplus: the open-directory table, packed listings reused while the
+core's listing token is unchanged (built once at a time per directory, LRU-bounded), the
+prefetch of the root after mounting, and :class:`StatPacker`.
+
+The entries are packed by a function the adapter passes (``pack(Attr) -> stat struct``), so this
+module needs no FUSE import: :class:`StatPacker` builds any ctypes ``stat`` layout in one
+``struct.pack`` (readdirplus of 100,000 entries needs it fast).
+
+Threading contract
+------------------
+FUSE threads call :meth:`Listings.opendir`, :meth:`entries`, :meth:`releasedir`; one
+``prefetch`` thread builds the root listing once after mounting; one ``notice`` thread asks the
+core once a second to invalidate kernel entries that another process removed. ``_lock`` guards ``_dirs``,
+``_next``, ``_cached`` and ``_building``; it is a leaf lock and is never held while a listing is
+built (catalog query + packing): a directory being built has an Event in ``_building`` and a
+second reader waits for that build instead of doing its own.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import stat
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from glacierfs.fs.types import DIR_MODE, FILE_MODE, Attr, FSCore, FSError
+
+log = logging.getLogger(__name__)
+
+MAX_CACHED_ENTRIES = 200_000  # bound of the reused directory listings (about 50 MiB)
+BUILD_WAIT = 60.0
+WATCH_INTERVAL = 1.0
+BLKSIZE = 1 << 20  # cp and friends size their buffers after st_blksize: fewer, larger writes
+
+Entry = tuple[bytes, Any]  # (name, packed stat)
+
+
+def _flatten(struct_type: Any) -> tuple[list[str], str]:
+    """Field names and struct codes of a ctypes Structure, nested structs and arrays flattened."""
+    names: list[str] = []
+    codes = ""
+    for name, ctype in struct_type._fields_[:]:
+        if isinstance(ctype, type) and issubclass(ctype, ctypes.Structure):
+            sub_names, sub_codes = _flatten(ctype)
+            names += [f"{name}.{n}" for n in sub_names]
+            codes += sub_codes
+        elif isinstance(ctype, type) and issubclass(ctype, ctypes.Array):
+            length: int = getattr(ctype, "_length_")  # noqa: B009 - ctypes metadata
+            names += [f"{name}[{i}]" for i in range(length)]
+            codes += getattr(ctype, "_type_")._type_ * length  # noqa: B009
+        else:
+            names.append(name)
+            codes += ctype._type_
+    return names, codes
+
+
+class StatPacker:
+    """Builds ``struct_type`` (a ctypes ``stat``) instances from :class:`Attr` in one ``struct.pack``."""
+
+    def __init__(self, struct_type: Any, uid: int, gid: int) -> None:
+        self._type = struct_type
+        names, codes = _flatten(struct_type)
+        self._struct = struct.Struct("@" + codes)
+        if self._struct.size != ctypes.sizeof(struct_type):  # pragma: no cover - exotic ABI
+            raise ValueError("stat layout not understood")
+        idx = {n: i for i, n in enumerate(names)}
+        self._times = [idx[f"{k}.{f}"] for k in ("st_atimespec", "st_mtimespec", "st_ctimespec")
+                       for f in ("tv_sec", "tv_nsec")]
+        self._size, self._blocks = idx["st_size"], idx["st_blocks"]
+        base = [0] * len(names)
+        base[idx["st_uid"]] = uid
+        base[idx["st_gid"]] = gid
+        base[idx["st_blksize"]] = BLKSIZE
+        self._file = list(base)
+        self._file[idx["st_mode"]] = stat.S_IFREG | FILE_MODE
+        self._file[idx["st_nlink"]] = 1
+        self._dir = list(base)
+        self._dir[idx["st_mode"]] = stat.S_IFDIR | DIR_MODE
+        self._dir[idx["st_nlink"]] = 2
+
+    def pack(self, a: Attr) -> Any:
+        v = list(self._dir if a.is_dir else self._file)
+        v[self._size] = a.size
+        v[self._blocks] = (a.size + 511) // 512
+        sec, nsec = divmod(int(a.mtime * 1e9), 10**9)
+        t = self._times
+        v[t[0]] = v[t[2]] = v[t[4]] = sec
+        v[t[1]] = v[t[3]] = v[t[5]] = nsec
+        return self._type.from_buffer_copy(self._struct.pack(*v))
+
+
+class Listings:
+    """Open directories of the mount and their packed listings."""
+
+    def __init__(self, core: FSCore, pack: Callable[[Attr], Any]) -> None:
+        self._core = core
+        self._pack = pack
+        self._lock = threading.Lock()
+        self._dirs: dict[int, tuple[str, list[Entry] | None]] = {}
+        self._next = 1
+        self._cached: OrderedDict[str, tuple[Any, list[Entry]]] = OrderedDict()
+        self._building: dict[str, threading.Event] = {}
+        self._stopping = threading.Event()
+
+    def opendir(self, path: str) -> int:
+        if not self._core.getattr(path).is_dir:
+
+            raise FSError(errno.ENOTDIR)
+        with self._lock:
+            fh = self._next
+            self._next += 1
+            self._dirs[fh] = (path, None)
+        return fh
+
+    def releasedir(self, fh: int) -> None:
+        with self._lock:
+            self._dirs.pop(fh, None)
+
+    def entries(self, fh: int, offset: int) -> list[Entry]:
+        """The directory snapshot of this handle, taken at offset 0 (so rewinddir refreshes)."""
+
+        with self._lock:
+            path, entries = self._dirs.get(fh, (None, None))
+        if path is None:
+            raise FSError(errno.EBADF)
+        if entries is None or offset == 0:
+            entries = self.build(path)
+            with self._lock:
+                if fh in self._dirs:
+                    self._dirs[fh] = (path, entries)
+        return entries
+
+    def known_paths(self) -> list[str]:
+        """Paths of the entries in the reused listings (what the kernel may have cached)."""
+        with self._lock:
+            items = [(d, list(e)) for d, (_, e) in self._cached.items()]
+        out = []
+        for d, entries in items:
+            prefix = "/" if d == "/" else d + "/"
+            out += [prefix + name.decode("utf-8", "surrogateescape") for name, _ in entries[2:]]
+        return out
+
+    def build(self, path: str) -> list[Entry]:
+        """Packed entries of ``path``: reused while the core's listing token is unchanged, built
+        once at a time per directory (a second reader waits for the first build)."""
+        token = self._core.listing_token(path)
+        if token is None:
+            return self._pack_listing(path)
+        while True:
+            with self._lock:
+                cached = self._cached.get(path)
+                if cached is not None and cached[0] == token:
+                    self._cached.move_to_end(path)
+                    return cached[1]
+                building = self._building.get(path)
+                if building is None:
+                    building = self._building[path] = threading.Event()
+                    break
+            building.wait(BUILD_WAIT)
+        try:
+            entries = self._pack_listing(path)
+            if len(entries) > MAX_CACHED_ENTRIES:
+                return entries  # too big to keep: memory matters more than a second listing
+            with self._lock:
+                self._cached[path] = (token, entries)
+                self._cached.move_to_end(path)
+                total = sum(len(e) for _, e in self._cached.values())
+                while total > MAX_CACHED_ENTRIES and len(self._cached) > 1:
+                    _, (_, dropped) = self._cached.popitem(last=False)
+                    total -= len(dropped)
+            return entries
+        finally:
+            with self._lock:
+                self._building.pop(path, None)
+            building.set()
+
+    def _pack_listing(self, path: str) -> list[Entry]:
+        pack = self._pack
+        dirst = pack(Attr(True))
+        entries = [(b".", dirst), (b"..", dirst)]
+        entries.extend((name.encode("utf-8", "surrogateescape"), pack(a)) for name, a in self._core.readdir(path))
+        return entries
+
+    def watch(self, interval: float = WATCH_INTERVAL) -> None:
+        """Start the ``notice`` thread: every ``interval`` the core compares its catalog token and
+        drops kernel entries of listed paths another process removed (never from a FUSE thread:
+        an invalidation inside a request on the same directory would deadlock in the kernel)."""
+        threading.Thread(target=self._watch, args=(interval,), name="notice", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _watch(self, interval: float) -> None:
+        while not self._stopping.wait(interval):
+            try:
+                self._core.notice_changes(self.known_paths)
+            except Exception as exc:
+                log.debug("notice of catalog changes failed: %s", exc)
+
+    def prefetch(self, path: str = "/") -> None:
+        """Build ``path``'s listing in the background, so that the first ``ls -l`` finds it ready."""
+        threading.Thread(target=self._prefetch, args=(path,), name="prefetch", daemon=True).start()
+
+    def _prefetch(self, path: str) -> None:
+        try:
+            count = self._core.archive_count()
+            if count is not None and count > MAX_CACHED_ENTRIES:
+                return
+            self.build(path)
+        except Exception as exc:
+            log.debug("prefetch of %s failed: %s", path, exc)

@@ -1,0 +1,237 @@
+"""Retrievals of the mount: start (single-flight per archive), follow and download retrieval jobs
+into the data cache; and the first inventory of a vault never inventoried here.
+
+A retrieval is started only when someone asks (``setfattr -n user.glacier.retrieve``, or an open
+with ``--auto-retrieve``). At mount start, jobs recorded in the catalog are followed only for
+archives whose bytes were never cached here; bytes that were cached and evicted are not fetched
+again until someone asks (each download is billed).
+
+Threading contract
+------------------
+* FUSE threads call :meth:`Retrievals.start` and :meth:`Retrievals.state`.
+* ``retrievals`` (one thread) polls due jobs and downloads finished ones into the cache
+  through :class:`~glacierfs.jobs.JobRunner` (network, no lock held).
+* ``reattach`` (one-shot at start) and ``inventory`` (until the first inventory is imported).
+
+``Retrievals._lock`` guards ``_table`` and the fields of every :class:`Retrieval`; it is a leaf
+lock (nothing else is taken while holding it) and is never held across a network call. A
+retrieval being started is in the table as ``starting`` before the job is asked for, so a
+second ask for the same archive within this process joins it (the cross-process guard lives
+in ``JobRunner.retrieval``). Any exception from one archive is logged and marks that archive
+``failed``; the worker goes on with the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from glacierfs.errors import GlacierFSError, NotReadyError
+from glacierfs.fs.datacache import DataCache
+
+log = logging.getLogger(__name__)
+
+
+class Runner(Protocol):
+    """What the mount needs of :class:`~glacierfs.jobs.JobRunner`."""
+
+    def retrieval(self, archive_id: str, tier: str = ...) -> Any: ...
+    def download(self, archive_id: str, out: Any, tier: str = ..., wait: bool = ...) -> Any: ...
+    def inventory(self, force: bool = ..., wait: bool = ...) -> Any: ...
+
+
+@dataclass(eq=False)
+class Retrieval:
+    archive_id: str
+    tier: str
+    next_check: float = 0.0
+    checks: int = 0
+    starting: bool = True
+    error: str | None = None
+
+
+class Retrievals:
+    """Retrieval jobs of one vault, downloaded into ``cache`` by one background thread."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        catalog: Any,
+        vault: str,
+        cache: DataCache,
+        *,
+        on_cached: Callable[[str], None],
+        on_inventory: Callable[[], None],
+        poll_interval: float = 2.0,
+        max_poll_interval: float = 300.0,
+    ) -> None:
+        self.runner = runner
+        self.catalog = catalog
+        self.vault = vault
+        self.cache = cache
+        self._on_cached = on_cached
+        self._on_inventory = on_inventory
+        self._poll_interval = poll_interval
+        self._max_poll_interval = max_poll_interval
+        self._lock = threading.Lock()
+        self._table: dict[str, Retrieval] = {}
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start_threads(self) -> None:
+        for target, name in ((self._loop, "retrievals"), (self._reattach, "reattach")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        if getattr(self.catalog, "inventory_date", "") is None:
+            t = threading.Thread(target=self._first_inventory, name="inventory", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, deadline: float) -> None:
+        self._stopping.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    # ------------------------------------------------------------------ asks
+
+    def start(self, archive_id: str, tier: str) -> bool:
+        """Start (or join) the retrieval of ``archive_id``; False when one is already running here."""
+        with self._lock:
+            r = self._table.get(archive_id)
+            if r is not None and r.error is None:
+                return False
+            r = self._table[archive_id] = Retrieval(archive_id, tier, time.monotonic())
+        try:
+            self.runner.retrieval(archive_id, tier)
+        except BaseException:
+            with self._lock:
+                if self._table.get(archive_id) is r:
+                    del self._table[archive_id]
+            raise
+        with self._lock:
+            r.starting = False
+        self._wake.set()
+        return True
+
+    def state(self, archive_id: str) -> str | None:
+        """``retrieving`` | ``failed`` | None (no retrieval known here)."""
+        with self._lock:
+            r = self._table.get(archive_id)
+            if r is None:
+                return None
+            return "failed" if r.error else "retrieving"
+
+    def running(self, archive_id: str) -> bool:
+        return self.state(archive_id) == "retrieving"
+
+    def forget(self, archive_id: str) -> None:
+        with self._lock:
+            self._table.pop(archive_id, None)
+
+    # ------------------------------------------------------------------ threads
+
+    def _reattach(self) -> None:
+        """Follow retrieval jobs started before (a previous mount, ``glacierfs download``) for archives
+        never cached here: evicted bytes wait until someone asks again."""
+        try:
+            jobs = self.catalog.list_jobs(kind="retrieval")
+        except Exception as exc:
+            log.debug("cannot list jobs: %s", exc)
+            return
+        followed = evicted = 0
+        for job in jobs or []:
+            if not isinstance(job, dict):
+                continue
+            archive_id = job.get("archive_id") or job.get("ArchiveId")
+            status = job.get("status") or job.get("StatusCode")
+            if not isinstance(archive_id, str) or status == "Failed" or self.cache.has(archive_id):
+                continue
+            if self.cache.was_evicted(archive_id):
+                evicted += 1
+                continue
+            try:
+                if self.catalog.get(archive_id) is None:
+                    continue
+            except Exception:
+                continue
+            tier = job.get("tier") or job.get("Tier") or "Standard"
+            with self._lock:
+                self._table.setdefault(archive_id, Retrieval(archive_id, str(tier), time.monotonic(), starting=False))
+            followed += 1
+        log.info("reattached %d retrieval job(s)%s", followed,
+                 f"; {evicted} of evicted archive(s) not downloaded again until asked" if evicted else "")
+        self._wake.set()
+
+    def _first_inventory(self) -> None:
+        """A vault never inventoried here: join or start an inventory job and import it when done
+        (hours on AWS); until then the mount shows what was uploaded from this machine."""
+        delay = self._poll_interval
+        told = False
+        while not self._stopping.wait(0 if not told else delay):
+            try:
+                stats = self.runner.inventory(wait=False)
+            except NotReadyError as exc:  # Glacier has no inventory for this vault yet
+                if not told:
+                    log.info("%s", exc)
+            except Exception as exc:
+                log.warning("inventory of %s: %s (will retry)", self.vault, exc)
+            else:
+                if stats is not None or self.catalog.inventory_date is not None:
+                    self._on_inventory()
+                    log.info("imported the inventory of %s", self.vault)
+                    return
+                if not told:
+                    log.info("inventory job for %s running; its archives appear when it completes", self.vault)
+            told = True
+            delay = min(self._max_poll_interval, delay * 1.5)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            now = time.monotonic()
+            with self._lock:
+                due = [r for r in self._table.values() if r.error is None and not r.starting and r.next_check <= now]
+            for r in due:
+                if self._stopping.is_set():
+                    return
+                try:
+                    self._check(r)
+                except Exception as exc:  # one archive's trouble never stops the others
+                    log.error("retrieval of %s failed: %s: %s", r.archive_id, type(exc).__name__, exc)
+                    with self._lock:
+                        r.error = f"{type(exc).__name__}: {exc}"
+
+    def _check(self, r: Retrieval) -> None:
+        out = self.cache.path_for(r.archive_id)
+        try:
+            self.runner.download(r.archive_id, out, tier=r.tier, wait=False)
+        except NotReadyError:
+            with self._lock:
+                r.checks += 1
+                r.next_check = time.monotonic() + min(
+                    self._max_poll_interval, self._poll_interval * 1.5 ** min(r.checks, 30))
+            return
+        except GlacierFSError as exc:
+            with self._lock:
+                r.error = str(exc)
+            log.error("retrieval of %s failed: %s", r.archive_id, exc)
+            return
+        except OSError as exc:
+            with self._lock:
+                r.checks += 1
+                r.next_check = time.monotonic() + self._max_poll_interval
+            log.warning("retrieval of %s: %s (will retry)", r.archive_id, exc)
+            return
+        self.cache.add(r.archive_id)
+        with self._lock:
+            self._table.pop(r.archive_id, None)
+        self._on_cached(r.archive_id)
+        log.info("retrieved archive %s into the cache", r.archive_id)

@@ -1,0 +1,827 @@
+"""Write-back of the mount: files written into it are staged on local disk, committed at close(2)
+and uploaded by background workers through the shared :class:`~glacierfs.upload.UploadEngine`.
+
+Layout under the vault's state directory::
+
+    staging/<sid>.data   bytes written into the mount (``sid``: a random id, never the path)
+    staging/<sid>.json   the manifest: the file is complete and must be uploaded (path, mtime, generation)
+
+**The commit point is the return of close(2).** FLUSH of the last writer handle fsyncs the
+staged bytes, then writes the manifest (unique temporary name, fsync, rename, fsync of the
+directory) before it returns. If that fails (ENOSPC, EIO) close(2) returns the error, the file
+shows ``failed`` and ``mv`` keeps its source. RELEASE (sent by the kernel after close returned)
+only queues the upload.
+
+Crash-point table of the mount (kill -9 or power loss at each point; upload.py has the
+engine's own table for the steps inside ``UploadEngine.upload``):
+
+==============================================  ==========================  ===============================
+crash point                                     on disk                     at the next mount
+==============================================  ==========================  ===============================
+writing, close(2) not returned                  <sid>.data, no .json        discarded, one log line: close
+                                                                            never returned 0 (mv kept src)
+FLUSH: after the data fsync, before the rename  .data + .*.tmp              tmp removed, data discarded
+FLUSH: manifest renamed, directory fsynced      .data + .json               queued, uploaded (close returned
+(close(2) returns 0 only after this)                                        0 only after this point)
+worker: manifest says started, engine running   .json + engine state        resumed with the same key
+                                                (key mount:<sid>[.gen])     ``mount:<sid>[.gen]``: no 2nd archive
+engine recorded the archive, bytes not moved    .json(started), no state    found by path + size + tree hash
+                                                                            in the catalog: no 2nd upload
+bytes moved into data/, manifest not removed    .json without .data         manifest dropped (log line)
+rename / rewrite during an upload               .json(new generation)       old engine state aborted as an
+                                                + old engine state          orphan; the new content uploaded
+==============================================  ==========================  ===============================
+
+An archive that completed under a name the file no longer has is deleted by the worker; a
+crash between that completion and the deletion leaves it in the vault under its old name.
+
+Threading contract
+------------------
+* FUSE threads call :class:`WriteBack` (create, open, flush, release, rename, unlink, utimens).
+* ``upload-N`` worker threads (``upload_workers``) take queued files from :class:`_Schedule`
+  and run the engine (network) with no lock held; each thread has its own engine.
+* ``orphans`` (one-shot, at start) aborts engine states of files that are gone.
+
+Locks: ``WriteBack.lock`` (an RLock) guards the pending table ``_pending`` and every field of
+every :class:`Pending`. ``Pending.io`` (one per staged file, an RLock) serializes what changes
+the file's identity on disk: manifest writes, the completion (bytes move into the cache), and
+the decisions of rename/rewrite/unlink against it. Lock order: ``Pending.io`` ->
+``WriteBack.lock`` -> ``_Schedule._cond`` -> the data cache's lock. No lock is held across a
+network call; ``WriteBack.lock`` is never held across file I/O (``Pending.io`` is held across
+the short manifest write of its own file, never across the data fsync or an upload).
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from glacierfs.errors import CredentialsError, NotFoundError, UsageError
+from glacierfs.fs.datacache import DataCache
+from glacierfs.fs.fsutil import fsync_dir, unique_tmp
+from glacierfs.fs.types import HIDDEN_PREFIX, FSError, rel, split
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "mount:"
+UPLOAD_ATTEMPTS = 4
+
+
+class Engine(Protocol):
+    """What the workers need of :class:`~glacierfs.upload.UploadEngine`."""
+
+    def upload(self, source: Path, archive_path: str, *, mtime: float | None = ..., key: str | None = ...) -> Any: ...
+    def abort(self, key: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The durable record that a staged file is complete (``staging/<sid>.json``)."""
+
+    path: str
+    mtime: float | None = None
+    generation: int = 0
+    started: bool = False
+    failed: bool = False
+
+    @classmethod
+    def from_json(cls, data: Any) -> Manifest:
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        mtime, path = data.get("mtime"), data.get("path")
+        return cls(
+            path=path if isinstance(path, str) else "",
+            mtime=float(mtime) if isinstance(mtime, int | float) else None,
+            generation=int(data.get("generation") or 0),
+            started=bool(data.get("started")),
+            failed=bool(data.get("failed")),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "mtime": self.mtime, "generation": self.generation, "started": self.started,
+                "failed": self.failed}
+
+
+class StagingArea:
+    """The ``staging/`` directory: data files and manifests by staging id."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = Path(root) / "staging"
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.lost = Path(root) / "lost+found"
+
+    def new(self) -> tuple[str, Path]:
+        """A fresh, empty staging file (0600) and its id."""
+        sid = uuid.uuid4().hex
+        path = self.data(sid)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        os.close(fd)
+        return sid, path
+
+    def data(self, sid: str) -> Path:
+        return self.dir / f"{sid}.data"
+
+    def manifest(self, sid: str) -> Path:
+        return self.dir / f"{sid}.json"
+
+    def write_manifest(self, sid: str, manifest: Manifest) -> None:
+        """Durably record that staging file ``sid`` is complete (its bytes must be fsynced already).
+
+        Unique temporary name, fsync, rename, fsync of the directory: after a crash the manifest
+        is either absent or complete. Raises OSError (ENOSPC, EIO) when that cannot be done.
+        """
+        final = self.manifest(sid)
+        tmp = unique_tmp(final)
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            try:
+                data = json.dumps(manifest.to_json(), sort_keys=True).encode()
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, "short write of the manifest")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        fsync_dir(self.dir)
+
+    def remove_manifest(self, sid: str) -> None:
+        try:
+            os.unlink(self.manifest(sid))
+        except FileNotFoundError:
+            return
+        fsync_dir(self.dir)
+
+    def remove(self, sid: str) -> None:
+        """Forget a staging file and its manifest (upload aborted, or file discarded)."""
+        for p in (self.manifest(sid), self.data(sid)):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        try:
+            fsync_dir(self.dir)
+        except OSError as exc:
+            log.debug("fsync of %s: %s", self.dir, exc)
+
+    def bytes(self) -> int:
+        total = 0
+        for entry in os.scandir(self.dir):
+            if entry.name.endswith(".data"):
+                try:
+                    total += entry.stat().st_size
+                except OSError:
+                    pass
+        return total
+
+    def _keep_unreadable(self, sid: str) -> Path:
+        """Move a staged file whose manifest is unreadable (and the manifest) to ``lost+found/``."""
+        self.lost.mkdir(exist_ok=True, mode=0o700)
+        target = self.lost / f"{sid}.data"
+        for suffix in (".data", ".json"):
+            try:
+                os.replace(self.dir / f"{sid}{suffix}", self.lost / f"{sid}{suffix}")
+            except OSError as exc:
+                if suffix == ".data":
+                    log.warning("staging: could not move %s.data to %s (%s)", sid, self.lost, exc)
+                    return self.data(sid)
+        fsync_dir(self.lost)
+        return target
+
+    def recover(self) -> dict[str, Manifest]:
+        """At mount start: manifests of complete staged files; staging files never committed are deleted."""
+        manifests: dict[str, Manifest] = {}
+        kept: set[str] = set()
+        names = {e.name for e in os.scandir(self.dir)}
+        for name in sorted(names):
+            if name.endswith(".tmp"):
+                os.unlink(self.dir / name)
+                continue
+            if not name.endswith(".json"):
+                continue
+            sid = name[: -len(".json")]
+            if f"{sid}.data" not in names:
+                log.warning("staging: manifest %s without data: dropped", name)
+                os.unlink(self.dir / name)
+                continue
+            try:
+                manifests[sid] = Manifest.from_json(json.loads((self.dir / name).read_text()))
+            except (OSError, ValueError) as exc:
+                # The file was closed (it has a manifest): its bytes may be the only copy. Keep them.
+                kept.add(sid)
+                where = self._keep_unreadable(sid)
+                log.error(
+                    "staging: unreadable manifest %s (%s): the file's bytes are kept in %s, not uploaded; "
+                    "copy them back into the mount to upload them",
+                    name, exc, where,
+                )
+        for name in names:
+            if name.endswith(".data") and name[: -len(".data")] not in manifests.keys() | kept:
+                log.warning("staging: discarding %s: its copy was cut off before close(2) returned", name)
+                try:
+                    os.unlink(self.dir / name)
+                except OSError:
+                    pass
+        return manifests
+
+
+@dataclass(eq=False)
+class Pending:
+    """A file written into the mount that is not (yet) an archive. Fields: ``WriteBack.lock``."""
+
+    sid: str
+    path: str
+    staging: Path
+    mtime: float | None = None  # set by utimens; else the staging file's mtime at the commit
+    state: str = "writing"  # writing | queued | uploading | failed | done
+    writers: int = 0
+    unflushed: int = 0  # writer handles never flushed (close() not called yet on them)
+    generation: int = 0  # bumped when an upload is superseded (rename, rewrite)
+    busy: bool = False  # a worker runs the engine for it
+    committed: bool = False  # the manifest describes the current bytes
+    dirty: bool = False  # written since the last commit
+    attempts: int = 0
+    error: str | None = None
+    waiters: int = 0  # fsync calls waiting for this file's archive
+    cancelled: bool = False
+    started: bool = False
+    archive_id: str | None = None
+    tree_hash: str | None = None
+    final: tuple[int, float] | None = None  # (size, mtime) once committed: the staging file may move away
+    done: threading.Event = field(default_factory=threading.Event)
+    io: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def key(self) -> str:
+        return f"{KEY_PREFIX}{self.sid}" if self.generation == 0 else f"{KEY_PREFIX}{self.sid}.{self.generation}"
+
+    def manifest(self) -> Manifest:
+        return Manifest(self.path, self.mtime, self.generation, self.started, self.state == "failed")
+
+
+class _Schedule:
+    """A delay queue of pending files for the upload workers (one heap, one condition)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Pending]] = []
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._closed = False
+
+    def put(self, p: Pending, delay: float = 0.0) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), p))
+            self._cond.notify()
+
+    def get(self) -> Pending | None:
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                if self._heap:
+                    due = self._heap[0][0] - time.monotonic()
+                    if due <= 0:
+                        return heapq.heappop(self._heap)[2]
+                    self._cond.wait(due)
+                else:
+                    self._cond.wait()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class WriteBack:
+    """Staged files of one vault: the pending table, the commit point and the upload workers."""
+
+    def __init__(
+        self,
+        area: StagingArea,
+        cache: DataCache,
+        catalog: Any,
+        engine_factory: Callable[[], Engine],
+        *,
+        delete_archive: Callable[[str], None],
+        on_archived: Callable[[Any], None],
+        workers: int = 2,
+        upload_delay: float = 0.5,
+        retry_delay: float = 2.0,
+    ) -> None:
+        self.area = area
+        self.cache = cache
+        self.catalog = catalog
+        self._engine_factory = engine_factory
+        self._delete_archive = delete_archive
+        self._on_archived = on_archived
+        self._workers = max(1, workers)
+        self._upload_delay = upload_delay
+        self._retry_delay = retry_delay
+        self.lock = threading.RLock()
+        self._pending: dict[str, Pending] = {}
+        self._schedule = _Schedule()
+        self._engines = threading.local()
+        self._threads: list[threading.Thread] = []
+        self.stopping = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, read_only: bool) -> None:
+        for i in range(self._workers):
+            t = threading.Thread(target=self._upload_loop, name=f"upload-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        if not read_only:
+            threading.Thread(target=self._abort_orphans, name="orphans", daemon=True).start()
+
+    def stop(self, deadline: float) -> None:
+        self.stopping.set()
+        self._schedule.close()
+        with self.lock:
+            for p in self._pending.values():
+                p.done.set()
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def recover(self) -> None:
+        """Take over the committed staged files of earlier runs; drop the ones never committed."""
+        for sid, m in self.area.recover().items():
+            if not m.path.startswith("/"):
+                log.warning("staging: manifest %s has no path: file not uploaded", sid)
+                continue
+            p = Pending(sid=sid, path=m.path, staging=self.area.data(sid), mtime=m.mtime, state="queued",
+                        generation=m.generation, started=m.started, committed=True)
+            try:
+                st = os.stat(p.staging)
+                p.final = (st.st_size, p.mtime if p.mtime is not None else st.st_mtime)
+            except OSError:
+                pass
+            with self.lock:
+                if m.path in self._pending:
+                    log.warning("staging: two staged files for %s; keeping both under distinct names", m.path)
+                    p.path = f"{m.path}.{sid[:8]}"
+                self._pending[p.path] = p
+            log.info("resuming upload of %s", m.path)
+            self._schedule.put(p)
+
+    def _abort_orphans(self) -> None:
+        """Abort engine states of mount uploads whose staged file is gone (rm'ed, superseded, done)."""
+        try:
+            uploads = self.catalog.list_uploads()
+        except Exception as exc:
+            log.debug("cannot list pending uploads: %s", exc)
+            return
+        with self.lock:
+            live = {p.key for p in self._pending.values()}
+        for key in uploads:
+            if isinstance(key, str) and key.startswith(KEY_PREFIX) and key not in live:
+                try:
+                    self._engine().abort(key)
+                    log.info("aborted orphaned upload %s", key)
+                except Exception as exc:
+                    log.warning("cannot abort orphaned upload %s: %s", key, exc)
+
+    # ------------------------------------------------------------------ the pending table
+
+    def get(self, path: str) -> Pending | None:
+        with self.lock:
+            return self._pending.get(path)
+
+    def under(self, prefix: str) -> list[tuple[str, Pending]]:
+        with self.lock:
+            return [(k, p) for k, p in self._pending.items() if k.startswith(prefix)]
+
+    def has_under(self, prefix: str, direct: bool = False) -> bool:
+        with self.lock:
+            return any(k.startswith(prefix) and (not direct or "/" not in k[len(prefix):]) for k in self._pending)
+
+    def states(self) -> dict[str, str]:
+        with self.lock:
+            return {path: p.state for path, p in self._pending.items()}
+
+    def keys(self) -> set[str]:
+        with self.lock:
+            return {p.key for p in self._pending.values()}
+
+    # ------------------------------------------------------------------ FUSE-side operations
+
+    def create(self, path: str) -> tuple[Pending, int]:
+        sid, staging = self.area.new()
+        p = Pending(sid=sid, path=path, staging=staging, writers=1, unflushed=1, dirty=True)
+        fd = os.open(staging, os.O_RDWR)
+        with self.lock:
+            if path in self._pending:  # lost a race with another create
+                os.close(fd)
+                self.area.remove(sid)
+                raise FSError(errno.EEXIST)
+            self._pending[path] = p
+        log.debug("create %s -> staging %s", path, sid)
+        return p, fd
+
+    def open_writer(self, p: Pending, truncate: bool) -> int:
+        """Another writer (or a rewrite) of a staged file; an upload running for it is superseded."""
+        abort_key = None
+        with p.io:
+            with self.lock:
+                if p.cancelled:
+                    raise FSError(errno.ENOENT)
+                if p.state == "done":
+                    raise FSError(errno.EPERM, "the file became an archive")
+                if p.busy:  # rewriting a file while it uploads: the running upload is superseded
+                    abort_key = p.key
+                    p.generation += 1
+                    p.started = False
+                p.state = "writing"
+                p.writers += 1
+                p.unflushed += 1
+                p.committed = False
+                p.dirty = True
+                p.final = None
+                p.error = None
+                p.attempts = 0
+                p.done.clear()
+            try:
+                self.area.remove_manifest(p.sid)  # until the next close, a crash discards it
+                fd = os.open(p.staging, os.O_RDWR)
+                if truncate:
+                    os.ftruncate(fd, 0)
+            except OSError:
+                with self.lock:
+                    p.writers -= 1
+                    p.unflushed -= 1
+                raise
+        if abort_key:
+            self._abort_quietly(abort_key)
+        return fd
+
+    def flush(self, p: Pending, fd: int, first: bool) -> None:
+        """close(2) of a writer handle: the last one commits (see the module docstring)."""
+        with self.lock:
+            if first:
+                p.unflushed -= 1
+            last = p.unflushed == 0 and not p.cancelled and p.state == "writing"
+            needed = p.dirty or not p.committed
+        if not last or not needed or split(p.path)[1].startswith(HIDDEN_PREFIX):
+            return
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            self._commit_failed(p, exc)
+            raise FSError(exc.errno or errno.EIO, f"cannot make the staged bytes durable: {exc}") from None
+        self.commit(p)
+
+    def commit(self, p: Pending) -> None:
+        """Write the manifest of ``p`` (its bytes fsynced by the caller). FSError on failure (logged)."""
+        with p.io:
+            with self.lock:
+                p.dirty = False
+                mtime = p.mtime
+            try:
+                st = os.stat(p.staging)
+            except OSError as exc:
+                self._commit_failed(p, exc)
+                raise FSError(exc.errno or errno.EIO) from None
+            with self.lock:
+                if p.mtime is None:
+                    p.mtime = st.st_mtime
+                p.mtime = float(int(p.mtime if mtime is None else mtime))  # descriptions keep whole seconds
+                manifest = p.manifest()
+                p.final = (st.st_size, p.mtime)
+            try:
+                self.area.write_manifest(p.sid, manifest)
+            except OSError as exc:
+                self._commit_failed(p, exc)
+                raise FSError(exc.errno or errno.EIO, f"cannot record the staged file: {exc}") from None
+            with self.lock:
+                p.committed = True
+
+    def _commit_failed(self, p: Pending, exc: OSError) -> None:
+        with self.lock:
+            p.state = "failed"
+            p.committed = False
+            p.error = f"cannot record the staged file: {exc.strerror or exc}"
+            p.done.set()
+        log.error("%s: %s (close(2) returned the error; the file is not uploaded: write it again)", p.path, p.error)
+
+    def release(self, p: Pending, flushed: bool) -> None:
+        """Last close of a writer handle: the last writer's release queues the upload."""
+        with self.lock:
+            p.writers -= 1
+            if not flushed:
+                p.unflushed -= 1
+            if p.writers:
+                return
+            cancelled, busy, state = p.cancelled, p.busy, p.state
+            needed = p.dirty or not p.committed
+        if cancelled:
+            if not busy:
+                self.area.remove(p.sid)
+            return
+        if split(p.path)[1].startswith(HIDDEN_PREFIX):
+            self.cancel(p)  # rm'ed while open (libfuse renamed it away): never an archive
+            return
+        if state == "failed":
+            return  # close(2) already reported it; the file stays visible as failed
+        if needed:
+            try:
+                fd = os.open(p.staging, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                self.commit(p)
+            except OSError as exc:
+                if not isinstance(exc, FSError):
+                    self._commit_failed(p, exc)
+                return
+        self._queue(p, None)
+
+    def _queue(self, p: Pending, delay: float | None) -> None:
+        """Queue ``p`` if it is closed, committed and no worker has it."""
+        with self.lock:
+            if p.busy or p.writers or p.cancelled or not p.committed or p.state not in ("writing", "queued"):
+                return
+            p.state = "queued"
+            if delay is None:
+                delay = 0.0 if p.waiters else self._upload_delay  # someone's fsync is waiting already
+        self._schedule.put(p, delay)
+
+    def expedite(self, p: Pending) -> None:
+        with self.lock:
+            queued = p.state == "queued" and not p.busy
+        if queued:
+            self._schedule.put(p)
+
+    def set_mtime(self, p: Pending, mtime: float | None) -> None:
+        with p.io:
+            with self.lock:
+                if p.state == "done":
+                    raise FSError(errno.EPERM, "archives are immutable")
+                if p.busy:
+                    raise FSError(errno.EBUSY)
+                p.mtime = time.time() if mtime is None else mtime
+                if p.final is not None:
+                    p.final = (p.final[0], p.mtime)
+                recommit = p.committed
+            if recommit:
+                self.commit(p)
+
+    def truncate(self, p: Pending, length: int) -> None:
+        with p.io:
+            with self.lock:
+                if p.state != "writing":
+                    raise FSError(errno.EPERM, "file already closed and queued for upload")
+                p.dirty = True
+            os.truncate(p.staging, length)
+
+    def cancel(self, p: Pending) -> bool:
+        """rm of a staged file; False when it became an archive meanwhile (the caller deletes that)."""
+        with p.io:
+            with self.lock:
+                if p.state == "done":
+                    return False
+                p.cancelled = True
+                if self._pending.get(p.path) is p:
+                    del self._pending[p.path]
+                busy, writers, key, state = p.busy, p.writers, p.key, p.state
+                p.done.set()
+        if busy:
+            self._abort_quietly(key)  # the worker removes the staging file when upload() returns
+        elif writers == 0:
+            self.area.remove(p.sid)
+        log.info("removed %s before it became an archive (%s)", p.path, state)
+        return True
+
+    def rename(self, p: Pending, old: str, new: str, target: Pending | None) -> None:
+        """Rename a staged file (onto another staged file, which is dropped)."""
+        if target is not None and target is not p:
+            self.cancel(target)
+        abort_key = None
+        with p.io:
+            with self.lock:
+                if p.state == "done":
+                    raise FSError(errno.EPERM, "the file became an archive")
+                if p.cancelled or self._pending.get(old) is not p:
+                    raise FSError(errno.ENOENT)
+                if new in self._pending:
+                    raise FSError(errno.EEXIST)
+                del self._pending[old]
+                p.path = new
+                self._pending[new] = p
+                if p.busy:
+                    abort_key = p.key
+                    p.generation += 1
+                    p.started = False
+                if p.state == "failed" and p.writers == 0:
+                    p.attempts = 0
+                    p.error = None
+                    p.done.clear()
+                recommit = p.committed or (p.state == "failed" and p.writers == 0)
+            if recommit:
+                with self.lock:
+                    if p.state == "failed":
+                        p.state = "queued"
+                try:
+                    self.commit(p)
+                except FSError:
+                    log.error("rename %s -> %s: the new name could not be recorded; the file is marked failed",
+                              old, new)
+        if abort_key:
+            self._abort_quietly(abort_key)
+        self._queue(p, self._upload_delay)
+
+    def wait_uploaded(self, p: Pending) -> None:
+        """Block until ``p`` is an archive; EIO when its upload failed, it was removed, or we unmount."""
+        with self.lock:
+            p.waiters += 1
+        try:
+            while not p.done.wait(0.5):
+                if self.stopping.is_set():
+                    raise FSError(errno.EIO, "unmounting")
+        finally:
+            with self.lock:
+                p.waiters -= 1
+        with self.lock:
+            if p.cancelled:
+                raise FSError(errno.EIO, "upload cancelled (file removed)")
+            if p.state == "failed":
+                raise FSError(errno.EIO, p.error or "upload failed")
+            if p.archive_id is None:
+                raise FSError(errno.EIO, "unmounting" if self.stopping.is_set() else "no archive")
+
+    def _abort_quietly(self, key: str) -> None:
+        try:
+            self._engine().abort(key)
+        except Exception as exc:
+            log.debug("abort %s: %s", key, exc)
+
+    # ------------------------------------------------------------------ upload workers
+
+    def _engine(self) -> Engine:
+        """One engine per thread: engines need not be thread-safe."""
+        eng: Engine | None = getattr(self._engines, "engine", None)
+        if eng is None:
+            eng = self._engine_factory()
+            self._engines.engine = eng
+        return eng
+
+    def _upload_loop(self) -> None:
+        while not self.stopping.is_set():
+            p = self._schedule.get()
+            if p is None:
+                return
+            with self.lock:
+                if p.cancelled or p.busy or p.state != "queued" or p.writers:
+                    continue
+                p.busy = True
+                p.state = "uploading"
+            try:
+                self._upload_one(p)
+            except Exception as exc:  # never let a worker die: this item fails, the next one runs
+                log.exception("upload worker: unexpected error for %s", p.path)
+                with self.lock:
+                    p.busy = False
+                    if p.state == "uploading":
+                        p.state = "failed"
+                        p.error = f"internal error: {type(exc).__name__}: {exc}"
+                        p.done.set()
+
+    def _upload_one(self, p: Pending) -> None:
+        with self.lock:
+            path, key, mtime, gen, started = p.path, p.key, p.mtime, p.generation, p.started
+        archive = None
+        error: BaseException | None = None
+        try:
+            if started and self._engine_state(key) is None:
+                archive = self._find_completed(p, path)
+            if archive is None:
+                if not started:
+                    with p.io:
+                        with self.lock:
+                            if p.generation == gen:
+                                p.started = True
+                        if p.generation == gen:
+                            self.commit(p)
+                log.info("uploading %s", path)
+                archive = self._engine().upload(p.staging, rel(path), mtime=mtime, key=key)
+        except Exception as exc:
+            error = exc
+        if self.stopping.is_set() and archive is None:
+            with self.lock:
+                p.busy = False
+            return  # resumes at the next mount
+        with p.io:
+            with self.lock:
+                superseded = p.cancelled or p.generation != gen
+                if not superseded and archive is not None:
+                    p.state = "completing"
+            if not superseded and archive is not None:
+                self._complete(p, archive)
+                return
+        if superseded:
+            with self.lock:
+                p.busy = False
+                cancelled = p.cancelled
+            if archive is not None:  # it completed although it was removed or renamed meanwhile
+                try:
+                    self._delete_archive(archive.archive_id)
+                    log.info("deleted archive %s of %s: the file changed during its upload", archive.archive_id, path)
+                except Exception as exc:
+                    log.error("could not delete superseded archive %s: %s", archive.archive_id, exc)
+            if cancelled:
+                with self.lock:
+                    writers = p.writers
+                if writers == 0:
+                    self.area.remove(p.sid)
+                return
+            self._queue(p, self._upload_delay)
+            return
+        self._upload_failed(p, error)
+
+    def _complete(self, p: Pending, archive: Any) -> None:
+        """The archive exists: its bytes move into the cache, the file leaves the pending table (io held)."""
+        try:
+            self.cache.add(archive.archive_id, p.staging)
+        except (OSError, ValueError) as exc:
+            log.warning("could not keep the bytes of %s in the cache: %s", p.path, exc)
+        try:
+            self.area.remove_manifest(p.sid)
+        except OSError as exc:
+            log.warning("could not remove the manifest of %s: %s", p.path, exc)
+        with self.lock:
+            p.archive_id = archive.archive_id
+            p.tree_hash = archive.tree_hash
+            p.state = "done"
+            p.busy = False
+            if self._pending.get(p.path) is p:
+                del self._pending[p.path]
+            p.done.set()
+        self._on_archived(archive)
+        log.info("uploaded %s as archive %s", p.path, archive.archive_id)
+
+    def _engine_state(self, key: str) -> Any:
+        try:
+            return self.catalog.get_upload(key)
+        except Exception:
+            return None
+
+    def _find_completed(self, p: Pending, path: str) -> Any:
+        """After a crash between the engine's completion and our bookkeeping: the archive exists."""
+        from glacierfs.treehash import tree_hash_file
+
+        found = self.catalog.lookup(rel(path))
+        if found is None or found == "dir" or getattr(found, "source", "upload") != "upload":
+            return None
+        try:
+            size = os.stat(p.staging).st_size
+            if int(found.size) != size or tree_hash_file(str(p.staging)) != found.tree_hash:
+                return None
+        except OSError:
+            return None
+        log.info("%s was already uploaded as %s before the restart", path, found.archive_id)
+        return found
+
+    def _upload_failed(self, p: Pending, error: BaseException | None) -> None:
+        permanent = isinstance(error, UsageError | CredentialsError | NotFoundError)
+        with self.lock:
+            p.busy = False
+            p.attempts += 1
+            retry = not permanent and p.attempts < UPLOAD_ATTEMPTS
+            p.error = str(error) if error is not None else "upload failed"
+            if p.state == "uploading":
+                p.state = "queued" if retry else "failed"
+            else:
+                retry = False  # reopened meanwhile: its release queues it
+            if p.state == "failed":
+                p.done.set()
+            attempts = p.attempts
+        if retry:
+            delay = self._retry_delay * (2 ** (attempts - 1))
+            log.warning("upload of %s failed (%s); retrying in %.0f s", p.path, p.error, delay)
+            self._schedule.put(p, delay)
+            return
+        if p.state != "failed":
+            return
+        log.error("upload of %s failed for good: %s (the file stays staged; rm it, or remount to retry)",
+                  p.path, p.error)
+        with p.io:
+            try:
+                self.area.write_manifest(p.sid, p.manifest())
+            except OSError:
+                pass
