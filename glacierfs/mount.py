@@ -165,7 +165,7 @@ def _fix_positionals(args: argparse.Namespace) -> None:
         elif args.vault is not None:
             raise UsageError("--all-vaults takes only MOUNTPOINT")
     elif args.mountpoint is None and args.local not in (None, default_local_dir()) and args.vault:
-        from glacierfs.commands import VAULT_NAME
+        from glacierfs.names import VAULT_NAME
 
         # `--local photos ~/mnt` (bare --local, default data dir) or `--local DATA demo` with the
         # mount point forgotten? Only the first if DATA can be a vault name and is no directory.
@@ -666,7 +666,6 @@ def run_foreground(args: argparse.Namespace, mnt: Path) -> int:
                 ctx,
                 lambda vault: build_vaultfs(ctx, args, vault, stack, display_root=str(mnt / vault), gate=gate),
                 read_only=args.read_only,
-                hint_options=hint_options(args),
             )
             fsname = "glacierfs"
         else:
