@@ -45,6 +45,8 @@ def common_options() -> argparse.ArgumentParser:
     )
     g.add_argument("-k", "--access-key", help=argparse.SUPPRESS)
     g.add_argument("-s", "--secret-key", help=argparse.SUPPRESS)
+    g.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="give up any one wait (a job, a transfer, a stalled body) after SECONDS")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     g.add_argument("--debug", action="store_true", help="verbose logging to stderr")
     return p

@@ -29,6 +29,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, BinaryIO
 
 import boto3
@@ -47,6 +48,15 @@ from glacierfs.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class JobNotFoundError(NotFoundError):
+    """The service does not know the job (expired, or never existed): not a missing vault."""
+
+
+class NoInventoryError(NotReadyError):
+    """The service has not generated the vault's first inventory yet."""
+
 
 DEFAULT_REGION = "us-east-1"
 VAULT_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
@@ -258,7 +268,9 @@ def _translate_client_error(exc: bce.ClientError, context: str | None, secrets: 
         return done(ServiceError, _CLOSED_MSG)
     if code == "ResourceNotFoundException":
         if "not yet generated an initial inventory" in low or "cannot be initiated yet" in low:
-            return done(NotReadyError, _prefix(context, f"Glacier has no inventory for this vault yet ({message})"))
+            return done(NoInventoryError, _prefix(context, f"Glacier has no inventory for this vault yet ({message})"))
+        if "job id" in low:
+            return done(JobNotFoundError, _prefix(context, message))
         return done(NotFoundError, _prefix(context, message))
     if code == "InvalidParameterValueException":
         if "checksum mismatch" in low or "invalid x-amz-sha256-tree-hash" in low:
@@ -445,6 +457,142 @@ def _strip(resp: dict) -> dict:
     return {k: v for k, v in resp.items() if k != "ResponseMetadata"}
 
 
+# --------------------------------------------------------------------------- validation
+#
+# Nothing a server returns is used before it is checked: ids become file and URL path parts
+# and are printed, sizes size spools and loops, dates are compared, tree hashes verified.
+# A bad value is one ServiceError line naming what was invalid (shown escaped, truncated).
+
+# Ids are opaque: AWS uses ~92-138 characters of URL-safe base64 (reference section 1); allow a
+# little more (padding, dots) for other implementations, never '/', spaces or control chars.
+ID_RE = re.compile(r"[A-Za-z0-9_\-.+=]{1,1024}")
+HASH_RE = re.compile(r"[0-9a-fA-F]{64}")
+RANGE_RE = re.compile(r"([0-9]{1,18})-([0-9]{1,18})")
+MAX_COUNT = 1 << 62  # sizes and counts beyond this are not real
+MAX_MARKER = 4096
+# Bounds of one listing, far beyond what the service allows (1,000 vaults per account,
+# 10,000 parts per upload): a server handing out new items forever cannot run us out of memory.
+MAX_LISTED = {"VaultList": 100_000, "Parts": 10_000, "UploadsList": 1_000_000, "JobList": 1_000_000}
+JOB_ACTIONS = ("ArchiveRetrieval", "InventoryRetrieval", "Select")
+JOB_STATUSES = ("InProgress", "Succeeded", "Failed")
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``value`` for a message or a terminal: control and non-ASCII characters escaped, truncated."""
+    text = ascii(value) if not isinstance(value, str) else ascii(value)[1:-1]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _invalid(ctx: str | None, what: str, value: Any) -> ServiceError:
+    return ServiceError(_prefix(ctx, f"the server returned an invalid {what}: {shown(value)}"))
+
+
+def checked_id(value: Any, what: str, ctx: str | None = None) -> str:
+    """An archive, upload or job id: a non-empty string of the id alphabet (never '/')."""
+    if not isinstance(value, str) or not ID_RE.fullmatch(value):
+        raise _invalid(ctx, what, value)
+    return value
+
+
+def checked_count(value: Any, what: str, ctx: str | None = None, *, optional: bool = True) -> int | None:
+    """A size or count: a non-negative integer (or its decimal string); None if absent and ``optional``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool):
+        raise _invalid(ctx, what, value)
+    if isinstance(value, str) and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise _invalid(ctx, what, value)
+    return value
+
+
+def checked_date(value: Any, what: str, ctx: str | None = None, *, optional: bool = True) -> str | None:
+    """An ISO-8601 date as the service writes them (``2012-03-20T17:03:43.221Z``)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, str) and 10 <= len(value) <= 40 and value.isascii() and value[:4].isdigit():
+        try:
+            datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return value
+        except ValueError:
+            pass
+    raise _invalid(ctx, what, value)
+
+
+def checked_hash(value: Any, what: str = "tree hash", ctx: str | None = None, *, optional: bool = True) -> str | None:
+    """A SHA-256 tree hash: 64 hex digits (returned lower-case)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not HASH_RE.fullmatch(value):
+        raise _invalid(ctx, what, value)
+    return value.lower()
+
+
+def checked_marker(value: Any, ctx: str | None = None) -> str | None:
+    """A page marker: opaque, but a bounded string of printable ASCII (an ARN for ListVaults)."""
+    if value is None or value == "":
+        return None
+    if (
+        not isinstance(value, str)
+        or len(value) > MAX_MARKER
+        or not value.isascii()
+        or not value.isprintable()
+    ):
+        raise _invalid(ctx, "page marker", value)
+    return value
+
+
+def checked_range(value: Any, what: str, ctx: str | None = None) -> tuple[int, int]:
+    """``"start-end"`` (inclusive, start <= end)."""
+    m = RANGE_RE.fullmatch(value) if isinstance(value, str) else None
+    if m is None or int(m.group(1)) > int(m.group(2)):
+        raise _invalid(ctx, what, value)
+    return int(m.group(1)), int(m.group(2))
+
+
+def check_job(desc: dict[str, Any], ctx: str | None = None) -> dict[str, Any]:
+    """Validate a DescribeJob / ListJobs entry in place; returns it."""
+    checked_id(desc.get("JobId"), "job id", ctx)
+    ctx = ctx or f"job {desc['JobId']}"
+    action = desc.get("Action")
+    if action is not None and action not in JOB_ACTIONS:
+        raise _invalid(ctx, "job action", action)
+    status = desc.get("StatusCode")
+    if status is not None and status not in JOB_STATUSES:
+        raise _invalid(ctx, "job status", status)
+    if desc.get("ArchiveId") is not None:
+        checked_id(desc["ArchiveId"], "archive id", ctx)
+    for key in ("ArchiveSizeInBytes", "InventorySizeInBytes"):
+        checked_count(desc.get(key), key, ctx)
+    for key in ("CreationDate", "CompletionDate"):
+        checked_date(desc.get(key), key, ctx)
+    for key in ("SHA256TreeHash", "ArchiveSHA256TreeHash"):
+        if desc.get(key) is not None:
+            desc[key] = checked_hash(desc[key], key, ctx)
+    rng = desc.get("RetrievalByteRange")
+    if rng is not None:
+        checked_range(rng, "RetrievalByteRange", ctx)
+    msg = desc.get("StatusMessage")
+    if msg is not None and not isinstance(msg, str):
+        raise _invalid(ctx, "StatusMessage", msg)
+    if isinstance(msg, str):
+        desc["StatusMessage"] = shown(msg, 300)
+    return desc
+
+
+def _item_key(key: str, item: Any) -> Any:
+    """What identifies one item of a listing (to see whether a page brought anything new)."""
+    if not isinstance(item, dict):
+        return repr(item)
+    field_name = {"VaultList": "VaultARN", "Parts": "RangeInBytes", "UploadsList": "MultipartUploadId",
+                  "JobList": "JobId"}.get(key)
+    value = item.get(field_name) if field_name else None
+    if key == "VaultList" and value is None:
+        value = item.get("VaultName")
+    return value if isinstance(value, str) else repr(sorted(item.items(), key=str))
+
+
 class Glacier:
     """Thin typed wrapper over a boto3 ``glacier`` client (thread-safe, like the client).
 
@@ -485,21 +633,43 @@ class Glacier:
             raise err from None
 
     def _pages(self, op: str, context: str, key: str, **params: Any) -> tuple[dict, list]:
-        """Call a List* operation until ``Marker`` is empty; returns (first page, all items)."""
+        """Call a List* operation until ``Marker`` is empty; returns (first page, all items).
+
+        A repeated marker, a page that brings no item not seen before, or more items than
+        the service could hold (:data:`MAX_LISTED`) end the listing with a ServiceError: a
+        broken or hostile server cannot keep us paging forever.
+        """
         items: list = []
         first: dict | None = None
         marker: str | None = None
         seen: set[str] = set()
+        keys: set[Any] = set()
+        stale = 0  # pages in a row that brought nothing new (the service may return a short page)
+        limit = MAX_LISTED.get(key, 1_000_000)
         while True:
             page = self._call(op, context, **params, **({"marker": marker} if marker else {}))
             if first is None:
                 first = page
-            items.extend(page.get(key) or [])
-            marker = page.get("Marker")
+            got = page.get(key) or []
+            if not isinstance(got, list):
+                raise _invalid(context, f"{key} list", type(got).__name__)
+            new = 0
+            for item in got:
+                k = _item_key(key, item)
+                if k not in keys:
+                    keys.add(k)
+                    new += 1
+            items.extend(got)
+            if len(items) > limit:
+                raise ServiceError(f"{context}: the service listed more than {limit} items; giving up")
+            marker = checked_marker(page.get("Marker"), context)
             if not marker:
                 return _strip(first), items
             if marker in seen:
                 raise ServiceError(f"{context}: the service returned the same page marker twice")
+            stale = 0 if new else stale + 1
+            if stale >= 3:
+                raise ServiceError(f"{context}: the service keeps returning pages with nothing new")
             seen.add(marker)
 
     @staticmethod
@@ -513,15 +683,28 @@ class Glacier:
         endpoint: '/', control characters...) is left out with a warning: callers print names one
         per line and the mount makes directories of them."""
         vaults = self._pages("list_vaults", "listing vaults", "VaultList", **_limit(page_size))[1]
-        good = [v for v in vaults if isinstance(v.get("VaultName"), str) and VAULT_NAME_RE.fullmatch(v["VaultName"])]
+        good = [v for v in vaults if isinstance(v, dict) and isinstance(v.get("VaultName"), str)
+                and VAULT_NAME_RE.fullmatch(v["VaultName"])]
+        for v in good:
+            ctx = f"vault '{v['VaultName']}'"
+            checked_count(v.get("NumberOfArchives"), "NumberOfArchives", ctx)
+            checked_count(v.get("SizeInBytes"), "SizeInBytes", ctx)
+            checked_date(v.get("CreationDate"), "CreationDate", ctx)
+            checked_date(v.get("LastInventoryDate"), "LastInventoryDate", ctx)
         if len(good) != len(vaults):
-            bad = [v.get("VaultName") for v in vaults if v not in good]
+            bad = [v.get("VaultName") if isinstance(v, dict) else v for v in vaults if v not in good]
             log.warning("ignoring %d vault(s) with invalid names from the service: %s",
                         len(bad), ", ".join(ascii(b)[:80] for b in bad[:5]))
         return good
 
     def describe_vault(self, vault: str) -> dict:
-        return _strip(self._call("describe_vault", self._vctx(vault), vaultName=vault))
+        ctx = self._vctx(vault)
+        desc = _strip(self._call("describe_vault", ctx, vaultName=vault))
+        checked_count(desc.get("NumberOfArchives"), "NumberOfArchives", ctx)
+        checked_count(desc.get("SizeInBytes"), "SizeInBytes", ctx)
+        checked_date(desc.get("CreationDate"), "CreationDate", ctx)
+        checked_date(desc.get("LastInventoryDate"), "LastInventoryDate", ctx)
+        return desc
 
     def create_vault(self, vault: str) -> str | None:
         return self._call("create_vault", self._vctx(vault), vaultName=vault).get("location")
@@ -551,7 +734,7 @@ class Glacier:
         archive_id = resp.get("archiveId")
         if not archive_id:
             raise ServiceError(f"{ctx}: the service returned no archive id")
-        return archive_id, resp.get("location")
+        return checked_id(archive_id, "archive id", ctx), resp.get("location")
 
     def delete_archive(self, vault: str, archive_id: str) -> None:
         self._call("delete_archive", f"archive {archive_id} in {self._vctx(vault)}", vaultName=vault, archiveId=archive_id)
@@ -572,7 +755,7 @@ class Glacier:
         upload_id = resp.get("uploadId")
         if not upload_id:
             raise ServiceError("the service returned no multipart upload id")
-        return upload_id, int((resp.get("ResponseMetadata") or {}).get("RetryAttempts") or 0)
+        return checked_id(upload_id, "upload id", f"starting an upload to {self._vctx(vault)}"), int((resp.get("ResponseMetadata") or {}).get("RetryAttempts") or 0)
 
     def upload_part(
         self,
@@ -597,7 +780,7 @@ class Glacier:
                 checksum=tree_hash,
                 body=_body(body, content_sha256),
             )
-        return resp.get("checksum")
+        return checked_hash(resp.get("checksum"), "part tree hash", f"uploading part {start}-{end}")
 
     def complete_multipart(self, vault: str, upload_id: str, size: int, tree_hash: str) -> tuple[str, str | None]:
         """Complete (idempotent for a while: same archive id); returns (archive_id, location)."""
@@ -614,7 +797,7 @@ class Glacier:
         archive_id = resp.get("archiveId")
         if not archive_id:
             raise ServiceError(f"{ctx}: the service returned no archive id")
-        return archive_id, resp.get("location")
+        return checked_id(archive_id, "archive id", ctx), resp.get("location")
 
     def abort_multipart(self, vault: str, upload_id: str) -> None:
         self._call(
@@ -634,14 +817,30 @@ class Glacier:
             uploadId=upload_id,
             **_limit(page_size),
         )
+        ctx = f"upload {upload_id[:16]}..."
+        for part in parts:
+            if not isinstance(part, dict):
+                raise _invalid(ctx, "part", part)
+            checked_range(part.get("RangeInBytes"), "part range", ctx)
+            part["SHA256TreeHash"] = checked_hash(part.get("SHA256TreeHash"), "part tree hash", ctx, optional=False)
+        checked_count(first.get("PartSizeInBytes"), "PartSizeInBytes", ctx)
+        checked_date(first.get("CreationDate"), "CreationDate", ctx)
+        if first.get("MultipartUploadId") is not None:
+            checked_id(first["MultipartUploadId"], "upload id", ctx)
         first["Parts"] = parts
         first.pop("Marker", None)
         return first
 
     def list_uploads(self, vault: str, *, page_size: int | None = None) -> list[dict]:
-        return self._pages(
-            "list_multipart_uploads", self._vctx(vault), "UploadsList", vaultName=vault, **_limit(page_size)
-        )[1]
+        ctx = self._vctx(vault)
+        uploads = self._pages("list_multipart_uploads", ctx, "UploadsList", vaultName=vault, **_limit(page_size))[1]
+        for up in uploads:
+            if not isinstance(up, dict):
+                raise _invalid(ctx, "upload", up)
+            checked_id(up.get("MultipartUploadId"), "upload id", ctx)
+            checked_count(up.get("PartSizeInBytes"), "PartSizeInBytes", ctx)
+            checked_date(up.get("CreationDate"), "CreationDate", ctx)
+        return uploads
 
     # -- jobs
 
@@ -676,6 +875,8 @@ class Glacier:
         sns_topic: str | None = None,
     ) -> str:
         """Start an archive-retrieval job (``byte_range`` inclusive, MiB aligned); returns the job id."""
+        if not isinstance(archive_id, str) or not ID_RE.fullmatch(archive_id):
+            raise UsageError(f"invalid archive id {shown(archive_id)}")
         params: dict[str, Any] = {"Type": "archive-retrieval", "ArchiveId": archive_id, "Tier": tier}
         if byte_range is not None:
             params["RetrievalByteRange"] = (
@@ -692,10 +893,14 @@ class Glacier:
         job_id = resp.get("jobId")
         if not job_id:
             raise ServiceError("the service returned no job id")
-        return job_id
+        return checked_id(job_id, "job id", f"{what} in {self._vctx(vault)}")
 
     def describe_job(self, vault: str, job_id: str) -> dict:
-        return _strip(self._call("describe_job", f"job {job_id} in {self._vctx(vault)}", vaultName=vault, jobId=job_id))
+        ctx = f"job {job_id} in {self._vctx(vault)}"
+        desc = check_job(_strip(self._call("describe_job", ctx, vaultName=vault, jobId=job_id)), ctx)
+        if desc["JobId"] != job_id:
+            raise _invalid(ctx, "job id (another job's)", desc["JobId"])
+        return desc
 
     def list_jobs(
         self,
@@ -710,7 +915,13 @@ class Glacier:
             params["statuscode"] = statuscode
         if completed is not None:
             params["completed"] = "true" if completed else "false"
-        return self._pages("list_jobs", f"jobs of {self._vctx(vault)}", "JobList", **params)[1]
+        ctx = f"jobs of {self._vctx(vault)}"
+        jobs = self._pages("list_jobs", ctx, "JobList", **params)[1]
+        for desc in jobs:
+            if not isinstance(desc, dict):
+                raise _invalid(ctx, "job", desc)
+            check_job(desc, ctx)
+        return jobs
 
     def get_job_output(
         self, vault: str, job_id: str, byte_range: tuple[int, int] | str | None = None
@@ -745,12 +956,13 @@ def _body(body: bytes | BinaryIO, content_sha256: str | None) -> Any:
         return bytes(body)  # sent in one piece; the SHA-256 goes through _precomputed_sha256
     if content_sha256 and getattr(body, "content_sha256", None) is None:
         try:
-            body.content_sha256 = content_sha256  # type: ignore[union-attr]
+            setattr(body, "content_sha256", content_sha256)  # noqa: B010 - not every BinaryIO has it
         except AttributeError:
             pass  # botocore will compute it
     return body
 
 
 def _check_echo(echoed: str | None, sent: str, ctx: str) -> None:
+    echoed = checked_hash(echoed, "tree hash", ctx)
     if echoed and echoed.lower() != sent.lower():
         raise IntegrityError(f"{ctx}: the service computed tree hash {echoed}, we sent {sent}")

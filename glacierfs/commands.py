@@ -154,10 +154,12 @@ class Context:
         return self._catalogs[vault]
 
     def runner(self, vault: str) -> JobRunner:
-        from glacierfs.jobs import Backoff, JobRunner
+        from glacierfs.jobs import Backoff, Deadlines, JobRunner
 
         poll = Backoff.local() if self.is_local else Backoff()
-        return JobRunner(self.glacier, self.catalog(vault), vault, progress=self.progress, poll=poll)
+        deadlines = Deadlines.capped(getattr(self.args, "timeout", None))
+        return JobRunner(self.glacier, self.catalog(vault), vault, progress=self.progress, poll=poll,
+                         deadlines=deadlines)
 
     def close(self) -> None:
         for cat in self._catalogs.values():
@@ -179,6 +181,7 @@ def make_progress(args: argparse.Namespace) -> Progress:
 def open_context(args: argparse.Namespace) -> Iterator[Context]:
     """Resolve the endpoint (maybe starting an embedded server), build the client and cache."""
     from glacierfs.client import ConnectionSettings, make_glacier
+    from glacierfs.download import Deadlines
     from glacierfs.local import default_region, resolve_endpoint
 
     cache_root = cache_root_for(args)
@@ -192,6 +195,7 @@ def open_context(args: argparse.Namespace) -> Iterator[Context]:
             access_key=extra.get("access_key", getattr(args, "access_key", None)),
             secret_key=extra.get("secret_key", getattr(args, "secret_key", None)),
             max_attempts=extra.get("max_attempts"),
+            read_timeout=Deadlines.capped(getattr(args, "timeout", None)).socket_read,
         )
         glacier = make_glacier(settings)
         ctx = Context(

@@ -1,42 +1,62 @@
-"""Inventory and retrieval jobs: reattach or start, poll with backoff, verified download.
+"""Inventory and retrieval jobs: reattach or start, poll with backoff, inventory import.
 
 Glacier jobs take hours and cannot be cancelled, so a job is never started twice for one
 need: its id is recorded in the catalog the moment InitiateJob returns (before any
 waiting), and jobs started by other tools are found with ListJobs. A re-run after an
-interruption therefore reattaches.
+interruption therefore reattaches. Retrievals are single-flight per archive: "look for a
+job" to "job recorded" runs under a per-archive lock (a ``threading.Lock`` in this process and
+an ``flock`` on a lock file in the vault's state dir across processes), so concurrent asks
+(threads of the mount, a mount and a ``download``) start one job.
 
-Archive downloads go in power-of-two-MiB chunks aligned on the archive's tree, so each
-chunk is one node of the tree: its hash is checked against ``x-amz-sha256-tree-hash``
-(and its length against Content-Range/Content-Length) and the chunk hashes combine into
-the archive's tree hash. Verified chunks are recorded in a sidecar next to the partial
-file (``.NAME.glacierfs-part`` + ``.json`` in the target's directory, so the final
-``os.replace`` is atomic and nothing is written outside the target directory); a re-run
-resumes from them. The whole file is hashed again before it is moved into place.
+The verified, resumable download of a finished job is :mod:`glacierfs.download`.
 
-Job records (``catalog.put_job``) are dicts: ``job_id``, ``kind`` (``inventory`` |
-``retrieval``), ``archive_id``, ``tier``, ``status``, ``created`` (ISO), ``recorded_at``
-(epoch), ``forced`` and ``imported`` (inventory jobs).
+Job records (``catalog.put_job``) are dicts at the catalog seam, built from
+:class:`JobRecord`: ``job_id``, ``kind`` (``inventory`` | ``retrieval``), ``archive_id``,
+``tier``, ``status``, ``created`` (ISO), ``completed``, ``size``, ``recorded_at`` (epoch),
+``forced`` and ``imported`` (inventory jobs), ``vault``.
+
+Threading contract: a JobRunner holds no mutable state of its own; its methods may run in
+several threads at once (the mount's retrieval workers). The catalog serializes its own
+writes. :class:`_ArchiveLocks` guards the find-then-start section per archive: its
+``_guard`` protects only the ``_held`` table (never held while waiting or doing I/O); the
+per-archive lock is taken first, the flock second, and both are held across the ListJobs /
+InitiateJob calls of that one archive (that is the point) but nothing else.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import fcntl
 import hashlib
 import itertools
-import json
 import logging
 import os
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, ClassVar
 
+from glacierfs.client import JobNotFoundError, NoInventoryError, checked_id
+from glacierfs.download import (
+    MAX_CHUNK,
+    Deadlines,
+    Downloaded,
+    Downloader,
+    JobExpired,
+    TransferTimeout,
+    chunk_size_for,
+    header,
+    header_int,
+    partial_paths,
+    read_body,
+    stream_errors,
+)
 from glacierfs.errors import (
     GlacierFSError,
     IntegrityError,
@@ -47,23 +67,42 @@ from glacierfs.errors import (
     UsageError,
 )
 from glacierfs.progress import NULL_PROGRESS, Progress
-from glacierfs.treehash import MiB, TreeHasher, combine, tree_hash_file
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "FAILED",
+    "INVENTORY",
+    "IN_PROGRESS",
+    "JOB_RETENTION",
+    "MAX_CHUNK",
+    "RETRIEVAL",
+    "SUCCEEDED",
+    "Backoff",
+    "Deadlines",
+    "Downloaded",
+    "JobExpired",
+    "JobRecord",
+    "JobRunner",
+    "NoInventoryYet",
+    "chunk_size_for",
+    "fmt_duration",
+    "parse_iso",
+    "partial_paths",
+]
 
 INVENTORY = "inventory"
 RETRIEVAL = "retrieval"
 IN_PROGRESS, SUCCEEDED, FAILED = "InProgress", "Succeeded", "Failed"
-MAX_CHUNK = 64 * MiB
 JOB_RETENTION = 24 * 3600  # Glacier keeps finished jobs at least this long (reference §4.7)
+INVENTORY_SLACK = 64 * 1024  # an inventory body may exceed its declared size by this much (+1%)
+INVENTORY_CAP = 64 << 30  # an inventory whose size nothing declares is refused beyond this
+LOCK_BUCKETS = 256  # retrieval lock files per vault (archives hash into them)
+LOCK_WAIT = 600.0  # seconds to wait for another process's find-then-start of the same archive
 
 
 class NoInventoryYet(NotReadyError):
     """Glacier has not generated the vault's first inventory (404 on InitiateJob)."""
-
-
-class JobExpired(NotFoundError):
-    """A recorded job is gone (expired or never existed on this endpoint)."""
 
 
 @dataclass(frozen=True)
@@ -85,15 +124,30 @@ class Backoff:
             delay = min(self.maximum, delay * self.factor)
 
 
-@dataclass(frozen=True)
-class Downloaded:
-    """A verified, complete download."""
+@dataclass
+class JobRecord:
+    """What the catalog keeps about one job (stored as a dict: :meth:`to_dict`/:meth:`from_dict`)."""
 
-    path: Path
-    archive_id: str
-    size: int
-    tree_hash: str
     job_id: str
+    kind: str
+    vault: str
+    status: str = IN_PROGRESS
+    archive_id: str | None = None
+    tier: str | None = None
+    created: str | None = None
+    completed: str | None = None
+    size: int | None = None
+    recorded_at: float = 0.0
+    forced: bool = False
+    imported: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 # --------------------------------------------------------------------------- helpers
@@ -118,88 +172,20 @@ def fmt_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}"
 
 
-def chunk_size_for(size: int, maximum: int = MAX_CHUNK) -> int:
-    """Power-of-two MiB chunk: up to ``maximum``, smaller so small archives still split a few ways."""
-    chunk = MiB
-    while chunk * 2 <= maximum and chunk * 2 * 4 <= size:
-        chunk *= 2
-    return chunk
-
-
 def _job_id_of(result: Any) -> str:
-    if isinstance(result, str):
-        return result
     if isinstance(result, dict):
         for key in ("jobId", "JobId", "job_id"):
             if result.get(key):
-                return str(result[key])
-    raise ServiceError(f"InitiateJob returned no job id: {result!r}")
+                result = result[key]
+                break
+    if isinstance(result, str):
+        return checked_id(result, "job id", "InitiateJob")
+    raise ServiceError("InitiateJob returned no job id")
 
 
-def _header(headers: Any, *names: str) -> str | None:
-    """A response header or parsed field by any of its spellings (case-insensitive)."""
-    if not headers:
-        return None
-    lower = {str(k).lower(): v for k, v in dict(headers).items()}
-    for name in names:
-        value = lower.get(name.lower())
-        if value is not None:
-            return str(value)
-    return None
+_PARSE_ERRORS: tuple[type[BaseException], ...] = (GlacierFSError, ValueError, KeyError, TypeError, *stream_errors())
 
 
-def _is_no_inventory_error(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return any(
-        s in text
-        for s in (
-            "not yet generated",
-            "cannot be initiated yet",
-            "initial inventory",
-            "no inventory for this vault",
-        )
-    )
-
-
-def _is_job_gone(exc: BaseException) -> bool:
-    """A 404 about the job itself (expired), not about the vault."""
-    text = str(exc).lower()
-    return "vault not found" not in text
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def partial_paths(out: Path) -> tuple[Path, Path]:
-    """The hidden partial file and its sidecar next to ``out`` (same filesystem: atomic rename).
-
-    ``.NAME.glacierfs-part`` and ``.NAME.glacierfs-part.json``; a hashed name when NAME is
-    too long to take the prefix and suffix within the 255-byte name limit.
-    """
-    name = f".{out.name}.glacierfs-part"
-    if len((name + ".json").encode("utf-8", "surrogateescape")) > 255:
-        digest = hashlib.sha256(out.name.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        name = f".glacierfs-part-{digest}"
-    return out.with_name(name), out.with_name(name + ".json")
-
-
-# Errors raised while reading a response body (connection reset, truncated stream).
 class _OutputUnusable(Exception):
     """A parse error of an inventory output, told apart from the catalog's own errors."""
 
@@ -212,21 +198,80 @@ def _checked(items: Iterator[Any]) -> Iterator[Any]:
     """``items``, with any parse error raised as :class:`_OutputUnusable`."""
     try:
         yield from items
-    except (GlacierFSError, ValueError, KeyError, TypeError, *_stream_errors()) as exc:
+    except _PARSE_ERRORS as exc:
         raise _OutputUnusable(exc) from exc
 
 
-def _stream_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [OSError, EOFError]
-    with contextlib.suppress(ImportError):
-        import botocore.exceptions
+class _ArchiveLocks:
+    """Per-archive mutual exclusion within this process and, with a directory, across processes."""
 
-        errs.append(botocore.exceptions.BotoCoreError)
-    with contextlib.suppress(ImportError):
-        import urllib3.exceptions
+    _guard: ClassVar[threading.Lock] = threading.Lock()  # guards _held only
+    # (scope, archive id) -> (its lock, number of threads using or waiting for it)
+    _held: ClassVar[dict[tuple[str, str], tuple[threading.Lock, int]]] = {}
 
-        errs.append(urllib3.exceptions.HTTPError)
-    return tuple(errs)
+    def __init__(self, directory: Path | None, scope: str, wait: float = LOCK_WAIT) -> None:
+        self.directory = directory
+        self.scope = scope
+        self.wait = wait
+
+    @contextlib.contextmanager
+    def hold(self, archive_id: str) -> Iterator[None]:
+        key = (self.scope, archive_id)
+        with self._guard:
+            lock, users = self._held.get(key, (threading.Lock(), 0))
+            self._held[key] = (lock, users + 1)
+        try:
+            if not lock.acquire(timeout=self.wait):
+                raise StateError(f"another thread kept starting a retrieval of {archive_id} for {self.wait:g} s")
+            try:
+                with self._flock(archive_id):
+                    yield
+            finally:
+                lock.release()
+        finally:
+            with self._guard:
+                lock, users = self._held[key]
+                if users <= 1:
+                    del self._held[key]
+                else:
+                    self._held[key] = (lock, users - 1)
+
+    @contextlib.contextmanager
+    def _flock(self, archive_id: str) -> Iterator[None]:
+        if self.directory is None:
+            yield
+            return
+        bucket = hashlib.sha256(archive_id.encode("utf-8", "surrogateescape")).hexdigest()[:2]
+        try:
+            self.directory.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(self.directory / f"retrieval-{bucket}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot create a lock in {self.directory}: {exc.strerror or exc}") from None
+        try:
+            deadline = time.monotonic() + self.wait
+            delay = 0.01
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                        raise StateError(f"cannot lock {self.directory}: {exc.strerror or exc}") from None
+                if time.monotonic() > deadline:
+                    raise StateError(
+                        f"another glacierfs process kept starting a retrieval of {archive_id} for {self.wait:g} s"
+                    )
+                time.sleep(delay)  # a short poll of the lock
+                delay = min(0.2, delay * 2)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+
+def _lock_dir(catalog: Any) -> Path | None:
+    """``<vault state dir>/locks`` for a catalog kept in ``<vault state dir>/catalog``."""
+    directory = getattr(catalog, "directory", None)
+    return Path(directory).parent / "locks" if isinstance(directory, str | os.PathLike) else None
 
 
 # --------------------------------------------------------------------------- runner
@@ -238,7 +283,9 @@ class JobRunner:
     ``poll`` is the DescribeJob schedule; ``sleep``/``clock`` are injectable for tests.
     ``chunk_size`` (a power of two MiB) overrides the automatic download chunk size;
     ``attempts`` bounds the fetches of one chunk (or one inventory output) that fail
-    verification or break off before :class:`IntegrityError`/:class:`ServiceError`.
+    verification or break off before :class:`IntegrityError`/:class:`ServiceError`;
+    ``deadlines`` bound every wait (a job's completion, one body). ``lock_dir`` holds the
+    cross-process retrieval locks (default: ``locks/`` next to the catalog's directory).
     """
 
     def __init__(
@@ -252,10 +299,12 @@ class JobRunner:
         chunk_size: int | None = None,
         concurrency: int = 2,
         attempts: int = 5,
+        deadlines: Deadlines | None = None,
+        lock_dir: Path | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if chunk_size is not None and (chunk_size < MiB or chunk_size & (chunk_size - 1)):
+        if chunk_size is not None and (chunk_size < 1 << 20 or chunk_size & (chunk_size - 1)):
             raise UsageError("download chunk size must be a power of two of at least 1 MiB")
         self.glacier = glacier
         self.catalog = catalog
@@ -265,8 +314,25 @@ class JobRunner:
         self.chunk_size = chunk_size
         self.concurrency = max(1, concurrency)
         self.attempts = max(1, attempts)
+        self.deadlines = deadlines or Deadlines()
         self.sleep = sleep
         self.clock = clock
+        directory = lock_dir if lock_dir is not None else _lock_dir(catalog)
+        self._locks = _ArchiveLocks(directory, str(directory) if directory else f"catalog-{id(catalog)}:{vault}")
+
+    def _downloader(self) -> Downloader:
+        """A :class:`Downloader` with this runner's current settings (tests change them)."""
+        return Downloader(
+            self.glacier,
+            self.catalog,
+            self.vault,
+            progress=self.progress,
+            chunk_size=self.chunk_size,
+            concurrency=self.concurrency,
+            attempts=self.attempts,
+            deadlines=self.deadlines,
+            sleep=self.sleep,
+        )
 
     # ------------------------------------------------------------------ job records
 
@@ -276,20 +342,20 @@ class JobRunner:
         old = self.catalog.get_job(job_id) or {}
         action = desc.get("Action")
         kind = old.get("kind") or (INVENTORY if action == "InventoryRetrieval" else RETRIEVAL)
-        rec = {
-            "job_id": job_id,
-            "kind": kind,
-            "archive_id": desc.get("ArchiveId", old.get("archive_id")),
-            "tier": desc.get("Tier", old.get("tier")),
-            "status": desc.get("StatusCode", old.get("status", IN_PROGRESS)),
-            "created": desc.get("CreationDate", old.get("created")),
-            "completed": desc.get("CompletionDate", old.get("completed")),
-            "size": desc.get("ArchiveSizeInBytes", old.get("size")),
-            "recorded_at": old.get("recorded_at", self.clock()),
-            "forced": old.get("forced", False),
-            "imported": old.get("imported", False),
-            "vault": self.vault,
-        }
+        rec = JobRecord(
+            job_id=job_id,
+            kind=kind,
+            vault=self.vault,
+            archive_id=desc.get("ArchiveId", old.get("archive_id")),
+            tier=desc.get("Tier", old.get("tier")),
+            status=desc.get("StatusCode", old.get("status", IN_PROGRESS)),
+            created=desc.get("CreationDate", old.get("created")),
+            completed=desc.get("CompletionDate", old.get("completed")),
+            size=desc.get("ArchiveSizeInBytes", old.get("size")),
+            recorded_at=old.get("recorded_at", self.clock()),
+            forced=old.get("forced", False),
+            imported=old.get("imported", False),
+        ).to_dict()
         rec.update(extra)
         if rec != old:
             self.catalog.put_job(rec)
@@ -299,9 +365,7 @@ class JobRunner:
         """DescribeJob; a job the service no longer knows is forgotten and :class:`JobExpired` raised."""
         try:
             return dict(self.glacier.describe_job(self.vault, job_id))
-        except NotFoundError as exc:
-            if not _is_job_gone(exc):
-                raise
+        except JobNotFoundError:
             log.info("job %s is gone (expired); forgetting it", job_id)
             with contextlib.suppress(Exception):
                 self.catalog.remove_job(job_id)
@@ -338,18 +402,7 @@ class JobRunner:
 
     def _started(self, desc_or_id: Any, kind: str, **extra: Any) -> dict[str, Any]:
         job_id = _job_id_of(desc_or_id)
-        rec = {
-            "job_id": job_id,
-            "kind": kind,
-            "status": IN_PROGRESS,
-            "recorded_at": self.clock(),
-            "vault": self.vault,
-            "imported": False,
-            "forced": False,
-            "archive_id": None,
-            "tier": None,
-            "created": None,
-        }
+        rec = JobRecord(job_id=job_id, kind=kind, vault=self.vault, recorded_at=self.clock()).to_dict()
         rec.update(extra)
         self.catalog.put_job(rec)  # before anything else: a re-run after a kill reattaches
         log.info("started %s job %s", kind, job_id)
@@ -363,7 +416,13 @@ class JobRunner:
         """
         delays = self.poll.delays()
         failures = 0
+        give_up = time.monotonic() + self.deadlines.job_wait
         while True:
+            if wait and time.monotonic() > give_up:
+                raise NotReadyError(
+                    f"gave up waiting for {what} job {job_id} after {self.deadlines.job_wait:g} s;"
+                    " re-run the command to reattach to it"
+                )
             try:
                 desc = self._describe(job_id)
                 failures = 0
@@ -437,13 +496,11 @@ class JobRunner:
             else:
                 try:
                     result = self.glacier.initiate_inventory(self.vault, "JSON")
-                except (NotFoundError, NotReadyError) as exc:
-                    if _is_no_inventory_error(exc):
-                        raise NoInventoryYet(
+                except NoInventoryError:
+                    raise NoInventoryYet(
                             f"vault {self.vault} has no inventory yet (Glacier generates the first one "
                             "about a day after the first upload)"
                         ) from None
-                    raise
                 job_id = self._started(result, INVENTORY, forced=force)["job_id"]
                 self.progress.status(f"started inventory job {job_id[:12]}…")
             try:
@@ -492,9 +549,9 @@ class JobRunner:
             with tempfile.TemporaryFile(prefix="glacierfs-inventory-") as spool:
                 try:
                     digest, ctype = self._spool_output(job_id, spool, expected)
-                except JobExpired:
+                except (JobExpired, TransferTimeout, StateError):
                     raise
-                except (GlacierFSError, ValueError, KeyError, TypeError, *_stream_errors()) as exc:
+                except _PARSE_ERRORS as exc:
                     if isinstance(exc, NotFoundError):
                         raise
                     last_err = exc
@@ -537,32 +594,40 @@ class JobRunner:
                 return stats
         raise IntegrityError(f"the output of inventory job {job_id} could not be fetched intact: {last_err}")
 
-    def _spool_output(self, job_id: str, spool: Any, expected: Any) -> tuple[str, str | None]:
+    def _spool_output(self, job_id: str, spool: IO[bytes], expected: Any) -> tuple[str, str | None]:
+        """Fetch a job's whole output into ``spool``; returns (SHA-256, content type).
+
+        The body may not exceed the declared size (the job's, else Content-Length) by more
+        than a little slack, and must fit the spool's free space; every read is bounded in
+        time (:class:`Deadlines`).
+        """
         try:
             stream, headers = self.glacier.get_job_output(self.vault, job_id, None)
-        except NotFoundError:
+        except JobNotFoundError:
             with contextlib.suppress(Exception):
                 self.catalog.remove_job(job_id)
             raise JobExpired(f"job {job_id} no longer exists") from None
         sha = hashlib.sha256()
-        total = 0
+        what = f"output of inventory job {job_id}"
         try:
-            while True:
-                data = stream.read(1 << 20)
-                if not data:
-                    break
+            length = header_int(headers, "content-length", "ContentLength")
+            declared = int(expected) if expected is not None else length
+            limit = INVENTORY_CAP if declared is None else declared + INVENTORY_SLACK + declared // 100
+            _check_room(spool, limit if declared is not None else 0, what)
+
+            def sink(data: bytes) -> None:
                 sha.update(data)
                 spool.write(data)
-                total += len(data)
+
+            total = read_body(stream, sink, limit=limit, what=what, deadlines=self.deadlines, expected=declared)
         finally:
             with contextlib.suppress(Exception):
                 stream.close()
-        length = _header(headers, "content-length", "ContentLength")
-        if length is not None and int(length) != total:
+        if length is not None and length != total:
             raise IntegrityError(f"inventory output truncated: got {total} of {length} bytes")
         if expected is not None and int(expected) != total:
             raise IntegrityError(f"inventory output is {total} bytes, the job reported {expected}")
-        ctype = _header(headers, "content-type", "contentType", "ContentType")
+        ctype = header(headers, "content-type", "contentType", "ContentType")
         return sha.hexdigest(), ctype
 
     # ------------------------------------------------------------------ retrieval
@@ -601,8 +666,13 @@ class JobRunner:
     def retrieval(self, archive_id: str, tier: str = "Standard") -> dict[str, Any]:
         """Reuse a running or finished retrieval job for the archive, or start one (no waiting).
 
-        An existing job is reused whatever its tier. Returns the job's description.
+        An existing job is reused whatever its tier. Returns the job's description. Single-flight:
+        concurrent calls for one archive (threads, processes sharing the state dir) start one job.
         """
+        with self._locks.hold(archive_id):
+            return self._retrieval_locked(archive_id, tier)
+
+    def _retrieval_locked(self, archive_id: str, tier: str) -> dict[str, Any]:
         desc = self.find_retrieval_job(archive_id)
         if desc is not None and desc.get("StatusCode") != FAILED:
             return desc
@@ -672,250 +742,23 @@ class JobRunner:
                 continue
         raise ServiceError(f"retrieval jobs for archive {archive_id} keep expiring before download")
 
-    # ------------------------------------------------------------------ verified download
-
     def fetch(self, desc: dict[str, Any], out: Path) -> Downloaded:
-        """Download a finished retrieval job's output into ``out``, verified, resumable, atomic."""
-        job_id = desc["JobId"]
-        archive_id = desc.get("ArchiveId") or ""
-        if desc.get("ArchiveSizeInBytes") is None:
-            raise ServiceError(f"retrieval job {job_id} reports no archive size")
-        size = int(desc["ArchiveSizeInBytes"])
-        expected = desc.get("SHA256TreeHash") or desc.get("ArchiveSHA256TreeHash")
-        known = self.catalog.get(archive_id) if archive_id else None
-        known_hash = getattr(known, "tree_hash", None) if known else None
-        if expected and known_hash and known_hash != expected:
-            raise IntegrityError(
-                f"archive {archive_id}: the job reports tree hash {expected}, the inventory {known_hash}"
-            )
-        expected = expected or known_hash
-        if not expected:
-            raise IntegrityError(f"archive {archive_id}: no tree hash to verify the download against")
-        if out.is_dir():
-            raise UsageError(f"{out} is a directory")
-        part, state_path = partial_paths(out)
-        chunk = self.chunk_size or chunk_size_for(size)
-        try:
-            fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise UsageError(f"cannot write in {out.parent}: {exc.strerror or exc}") from None
-        try:
-            try:
-                import fcntl
+        """Download a finished retrieval job's output into ``out``, verified, resumable, atomic
+        (:meth:`glacierfs.download.Downloader.fetch`)."""
+        return self._downloader().fetch(desc, Path(out))
 
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise StateError(f"another glacierfs process is downloading to {out}") from None
-                raise
-            try:
-                state = self._load_state(state_path, archive_id, size, expected, chunk, fd)
-                self._fetch_chunks(job_id, archive_id, fd, size, chunk, state, state_path)
-                self._verify_whole(job_id, archive_id, fd, part, size, chunk, expected, state, state_path)
-                os.fsync(fd)
-                os.replace(part, out)
-            except OSError as exc:  # local disk trouble (full, read-only, removed directory)
-                raise StateError(f"writing {out}: {exc.strerror or exc}") from None
-            _fsync_dir(out.parent)
-        finally:
-            os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(state_path)
-        log.info("downloaded archive %s to %s (%d bytes, %s)", archive_id, out, size, expected)
-        return Downloaded(path=out, archive_id=archive_id, size=size, tree_hash=expected, job_id=job_id)
 
-    def _load_state(
-        self, path: Path, archive_id: str, size: int, tree_hash: str, chunk: int, fd: int
-    ) -> dict[str, Any]:
-        """The sidecar of a partial download of the same archive, or a fresh one (part truncated)."""
-        fresh = {
-            "archive_id": archive_id,
-            "size": size,
-            "tree_hash": tree_hash,
-            "chunk_size": chunk,
-            "chunks": {},
-        }
-        try:
-            state = json.loads(path.read_text())
-        except (OSError, ValueError):
-            state = None
-        ok = (
-            isinstance(state, dict)
-            and {k: state.get(k) for k in ("archive_id", "size", "tree_hash", "chunk_size")}
-            == {k: fresh[k] for k in ("archive_id", "size", "tree_hash", "chunk_size")}
-            and isinstance(state.get("chunks"), dict)
-            and os.fstat(fd).st_size == size
+def _check_room(spool: IO[bytes], need: int, what: str) -> None:
+    """Refuse a spool of ``need`` bytes on a filesystem without that much free space."""
+    if need <= 0:
+        return
+    try:
+        st = os.fstatvfs(spool.fileno())
+        free = st.f_bavail * st.f_frsize
+    except (OSError, AttributeError, ValueError):
+        return
+    if free < need:
+        raise StateError(
+            f"{what}: {need} bytes do not fit in the {free} bytes free in {tempfile.gettempdir()} (set TMPDIR)"
         )
-        if ok:
-            assert isinstance(state, dict)
-            log.info(
-                "resuming download of %s: %d chunk(s) already verified", archive_id, len(state["chunks"])
-            )
-            return state
-        os.ftruncate(fd, 0)
-        os.ftruncate(fd, size)
-        _write_json_atomic(path, fresh)
-        return fresh
 
-    def _fetch_chunks(
-        self,
-        job_id: str,
-        archive_id: str,
-        fd: int,
-        size: int,
-        chunk: int,
-        state: dict[str, Any],
-        state_path: Path,
-    ) -> None:
-        n = max(1, (size + chunk - 1) // chunk) if size else 0
-        todo = [i for i in range(n) if str(i) not in state["chunks"]]
-        if not todo:
-            return
-        done_bytes = sum(min(chunk, size - i * chunk) for i in range(n) if str(i) in state["chunks"])
-        bar = self.progress.bar(f"download {archive_id[:12]}…", size, initial=done_bytes)
-        lock = threading.Lock()
-
-        def one(i: int) -> None:
-            start, end = i * chunk, min(size, (i + 1) * chunk) - 1
-            digest, confirmed = self._fetch_range(job_id, archive_id, fd, start, end)
-            os.fsync(fd)  # the chunk is on disk before the sidecar says so
-            with lock:
-                state["chunks"][str(i)] = [digest, confirmed]
-                _write_json_atomic(state_path, state)
-            bar.update(end - start + 1)
-
-        try:
-            if self.concurrency == 1 or len(todo) == 1:
-                for i in todo:
-                    one(i)
-            else:
-                with ThreadPoolExecutor(self.concurrency, thread_name_prefix="download") as pool:
-                    futures = [pool.submit(one, i) for i in todo]
-                    try:
-                        for f in as_completed(futures):
-                            f.result()
-                    except BaseException:
-                        for f in futures:
-                            f.cancel()
-                        raise
-        finally:
-            bar.close()
-
-    def _fetch_range(self, job_id: str, archive_id: str, fd: int, start: int, end: int) -> tuple[str, bool]:
-        """Fetch bytes [start, end] of the job output into ``fd``; returns (tree hash, header-confirmed).
-
-        Checks Content-Range, the length and ``x-amz-sha256-tree-hash``; a failing fetch is
-        repeated up to ``attempts`` times.
-        """
-        length = end - start + 1
-        last: BaseException | None = None
-        integrity_only = True
-        delays = Backoff(0.05, 2.0).delays()
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return self._fetch_range_once(job_id, fd, start, end, length)
-            except JobExpired:
-                raise
-            except NotFoundError:
-                raise JobExpired(f"job {job_id} no longer exists") from None
-            except IntegrityError as exc:
-                last = exc
-            except (ServiceError, *_stream_errors()) as exc:
-                last = exc
-                integrity_only = False
-            log.warning(
-                "bytes %d-%d of archive %s: attempt %d failed: %s", start, end, archive_id, attempt, last
-            )
-            self.sleep(next(delays))
-        msg = f"bytes {start}-{end} of archive {archive_id} failed {self.attempts} times: {last}"
-        raise IntegrityError(msg) if integrity_only else ServiceError(msg)
-
-    def _fetch_range_once(self, job_id: str, fd: int, start: int, end: int, length: int) -> tuple[str, bool]:
-        stream, headers = self.glacier.get_job_output(self.vault, job_id, (start, end))
-        try:
-            crange = _header(headers, "content-range", "contentRange")
-            if crange is not None:
-                spec = crange.replace("bytes", "").strip().split("/")[0]
-                if spec != f"{start}-{end}":
-                    raise IntegrityError(f"asked for bytes {start}-{end}, got Content-Range {crange}")
-            clen = _header(headers, "content-length", "ContentLength")
-            if clen is not None and int(clen) != length:
-                raise IntegrityError(f"asked for {length} bytes, got Content-Length {clen}")
-            hasher = TreeHasher()
-            pos = start
-            while pos <= end:
-                data = stream.read(min(4 * MiB, end + 1 - pos))
-                if not data:
-                    break
-                hasher.update(data)
-                view = memoryview(data)
-                while view:
-                    written = os.pwrite(fd, view, pos)
-                    view = view[written:]
-                    pos += written
-            if pos != end + 1:
-                raise IntegrityError(
-                    f"bytes {start}-{end}: the body ended after {pos - start} of {length} bytes"
-                )
-            if stream.read(1):
-                raise IntegrityError(f"bytes {start}-{end}: the body is longer than {length} bytes")
-        finally:
-            with contextlib.suppress(Exception):
-                stream.close()
-        digest = hasher.hexdigest()
-        claimed = _header(headers, "x-amz-sha256-tree-hash", "checksum")
-        if claimed is not None and claimed != digest:
-            raise IntegrityError(
-                f"bytes {start}-{end}: tree hash {digest} does not match the server's {claimed}"
-            )
-        return digest, claimed is not None
-
-    def _verify_whole(
-        self,
-        job_id: str,
-        archive_id: str,
-        fd: int,
-        part: Path,
-        size: int,
-        chunk: int,
-        expected: str,
-        state: dict[str, Any],
-        state_path: Path,
-    ) -> None:
-        """Combine the chunk hashes and hash the file on disk; re-fetch what does not match, once."""
-        for round_ in range(2):
-            n = max(1, (size + chunk - 1) // chunk) if size else 0
-            hashes = [state["chunks"][str(i)][0] for i in range(n)] if n else []
-            combined = combine(hashes) if hashes else hashlib.sha256(b"").hexdigest()
-            if combined != expected:
-                # Chunks without a server checksum cannot be told apart: fetch them all again.
-                bad = [k for k, (_, confirmed) in state["chunks"].items() if not confirmed] or list(
-                    state["chunks"]
-                )
-            else:
-                os.fsync(fd)
-                on_disk = tree_hash_file(part) if size else hashlib.sha256(b"").hexdigest()
-                if on_disk == expected:
-                    return
-                bad = []
-                for i in range(n):
-                    s = i * chunk
-                    if (
-                        tree_hash_file(part, start=s, length=min(chunk, size - s))
-                        != state["chunks"][str(i)][0]
-                    ):
-                        bad.append(str(i))
-                if not bad:
-                    bad = list(state["chunks"])
-            if round_ == 1:
-                break
-            log.warning(
-                "archive %s: %d chunk(s) failed the whole-file check; fetching them again",
-                archive_id,
-                len(bad),
-            )
-            for k in bad:
-                state["chunks"].pop(k, None)
-            _write_json_atomic(state_path, state)
-            self._fetch_chunks(job_id, archive_id, fd, size, chunk, state, state_path)
-        raise IntegrityError(f"archive {archive_id}: downloaded data does not match tree hash {expected}")

@@ -13,6 +13,8 @@ import pytest
 from glacierfs.client import (
     ConnectionSettings,
     FileSlice,
+    JobNotFoundError,
+    NoInventoryError,
     make_glacier,
     redact,
     translate_error,
@@ -91,7 +93,9 @@ def test_throttling_reports_retries():
         ("ServiceUnavailableException", "try later", 500, ServiceError),
         ("InternalError", "boom", 503, ServiceError),
         ("LimitExceededException", "too many vaults", 400, ConflictError),
-        ("ResourceNotFoundException", "Inventory retrieval jobs for vault arn cannot be initiated yet, as Amazon Glacier has not yet generated an initial inventory for this vault.", 404, NotReadyError),
+        ("ResourceNotFoundException", "Inventory retrieval jobs for vault arn cannot be initiated yet, as Amazon Glacier has not yet generated an initial inventory for this vault.", 404, NoInventoryError),
+        ("ResourceNotFoundException", "The job ID was not found: abc", 404, JobNotFoundError),
+        ("ResourceNotFoundException", "Vault not found for ARN: arn", 404, NotFoundError),
     ],
 )
 def test_client_error_classes(code, message, status, cls):

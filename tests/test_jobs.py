@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from glacierfs.client import JobNotFoundError, NoInventoryError
 from glacierfs.errors import (
     IntegrityError,
     NotFoundError,
@@ -140,7 +141,7 @@ class FakeGlacier:
     # -- the Glacier wrapper surface
     def initiate_inventory(self, vault: str, fmt: str = "JSON") -> str:
         if not self.has_inventory:
-            raise NotReadyError(
+            raise NoInventoryError(
                 "Glacier has no inventory for this vault yet (Inventory retrieval jobs for vault x cannot be "
                 "initiated yet, as Amazon Glacier has not yet generated an initial inventory for this vault.)"
             )
@@ -163,7 +164,7 @@ class FakeGlacier:
 
     def describe_job(self, vault: str, job_id: str) -> dict:
         if job_id not in self.jobs:
-            raise NotFoundError(f"The job ID was not found: {job_id}")
+            raise JobNotFoundError(f"The job ID was not found: {job_id}")
         return {k: v for k, v in self.jobs[job_id].items() if not k.startswith("_")}
 
     def list_jobs(self, vault: str) -> list[dict]:
@@ -171,7 +172,7 @@ class FakeGlacier:
 
     def get_job_output(self, vault: str, job_id: str, byte_range: Any = None) -> tuple[io.BytesIO, dict]:
         if job_id not in self.jobs:
-            raise NotFoundError(f"The job ID was not found: {job_id}")
+            raise JobNotFoundError(f"The job ID was not found: {job_id}")
         job = self.jobs[job_id]
         if job["StatusCode"] != "Succeeded":
             raise NotReadyError(f"The job is not currently available for download: {job_id}")
@@ -634,3 +635,166 @@ def test_unwritable_target_directory_is_a_usage_error(env, tmp_path: Path) -> No
     g.complete(g.initiate_retrieval(VAULT, "a"))
     with pytest.raises(UsageError, match="cannot write in"):
         runner.download("a", tmp_path / "missing-dir" / "f")
+
+
+# --------------------------------------------------------------------------- single-flight retrievals (real server)
+
+SINGLE_FLIGHT_THREADS = 8  # per process
+SINGLE_FLIGHT_TRIALS = 3
+
+_ASKER = r"""
+import sys, threading
+from pathlib import Path
+from glacierfs.catalog import Catalog
+from glacierfs.client import ConnectionSettings, make_glacier
+from glacierfs.jobs import JobRunner
+url, cache, aid, go, n = sys.argv[1], Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), int(sys.argv[5])
+glacier = make_glacier(ConnectionSettings(endpoint_url=url, region="us-east-1", access_key="testing",
+                                          secret_key="testing", max_attempts=3))
+catalog = Catalog.open(cache, url, "us-east-1", "v")
+runner = JobRunner(glacier, catalog, "v")
+barrier = threading.Barrier(n)
+ids, errors = [], []
+def ask():
+    barrier.wait()
+    try:
+        ids.append(runner.retrieval(aid)["JobId"])
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=ask) for _ in range(n)]
+print("ready", flush=True)
+import time
+while not go.exists():
+    time.sleep(0.005)
+for t in threads: t.start()
+for t in threads: t.join()
+print(" ".join(sorted(set(ids))), "|", "; ".join(errors), flush=True)
+"""
+
+
+def _server_retrieval_jobs(server, vault: str, archive_id: str) -> list[dict]:
+    jobs = server.client(max_attempts=3).list_jobs(vaultName=vault)["JobList"]
+    return [j for j in jobs if j.get("ArchiveId") == archive_id]
+
+
+@pytest.mark.timeout(240)
+def test_concurrent_retrievals_of_one_archive_start_one_job(glacier_server, tmp_path: Path) -> None:
+    """N threads in each of 2 processes (and N here) ask for the same archive at the same moment:
+    the server holds exactly one retrieval job for it (the find-then-start is single-flight)."""
+    import subprocess
+    import sys
+    import threading
+
+    from glacierfs.catalog import Catalog
+    from glacierfs.client import ConnectionSettings, make_glacier
+
+    glacier_server.client().create_vault(vaultName="v")
+    url = glacier_server.url
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    for trial in range(SINGLE_FLIGHT_TRIALS):
+        aid = glacier_server.client().upload_archive(vaultName="v", body=b"x" * (100 + trial))["archiveId"]
+        go = tmp_path / f"go-{trial}"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _ASKER, url, str(cache), aid, str(go), str(SINGLE_FLIGHT_THREADS)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            )
+            for _ in range(2)
+        ]
+        try:
+            for p in procs:
+                assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+            glacier = make_glacier(ConnectionSettings(endpoint_url=url, region="us-east-1", access_key="testing",
+                                                      secret_key="testing", max_attempts=3))
+            catalog = Catalog.open(cache, url, "us-east-1", "v")
+            runner = JobRunner(glacier, catalog, "v")
+            barrier = threading.Barrier(SINGLE_FLIGHT_THREADS + 1)
+            ids: list[str] = []
+
+            def ask(runner: JobRunner, barrier: threading.Barrier, ids: list[str], aid: str) -> None:
+                barrier.wait()
+                ids.append(runner.retrieval(aid)["JobId"])
+
+            threads = [threading.Thread(target=ask, args=(runner, barrier, ids, aid))
+                       for _ in range(SINGLE_FLIGHT_THREADS)]
+            for t in threads:
+                t.start()
+            go.touch()
+            barrier.wait()
+            for t in threads:
+                t.join(120)
+            outs = [p.communicate(timeout=120) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.communicate(timeout=30)
+        for p, (out, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, err
+            got, _, errors = out.partition("|")
+            assert errors.strip() == "", out
+            ids.extend(got.split())
+        jobs = _server_retrieval_jobs(glacier_server, "v", aid)
+        assert len(jobs) == 1, f"trial {trial}: {len(jobs)} jobs started for one archive"
+        assert set(ids) == {jobs[0]["JobId"]}
+        catalog.close()
+
+
+MOUNT_AND_DOWNLOAD_TRIALS = 2
+
+
+@pytest.mark.timeout(300)
+def test_setfattr_retrieve_and_cli_download_at_once_start_one_job(glacier_server_factory, tmp_path: Path) -> None:
+    """A ``setfattr -n user.glacier.retrieve`` in a real mount and a ``glacierfs download`` of the same
+    archive, started together, share one retrieval job (both go through JobRunner.retrieval and its
+    per-archive lock in the vault's state dir)."""
+    import subprocess
+    import sys
+
+    from tests import test_mount as tm
+
+    tm.skip_without_fuse()
+    server = glacier_server_factory("--job-delay", "1")
+    vault = tm.VAULT
+    server.client(max_attempts=3).create_vault(vaultName=vault)
+    cache = tmp_path / "cache"
+    datas = {f"f{i}.bin": os.urandom(5000 + i) for i in range(MOUNT_AND_DOWNLOAD_TRIALS)}
+    ids = {name: server.client().upload_archive(vaultName=vault, body=data, archiveDescription=name)["archiveId"]
+           for name, data in datas.items()}
+    server.snapshot(vault)
+    tm.glacierfs("inventory", "-v", vault, "-f", "--endpoint-url", server.url, "--region", "us-east-1",
+                 "--cache-dir", str(cache), "-q")
+    m = tm.Mount(tmp_path / "mnt", cache, server.url, vault)
+    try:
+        m.start()
+        for name, aid in ids.items():
+            target = m.mnt / name
+            assert tm.getfattr(target, "user.glacier.state") == "archived", m.log()
+            out = tmp_path / f"out-{name}"
+            cmds = [
+                ["setfattr", "-n", "user.glacier.retrieve", "-v", "Standard", str(target)],
+                [sys.executable, "-m", "glacierfs", "download", "-v", vault, f"-a={aid}", "-o", str(out),
+                 "--endpoint-url", server.url, "--region", "us-east-1", "--cache-dir", str(cache), "-q"],
+            ]
+            procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=tm.env())
+                     for c in cmds]
+            results = []
+            for p in procs:
+                try:
+                    results.append(p.communicate(timeout=120))
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.communicate(timeout=30)
+            for p, (_stdout, stderr) in zip(procs, results, strict=True):
+                assert p.returncode == 0, f"{p.args}: {stderr}\n{m.log()}"
+            assert out.read_bytes() == datas[name]
+            jobs = _server_retrieval_jobs(server, vault, aid)
+            assert len(jobs) == 1, f"{name}: {len(jobs)} retrieval jobs for one archive\n{m.log()}"
+    finally:
+        m.stop()
+        if m.proc is not None and m.proc.poll() is None:
+            m.proc.kill()
+            m.proc.wait(10)
+        tm.unmount(m.mnt)
