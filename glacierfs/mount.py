@@ -23,8 +23,10 @@ workers are still busy at the deadline the process exits without closing what th
 (their state is durable and resumes at the next mount). ``umount`` returns once the mount
 process has exited (``--lazy``: at once), so an immediate ``mount`` finds the vault free.
 
-Threads: this module's code runs in the main thread (the FUSE loop) and, for the gate, in
-the core's workers (``_ServiceGate`` only reads a ``threading.Event``). No lock.
+Threads: this module's code runs in the main thread (the FUSE loop); ``_ServiceGate`` runs in
+the core's workers and only reads a ``threading.Event``; ``_LibfuseLog`` runs in whichever
+thread libfuse logs from, its ``_lock`` guarding its partial message and ``last`` (a leaf lock:
+nothing else is taken while it is held).
 """
 
 from __future__ import annotations
