@@ -23,8 +23,10 @@ workers are still busy at the deadline the process exits without closing what th
 (their state is durable and resumes at the next mount). ``umount`` returns once the mount
 process has exited (``--lazy``: at once), so an immediate ``mount`` finds the vault free.
 
-Threads: this module's code runs in the main thread (the FUSE loop) and, for the gate, in
-the core's workers (``_ServiceGate`` only reads a ``threading.Event``). No lock.
+Threads: this module's code runs in the main thread (the FUSE loop); ``_ServiceGate`` runs in
+the core's workers and only reads a ``threading.Event``; ``_LibfuseLog`` runs in whichever
+thread libfuse logs from, its ``_lock`` guarding its partial message and ``last`` (a leaf lock:
+nothing else is taken while it is held).
 """
 
 from __future__ import annotations
@@ -219,13 +221,18 @@ def mount_state(mnt: Path) -> str:
     return "live"
 
 
+def _canonical(mnt: Path) -> str:
+    """The resolved path the mount table shows (the mount point itself is not resolved: it may be dead)."""
+    return os.path.join(os.path.realpath(mnt.parent), mnt.name)
+
+
 def _in_mount_table(mnt: Path) -> bool:
-    target = str(mnt)
+    targets = {str(mnt), _canonical(mnt)}
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
             for line in fh:
                 fields = line.split()
-                if len(fields) > 4 and _unescape(fields[4]) == target:
+                if len(fields) > 4 and _unescape(fields[4]) in targets:
                     return True
     except OSError:
         return os.path.ismount(mnt)
@@ -299,8 +306,9 @@ def _log_path(args: argparse.Namespace) -> Path:
     from glacierfs.local import default_region, endpoint_id_for
 
     region = getattr(args, "region", None) or default_region(getattr(args, "profile", None))
-    # "@" is not allowed in vault names: the --all-vaults log cannot collide with a vault's
-    base = vault_dir(cache_root_for(args) / "logs", endpoint_id_for(args), region, args.vault or "@all-vaults")
+    base = vault_dir(cache_root_for(args) / "logs", endpoint_id_for(args), region, args.vault or "all-vaults")
+    if not args.vault:  # "@" is not allowed in vault names: no vault's log can have this name
+        base = base.with_name("@all-vaults")
     root = cache_root_for(args)
     for d in reversed(base.parents):  # every new level private (mkdir(parents=True) uses the umask)
         if d.is_relative_to(root) and d != base:
@@ -385,7 +393,7 @@ def _child_env(args: argparse.Namespace, mnt: Path) -> dict[str, str]:
         value = getattr(args, opt, None)
         if value:
             env[name] = value
-    env[MOUNTPOINT_ENV] = str(mnt)
+    env[MOUNTPOINT_ENV] = _canonical(mnt)
     return env
 
 
@@ -705,7 +713,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if state == "dead":
         detach_dead(mnt)
         return 0
-    owners = processes_with_env(MOUNTPOINT_ENV, str(mnt))
+    owners = processes_with_env(MOUNTPOINT_ENV, _canonical(mnt))
     cmd = [tool, "-u"] + (["-z"] if args.lazy else []) + [str(mnt)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:

@@ -210,6 +210,11 @@ def test_already_mounted_says_how_to_unmount(mounts, tmp_path):
     assert res.returncode == 7
     line = _one_line(res.stderr)
     assert "already a mount point" in line and f"glacierfs umount {mnt}" in line, line
+    hint = line.split("unmount it first: ", 1)[1]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    ran = subprocess.run(hint, shell=True, capture_output=True, text=True, timeout=90, env=clean_env(PATH=path))
+    assert ran.returncode == 0, ran.stderr  # the hint works as printed
+    assert not in_mount_table(mnt)
 
 
 def test_second_demo_says_it_is_running_and_how_to_stop_it(mounts, tmp_path):
