@@ -575,3 +575,13 @@ def test_not_cached_hint_is_a_command_that_works_as_printed(env, caplog):
     text = caplog.text
     assert "glacierfs download --local /data --cache-dir '/my cache' -v v 'dir/cold file'" in text, text
     assert "setfattr -n user.glacier.retrieve -v Standard '/mnt/v/dir/cold file'" in text, text
+
+
+def test_empty_file_error_names_the_file_and_no_remount(env, caplog):
+    fs = env.fs()
+    with caplog.at_level("ERROR", logger="glacierfs"):
+        write_file(fs, "/empty", b"")
+        assert err(sync, fs, "/empty") == errno.EIO
+    text = caplog.text
+    assert "/empty" in text and "empty" in text and str(fs.staging.dir) not in text, text
+    assert "remount" not in text, text

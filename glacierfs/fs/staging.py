@@ -710,6 +710,8 @@ class WriteBack:
         try:
             if started and self._engine_state(key) is None:
                 archive = self._find_completed(p, path)
+            if archive is None and os.stat(p.staging).st_size == 0:
+                raise UsageError("empty file: Glacier stores no empty archives")
             if archive is None:
                 if not started:
                     with p.io:
@@ -803,7 +805,8 @@ class WriteBack:
             p.busy = False
             p.attempts += 1
             retry = not permanent and p.attempts < UPLOAD_ATTEMPTS
-            p.error = str(error) if error is not None else "upload failed"
+            # the engine names its source: show the file's path in the mount, not the staging file
+            p.error = str(error).replace(str(p.staging), p.path) if error is not None else "upload failed"
             if p.state == "uploading":
                 p.state = "queued" if retry else "failed"
             else:
@@ -818,8 +821,12 @@ class WriteBack:
             return
         if p.state != "failed":
             return
-        log.error("upload of %s failed for good: %s (the file stays staged; rm it, or remount to retry)",
-                  p.path, p.error)
+        if permanent:
+            log.error("upload of %s failed: %s (the file stays in the mount, marked failed: rm it, or write "
+                      "it again)", p.path, p.error)
+        else:
+            log.error("upload of %s failed for good: %s (the file stays staged and is retried at the next "
+                      "mount; rm it to drop it)", p.path, p.error)
         with p.io:
             try:
                 self.area.write_manifest(p.sid, p.manifest())
