@@ -14,7 +14,7 @@ import pytest
 from glacierfs.errors import ServiceError
 from glacierfs.fs import FSError, MultiVaultFS, VaultFS
 from glacierfs.fs.datacache import DataCache
-from glacierfs.fs.staging import Manifest, StagingArea
+from glacierfs.fs.stagedir import Manifest, StagingArea
 from glacierfs.treehash import tree_hash
 
 VAULT = "v"
@@ -475,22 +475,22 @@ def test_close_is_the_commit_point(env):
 
 
 def test_no_room_for_the_commit_record_is_closes_error(env, monkeypatch):
-    from glacierfs.fs import staging
+    from glacierfs.fs import stagedir
 
     fs = env.fs()
-    real = staging.StagingArea.write_manifest
+    real = stagedir.StagingArea.write_manifest
 
     def full(self: Any, sid: str, manifest: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(staging.StagingArea, "write_manifest", full)
+    monkeypatch.setattr(stagedir.StagingArea, "write_manifest", full)
     fh = fs.create("/f")
     fs.write(fh, b"bytes fit, the record does not", 0)
     assert err(fs.flush, fh) == errno.ENOSPC
     fs.release(fh)
     assert fs.getxattr("/f", "user.glacier.state") == b"failed"
     assert err(sync, fs, "/f") == errno.EIO
-    monkeypatch.setattr(staging.StagingArea, "write_manifest", real)
+    monkeypatch.setattr(stagedir.StagingArea, "write_manifest", real)
     fh = fs.open("/f", os.O_WRONLY | os.O_TRUNC)  # written again with room: committed and uploaded
     fs.write(fh, b"again", 0)
     fs.flush(fh)
