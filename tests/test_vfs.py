@@ -585,3 +585,16 @@ def test_empty_file_error_names_the_file_and_no_remount(env, caplog):
     text = caplog.text
     assert "/empty" in text and "empty" in text and str(fs.staging.dir) not in text, text
     assert "remount" not in text, text
+
+
+def test_cache_size_holds_from_the_mount_start(env):
+    fs = env.fs()
+    for name in ("a", "b", "c"):
+        write_file(fs, f"/{name}", name.encode() * 100)
+        sync(fs, f"/{name}")
+    assert len(fs.cache.cached_ids()) == 3
+    fs.stop()
+    small = env.fs(cache_size=150)  # a remount with a smaller --cache-size
+    assert small.cache.usage() <= 150
+    assert sorted(small.getxattr(f"/{n}", "user.glacier.state") for n in "abc") == [b"archived", b"archived",
+                                                                                    b"cached"]
