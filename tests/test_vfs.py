@@ -14,7 +14,7 @@ import pytest
 from glacierfs.errors import ServiceError
 from glacierfs.fs import FSError, MultiVaultFS, VaultFS
 from glacierfs.fs.datacache import DataCache
-from glacierfs.fs.staging import Manifest, StagingArea
+from glacierfs.fs.stagedir import Manifest, StagingArea
 from glacierfs.treehash import tree_hash
 
 VAULT = "v"
@@ -475,22 +475,22 @@ def test_close_is_the_commit_point(env):
 
 
 def test_no_room_for_the_commit_record_is_closes_error(env, monkeypatch):
-    from glacierfs.fs import staging
+    from glacierfs.fs import stagedir
 
     fs = env.fs()
-    real = staging.StagingArea.write_manifest
+    real = stagedir.StagingArea.write_manifest
 
     def full(self: Any, sid: str, manifest: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(staging.StagingArea, "write_manifest", full)
+    monkeypatch.setattr(stagedir.StagingArea, "write_manifest", full)
     fh = fs.create("/f")
     fs.write(fh, b"bytes fit, the record does not", 0)
     assert err(fs.flush, fh) == errno.ENOSPC
     fs.release(fh)
     assert fs.getxattr("/f", "user.glacier.state") == b"failed"
     assert err(sync, fs, "/f") == errno.EIO
-    monkeypatch.setattr(staging.StagingArea, "write_manifest", real)
+    monkeypatch.setattr(stagedir.StagingArea, "write_manifest", real)
     fh = fs.open("/f", os.O_WRONLY | os.O_TRUNC)  # written again with room: committed and uploaded
     fs.write(fh, b"again", 0)
     fs.flush(fh)
@@ -575,3 +575,26 @@ def test_not_cached_hint_is_a_command_that_works_as_printed(env, caplog):
     text = caplog.text
     assert "glacierfs download --local /data --cache-dir '/my cache' -v v 'dir/cold file'" in text, text
     assert "setfattr -n user.glacier.retrieve -v Standard '/mnt/v/dir/cold file'" in text, text
+
+
+def test_empty_file_error_names_the_file_and_no_remount(env, caplog):
+    fs = env.fs()
+    with caplog.at_level("ERROR", logger="glacierfs"):
+        write_file(fs, "/empty", b"")
+        assert err(sync, fs, "/empty") == errno.EIO
+    text = caplog.text
+    assert "/empty" in text and "empty" in text and str(fs.staging.dir) not in text, text
+    assert "remount" not in text, text
+
+
+def test_cache_size_holds_from_the_mount_start(env):
+    fs = env.fs()
+    for name in ("a", "b", "c"):
+        write_file(fs, f"/{name}", name.encode() * 100)
+        sync(fs, f"/{name}")
+    assert len(fs.cache.cached_ids()) == 3
+    fs.stop()
+    small = env.fs(cache_size=150)  # a remount with a smaller --cache-size
+    assert small.cache.usage() <= 150
+    assert sorted(small.getxattr(f"/{n}", "user.glacier.state") for n in "abc") == [b"archived", b"archived",
+                                                                                    b"cached"]

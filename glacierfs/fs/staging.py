@@ -56,12 +56,10 @@ from __future__ import annotations
 import errno
 import heapq
 import itertools
-import json
 import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +67,7 @@ from typing import Any, Protocol
 
 from glacierfs.errors import CredentialsError, NotFoundError, UsageError
 from glacierfs.fs.datacache import DataCache
-from glacierfs.fs.fsutil import fsync_dir, unique_tmp
+from glacierfs.fs.stagedir import Manifest, StagingArea
 from glacierfs.fs.types import HIDDEN_PREFIX, FSError, rel, split
 
 log = logging.getLogger(__name__)
@@ -83,162 +81,6 @@ class Engine(Protocol):
 
     def upload(self, source: Path, archive_path: str, *, mtime: float | None = ..., key: str | None = ...) -> Any: ...
     def abort(self, key: str) -> bool: ...
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """The durable record that a staged file is complete (``staging/<sid>.json``)."""
-
-    path: str
-    mtime: float | None = None
-    generation: int = 0
-    started: bool = False
-    failed: bool = False
-
-    @classmethod
-    def from_json(cls, data: Any) -> Manifest:
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        mtime, path = data.get("mtime"), data.get("path")
-        return cls(
-            path=path if isinstance(path, str) else "",
-            mtime=float(mtime) if isinstance(mtime, int | float) else None,
-            generation=int(data.get("generation") or 0),
-            started=bool(data.get("started")),
-            failed=bool(data.get("failed")),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "mtime": self.mtime, "generation": self.generation, "started": self.started,
-                "failed": self.failed}
-
-
-class StagingArea:
-    """The ``staging/`` directory: data files and manifests by staging id."""
-
-    def __init__(self, root: Path) -> None:
-        self.dir = Path(root) / "staging"
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.lost = Path(root) / "lost+found"
-
-    def new(self) -> tuple[str, Path]:
-        """A fresh, empty staging file (0600) and its id."""
-        sid = uuid.uuid4().hex
-        path = self.data(sid)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        os.close(fd)
-        return sid, path
-
-    def data(self, sid: str) -> Path:
-        return self.dir / f"{sid}.data"
-
-    def manifest(self, sid: str) -> Path:
-        return self.dir / f"{sid}.json"
-
-    def write_manifest(self, sid: str, manifest: Manifest) -> None:
-        """Durably record that staging file ``sid`` is complete (its bytes must be fsynced already).
-
-        Unique temporary name, fsync, rename, fsync of the directory: after a crash the manifest
-        is either absent or complete. Raises OSError (ENOSPC, EIO) when that cannot be done.
-        """
-        final = self.manifest(sid)
-        tmp = unique_tmp(final)
-        try:
-            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            try:
-                data = json.dumps(manifest.to_json(), sort_keys=True).encode()
-                if os.write(fd, data) != len(data):
-                    raise OSError(errno.ENOSPC, "short write of the manifest")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-        except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        fsync_dir(self.dir)
-
-    def remove_manifest(self, sid: str) -> None:
-        try:
-            os.unlink(self.manifest(sid))
-        except FileNotFoundError:
-            return
-        fsync_dir(self.dir)
-
-    def remove(self, sid: str) -> None:
-        """Forget a staging file and its manifest (upload aborted, or file discarded)."""
-        for p in (self.manifest(sid), self.data(sid)):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
-        try:
-            fsync_dir(self.dir)
-        except OSError as exc:
-            log.debug("fsync of %s: %s", self.dir, exc)
-
-    def bytes(self) -> int:
-        total = 0
-        for entry in os.scandir(self.dir):
-            if entry.name.endswith(".data"):
-                try:
-                    total += entry.stat().st_size
-                except OSError:
-                    pass
-        return total
-
-    def _keep_unreadable(self, sid: str) -> Path:
-        """Move a staged file whose manifest is unreadable (and the manifest) to ``lost+found/``."""
-        self.lost.mkdir(exist_ok=True, mode=0o700)
-        target = self.lost / f"{sid}.data"
-        for suffix in (".data", ".json"):
-            try:
-                os.replace(self.dir / f"{sid}{suffix}", self.lost / f"{sid}{suffix}")
-            except OSError as exc:
-                if suffix == ".data":
-                    log.warning("staging: could not move %s.data to %s (%s)", sid, self.lost, exc)
-                    return self.data(sid)
-        fsync_dir(self.lost)
-        return target
-
-    def recover(self) -> dict[str, Manifest]:
-        """At mount start: manifests of complete staged files; staging files never committed are deleted."""
-        manifests: dict[str, Manifest] = {}
-        kept: set[str] = set()
-        names = {e.name for e in os.scandir(self.dir)}
-        for name in sorted(names):
-            if name.endswith(".tmp"):
-                os.unlink(self.dir / name)
-                continue
-            if not name.endswith(".json"):
-                continue
-            sid = name[: -len(".json")]
-            if f"{sid}.data" not in names:
-                log.warning("staging: manifest %s without data: dropped", name)
-                os.unlink(self.dir / name)
-                continue
-            try:
-                manifests[sid] = Manifest.from_json(json.loads((self.dir / name).read_text()))
-            except (OSError, ValueError) as exc:
-                # The file was closed (it has a manifest): its bytes may be the only copy. Keep them.
-                kept.add(sid)
-                where = self._keep_unreadable(sid)
-                log.error(
-                    "staging: unreadable manifest %s (%s): the file's bytes are kept in %s, not uploaded; "
-                    "copy them back into the mount to upload them",
-                    name, exc, where,
-                )
-        for name in names:
-            if name.endswith(".data") and name[: -len(".data")] not in manifests.keys() | kept:
-                log.warning("staging: discarding %s: its copy was cut off before close(2) returned", name)
-                try:
-                    os.unlink(self.dir / name)
-                except OSError:
-                    pass
-        return manifests
 
 
 @dataclass(eq=False)
@@ -710,6 +552,8 @@ class WriteBack:
         try:
             if started and self._engine_state(key) is None:
                 archive = self._find_completed(p, path)
+            if archive is None and os.stat(p.staging).st_size == 0:
+                raise UsageError("empty file: Glacier stores no empty archives")
             if archive is None:
                 if not started:
                     with p.io:
@@ -803,7 +647,8 @@ class WriteBack:
             p.busy = False
             p.attempts += 1
             retry = not permanent and p.attempts < UPLOAD_ATTEMPTS
-            p.error = str(error) if error is not None else "upload failed"
+            # the engine names its source: show the file's path in the mount, not the staging file
+            p.error = str(error).replace(str(p.staging), p.path) if error is not None else "upload failed"
             if p.state == "uploading":
                 p.state = "queued" if retry else "failed"
             else:
@@ -818,8 +663,12 @@ class WriteBack:
             return
         if p.state != "failed":
             return
-        log.error("upload of %s failed for good: %s (the file stays staged; rm it, or remount to retry)",
-                  p.path, p.error)
+        if permanent:
+            log.error("upload of %s failed: %s (the file stays in the mount, marked failed: rm it, or write "
+                      "it again)", p.path, p.error)
+        else:
+            log.error("upload of %s failed for good: %s (the file stays staged and is retried at the next "
+                      "mount; rm it to drop it)", p.path, p.error)
         with p.io:
             try:
                 self.area.write_manifest(p.sid, p.manifest())

@@ -42,7 +42,8 @@ from glacierfs.errors import NotFoundError
 from glacierfs.fs import xattrs
 from glacierfs.fs.datacache import DataCache
 from glacierfs.fs.retrievals import Retrievals, Runner
-from glacierfs.fs.staging import Engine, Pending, StagingArea, WriteBack
+from glacierfs.fs.stagedir import StagingArea
+from glacierfs.fs.staging import Engine, Pending, WriteBack
 from glacierfs.fs.types import (
     DIR,
     HIDDEN_PREFIX,
