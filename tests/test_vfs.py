@@ -598,3 +598,42 @@ def test_cache_size_holds_from_the_mount_start(env):
     assert small.cache.usage() <= 150
     assert sorted(small.getxattr(f"/{n}", "user.glacier.state") for n in "abc") == [b"archived", b"archived",
                                                                                     b"cached"]
+
+
+def test_retrieval_worker_survives_a_bad_archive_id(tmp_path):
+    """An id the cache cannot use (here with a '/') fails that retrieval with one log line; the
+    worker goes on with the next archive (issue 10 item 3)."""
+    from glacierfs.fs.retrievals import Retrievals
+
+    class Runner:
+        def retrieval(self, archive_id: str, tier: str = "Standard") -> Any:
+            return {"JobId": "j-" + archive_id}
+
+        def download(self, archive_id: str, out: Any, tier: str = "Standard", wait: bool = True) -> Any:
+            Path(out).write_bytes(b"bytes of " + archive_id.encode())
+            return out
+
+        def inventory(self, force: bool = False, wait: bool = True) -> Any:
+            return None
+
+    class Catalog:
+        inventory_date = "2026-01-01"
+
+        def list_jobs(self, kind: str | None = None) -> list[Any]:
+            return []
+
+    cache = DataCache(tmp_path, 1 << 20)
+    cached: list[str] = []
+    r = Retrievals(Runner(), Catalog(), VAULT, cache, on_cached=cached.append, on_inventory=lambda: None,
+                   poll_interval=0.01)
+    r.start_threads()
+    try:
+        r.start("bad/id", "Standard")
+        r.start("good", "Standard")
+        deadline = time.monotonic() + 30
+        while not (cached == ["good"] and r.state("bad/id") == "failed"):
+            assert time.monotonic() < deadline, (cached, r.state("bad/id"))
+            time.sleep(0.02)
+        assert cache.has("good")
+    finally:
+        r.stop(time.monotonic() + 5)

@@ -135,15 +135,11 @@ class Listings:
                     self._dirs[fh] = (path, entries)
         return entries
 
-    def known_paths(self) -> list[str]:
-        """Paths of the entries in the reused listings (what the kernel may have cached)."""
+    def known_listings(self) -> list[tuple[str, list[str]]]:
+        """(directory, names) of the reused listings: what the kernel may have cached entries for."""
         with self._lock:
             items = [(d, list(e)) for d, (_, e) in self._cached.items()]
-        out = []
-        for d, entries in items:
-            prefix = "/" if d == "/" else d + "/"
-            out += [prefix + name.decode("utf-8", "surrogateescape") for name, _ in entries[2:]]
-        return out
+        return [(d, [name.decode("utf-8", "surrogateescape") for name, _ in entries[2:]]) for d, entries in items]
 
     def build(self, path: str) -> list[Entry]:
         """Packed entries of ``path``: reused while the core's listing token is unchanged, built
@@ -198,7 +194,7 @@ class Listings:
     def _watch(self, interval: float) -> None:
         while not self._stopping.wait(interval):
             try:
-                self._core.notice_changes(self.known_paths)
+                self._core.notice_changes(self.known_listings)
             except Exception as exc:
                 log.debug("notice of catalog changes failed: %s", exc)
 

@@ -99,13 +99,14 @@ class MultiVaultFS:
     def archive_count(self) -> int | None:
         return None
 
-    def notice_changes(self, known: Callable[[], list[str]]) -> None:
+    def notice_changes(self, known: Callable[[], list[tuple[str, list[str]]]]) -> None:
         with self._lock:
             fss = list(self._vaults.items())
-        paths = known()
+        listings = known()
         for name, fs in fss:
-            prefix = f"/{name}/"
-            inside = ["/" + p[len(prefix):] for p in paths if p.startswith(prefix)]
+            prefix = f"/{name}"
+            inside = [(d[len(prefix):] or "/", names) for d, names in listings
+                      if d == prefix or d.startswith(prefix + "/")]
             fs.notice_changes(lambda inside=inside: inside)  # type: ignore[misc]
 
     def _vault_names(self, refresh: bool = False) -> list[str]:

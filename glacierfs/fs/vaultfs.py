@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glacierfs.errors import NotFoundError
+from glacierfs.errors import GlacierFSError, NotFoundError
 from glacierfs.fs import xattrs
 from glacierfs.fs.datacache import DataCache
 from glacierfs.fs.retrievals import Retrievals, Runner
@@ -653,10 +653,11 @@ class VaultFS:
                 token.append(None)
         return tuple(token)
 
-    def notice_changes(self, known: Callable[[], list[str]]) -> None:
-        """When another process changed the catalog, drop kernel entries of paths that are gone.
+    def notice_changes(self, known: Callable[[], list[tuple[str, list[str]]]]) -> None:
+        """When another process changed the catalog, drop kernel entries of names that are gone.
 
-        ``known()`` lists the paths the kernel may cache (the adapter's recent listings).
+        ``known()`` lists the directories (and their names) the kernel may cache entries for:
+        one catalog listing per directory, compared with what was shown.
         """
         token = self.change_token()
         with self._lock:
@@ -664,16 +665,18 @@ class VaultFS:
             self._seen_token = token
         if not changed or self._invalidate is None:
             return
-        for path in known():
+        for directory, names in known():
             try:
-                gone = self._lookup(path) is None
-            except Exception:
-                continue
-            if gone:
-                try:
-                    self._invalidate(path)
-                except Exception as exc:
-                    log.debug("invalidate %s: %s", path, exc)
+                current = {n for n, _ in self.readdir(directory)}
+            except (OSError, GlacierFSError):
+                current = set()
+            prefix = "/" if directory == "/" else directory + "/"
+            for name in names:
+                if name not in current:
+                    try:
+                        self._invalidate(prefix + name)
+                    except Exception as exc:
+                        log.debug("invalidate %s%s: %s", prefix, name, exc)
 
     def archive_count(self) -> int | None:
         """Number of archives in the catalog (None if it cannot tell cheaply)."""
