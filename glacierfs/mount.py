@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import fcntl
 import logging
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from glacierfs.errors import GlacierFSError, NotFoundError, StateError, UsageError
+from glacierfs.options import tier_type as _tier
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +43,12 @@ def default_local_dir() -> str:
     return os.path.expanduser(DEFAULT_DATA_DIR)
 
 
-def _tier(value: str) -> str:
-    for tier in ("Expedited", "Standard", "Bulk"):
-        if value.strip().lower() == tier.lower():
-            return tier
-    raise argparse.ArgumentTypeError(f"invalid tier {value!r} (choose from Expedited, Standard, Bulk)")
-
-
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from glacierfs.cli import common_options
-
     # a private copy of the common options: "resolve" below edits the parent's --local action,
     # which must not leak into the other commands sharing ``common``
     p = sub.add_parser(
         "mount",
-        parents=[common_options()],
+        parents=[copy.deepcopy(common)],
         conflict_handler="resolve",
         help="mount a vault (or all vaults) as a filesystem",
         description="Mount VAULT on MOUNTPOINT. Returns once the mount is ready unless --foreground. "
@@ -112,7 +105,7 @@ def _fix_positionals(args: argparse.Namespace) -> None:
     if not args.all_vaults and not args.vault:
         raise UsageError("VAULT is required (or use --all-vaults)")
     if args.vault:
-        from glacierfs.commands import check_vault_name
+        from glacierfs.names import check_vault_name
 
         check_vault_name(args.vault)
     if args.concurrency < 1:
@@ -148,7 +141,7 @@ def _sanitize(text: str) -> str:
 
 
 def _log_path(args: argparse.Namespace) -> Path:
-    from glacierfs.commands import cache_root_for
+    from glacierfs.context import cache_root_for
 
     logs = cache_root_for(args) / "logs"
     logs.mkdir(mode=0o700, exist_ok=True)
@@ -343,7 +336,7 @@ def _ensure_vault(ctx: Any, vault: str, local: bool) -> None:
 
 def run_foreground(args: argparse.Namespace, mnt: Path) -> int:
     from glacierfs import fuse_adapter
-    from glacierfs.commands import open_context
+    from glacierfs.context import open_context
 
     if not getattr(args, "debug", False) and not getattr(args, "quiet", False):
         logging.getLogger("glacierfs").setLevel(logging.INFO)

@@ -42,10 +42,10 @@ from glacierfs.errors import (
     UsageError,
     errno_for,
 )
+from glacierfs.names import normalize_tier as _normalize_tier
 
 log = logging.getLogger(__name__)
 
-TIERS = ("Expedited", "Standard", "Bulk")
 XATTR_PREFIX = "user.glacier."
 XATTRS_ARCHIVE = ("treehash", "archive_id", "state", "description")
 KEY_PREFIX = "mount:"
@@ -1251,10 +1251,10 @@ class VaultFS:
 
 
 def normalize_tier(tier: str) -> str:
-    for t in TIERS:
-        if t.lower() == (tier or "").strip().lower():
-            return t
-    raise FSError(errno.EINVAL, f"unknown retrieval tier {tier!r}: use {', '.join(TIERS)}")
+    try:
+        return _normalize_tier(tier)
+    except UsageError as exc:
+        raise FSError(errno.EINVAL, str(exc)) from None
 
 
 def errno_of(exc: BaseException) -> int:
@@ -1389,7 +1389,7 @@ class MultiVaultFS:
                 raise FSError(errno.EROFS)
             if vault in self._vault_names(refresh=True):
                 raise FSError(errno.EEXIST)
-            from glacierfs.commands import check_vault_name
+            from glacierfs.names import check_vault_name
 
             try:
                 check_vault_name(vault)
