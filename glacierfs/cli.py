@@ -66,9 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _safe_record(record: logging.LogRecord) -> bool:
+    """Handler filter: erase a status line first, and escape control characters (ids, server text)."""
+    end_status()
+    message = record.getMessage()
+    safe = shown(message)
+    if safe != message:
+        record.msg, record.args = safe, None
+    return True
+
+
 def setup_logging(debug: bool, quiet: bool = False) -> None:
     level = logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING)
     logging.basicConfig(level=level, format="glacierfs: %(levelname)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_safe_record)
     # botocore logs request headers at DEBUG; keep it quiet even with --debug.
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

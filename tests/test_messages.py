@@ -401,3 +401,20 @@ def test_a_fifo_is_refused_with_one_line(cli: Cli, work: Path, command: list[str
     assert res.stderr.splitlines() == ["glacierfs: error: fifo: is a FIFO, not a regular file (only regular files are read)"]
     res = cli(*command, "/dev/null", code=2, timeout=FIFO_TIMEOUT)
     assert "is a character device, not a regular file" in res.stderr
+
+
+def test_log_lines_are_escaped_and_erase_the_status_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    record = logging.LogRecord("glacierfs.jobs", logging.WARNING, __file__, 1, "job %s: %s", ("id\x1b[2J", "x"), None)
+    assert cli_mod._safe_record(record) is True
+    assert record.getMessage() == "job id\\x1b[2J: x"
+
+
+def test_errors_carry_the_service_code_as_a_typed_attribute() -> None:
+    from glacierfs.errors import NotFoundError
+
+    assert NotFoundError("gone").code is None
+    err = NotFoundError("gone", code="ResourceNotFoundException")
+    assert err.code == "ResourceNotFoundException" and err.exit_code == 3 and str(err) == "gone"
+    assert "code" not in vars(NotFoundError("plain"))  # nothing set on an instance without one
