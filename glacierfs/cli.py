@@ -18,7 +18,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from glacierfs import __version__, commands, mount
+from glacierfs import __version__, commands, hints, mount
 from glacierfs.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, GlacierFSError
 from glacierfs.options import add_common_options, common_options
 from glacierfs.progress import end_status
@@ -86,6 +86,14 @@ def setup_logging(debug: bool, quiet: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def error_line(exc: GlacierFSError, args: argparse.Namespace | None) -> str:
+    """``error: <message>`` plus, when the error names a helpful command, ``; run: <command>``."""
+    line = f"error: {exc}"
+    if exc.hint:
+        line += f"; run: {hints.command(args, *exc.hint)}"
+    return line
+
+
 def _fail(line: str) -> None:
     end_status()
     print(f"glacierfs: {shown(line)}", file=sys.stderr)
@@ -101,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         end_status()
         return code
     except GlacierFSError as exc:
-        _fail(f"error: {exc}")
+        _fail(error_line(exc, args))
         return exc.exit_code
     except KeyboardInterrupt:
         _fail("interrupted")

@@ -11,7 +11,10 @@ Three class attributes make an error typed, so nothing is ever patched onto an i
 * ``exit_code``: the process exit status (:data:`EXIT_CODES` is the table the README shows);
 * ``errno``: what a filesystem call returns (:func:`errno_for` is the one errno table);
 * ``code``: the service's error code (``ResourceNotFoundException``...) when the error came
-  from the service, else None; set through the constructor: ``NotFoundError(msg, code=...)``.
+  from the service, else None; set through the constructor: ``NotFoundError(msg, code=...)``;
+* ``hint``: the words of a ``glacierfs`` command that would help (``("abort", "-v", vault,
+  path)``), or empty; library code does not know the options in use, so the CLI renders it
+  with :func:`glacierfs.hints.command` and appends ``; run: <command>`` to the message.
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ class GlacierFSError(Exception):
     exit_code: int = 1
     errno: int = _errno.EIO
     code: str | None = None
+    hint: tuple[str, ...] = ()
 
-    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+    def __init__(self, message: str = "", *, code: str | None = None, hint: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
+        if hint:
+            self.hint = tuple(hint)
 
 
 class UsageError(GlacierFSError):

@@ -418,3 +418,14 @@ def test_errors_carry_the_service_code_as_a_typed_attribute() -> None:
     err = NotFoundError("gone", code="ResourceNotFoundException")
     assert err.code == "ResourceNotFoundException" and err.exit_code == 3 and str(err) == "gone"
     assert "code" not in vars(NotFoundError("plain"))  # nothing set on an instance without one
+
+
+def test_an_error_naming_a_command_gets_it_rendered_with_the_options_in_use(tmp_path: Path) -> None:
+    from glacierfs.errors import StateError
+
+    args = argparse.Namespace(local=str(tmp_path / "d d"), cache_dir=None, endpoint_url=None, region=None, profile=None)
+    exc = StateError("upload state of x lost part hashes", hint=("abort", "-v", "v", "x y"))
+    line = cli_mod.error_line(exc, args)
+    assert line.startswith("error: upload state of x lost part hashes; run: ")
+    assert shlex.split(hints_in(line)[0]) == ["glacierfs", "abort", "--local", str(tmp_path / "d d"), "-v", "v", "x y"]
+    assert cli_mod.error_line(StateError("plain"), args) == "error: plain"
