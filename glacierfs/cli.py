@@ -1,108 +1,123 @@
-"""The ``glacierfs`` command: argument parsing and the top-level error boundary.
+"""The ``glacierfs`` command: the parser, the common options and the top-level error boundary.
 
-Each command family registers its own sub-parsers so that the modules stay independent:
+Imported by nobody (only ``__main__`` and the console script). Each command family registers
+its own sub-parsers with one line in :data:`REGISTER`: a function ``register(sub, common)``
+that adds sub-parsers to ``sub`` (``common``: the parent parser of the common options, see
+:mod:`glacierfs.options`; deep-copy it per sub-parser) and sets ``func`` (``args -> int``)
+with ``parser.set_defaults``.
 
-* ``glacierfs.server.command`` - ``serve``;
-* ``glacierfs.commands``       - treehash, upload, abort, inventory, delete, download, vaults, status;
-* ``glacierfs.mount``          - mount, umount.
-
-A registered command sets ``func`` (``args -> int``) with ``parser.set_defaults``. Every
-:class:`~glacierfs.errors.GlacierFSError` becomes one line on stderr and its exit code;
-anything else is a bug and is reported as one line too (the traceback only with ``--debug``).
+Every :class:`~glacierfs.errors.GlacierFSError` becomes one line on stderr and its exit code
+(:data:`glacierfs.errors.EXIT_CODES`); anything else is a bug and is reported as one line too
+(the traceback only with ``--debug``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from glacierfs import __version__
-from glacierfs.errors import GlacierFSError
+from glacierfs import __version__, commands, hints, mount
+from glacierfs.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, GlacierFSError
+from glacierfs.options import add_common_options, common_options
+from glacierfs.progress import end_status
+from glacierfs.server import command as server_command
+from glacierfs.text import shown
 
 log = logging.getLogger(__name__)
 
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]", argparse.ArgumentParser], None]
 
-def common_options() -> argparse.ArgumentParser:
-    """Options every client command accepts (a parent parser)."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("connection and state")
-    g.add_argument("--endpoint-url", metavar="URL", help="Glacier endpoint (e.g. a local `glacierfs serve`)")
-    g.add_argument(
-        "--local",
-        metavar="DATA_DIR",
-        help="use the embedded local Glacier over DATA_DIR (reuses a server already running on it)",
-    )
-    g.add_argument("--region", help="AWS region (default: from the AWS config, else us-east-1)")
-    g.add_argument("--profile", help="AWS profile name")
-    g.add_argument(
-        "--cache-dir",
-        metavar="DIR",
-        default=os.environ.get("GLACIERFS_CACHE_DIR"),
-        help="local state and cache directory (env GLACIERFS_CACHE_DIR; default ~/.cache/glacierfs)",
-    )
-    g.add_argument("-k", "--access-key", help=argparse.SUPPRESS)
-    g.add_argument("-s", "--secret-key", help=argparse.SUPPRESS)
-    g.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="give up any one wait (a job, a transfer, a stalled body) after SECONDS")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    g.add_argument("--debug", action="store_true", help="verbose logging to stderr")
-    return p
+
+def _register_server(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    server_command.register(sub)  # `serve` takes none of the client's common options
+
+
+#: The command families, in the order ``--help`` lists them. One line per family.
+REGISTER: list[Register] = [
+    commands.register,
+    mount.register,
+    _register_server,
+]
+
+EPILOG = """\
+The connection and state options (--local, --endpoint-url, --region, --profile, --cache-dir,
+-k/-s, -q, --debug) are accepted before or after COMMAND. Short options mean one thing per
+command: -f is --force for `inventory` and --foreground for `mount`; -v is --vault for the
+client commands and --verbose for `serve`. Exit status: 0 success, 2 usage, 3 not found,
+4 credentials, 5 service, 6 integrity, 7 local state, 8 not ready, 9 refused (see README).
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="glacierfs",
         description="Browse, upload to, verify and retrieve from Amazon Glacier vaults.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"glacierfs {__version__}")
+    add_common_options(parser, nested=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    common = common_options()
-
-    from glacierfs.server.command import register as register_server
-
-    register_server(sub)
-    try:
-        from glacierfs.commands import register as register_commands
-    except ImportError as exc:  # pragma: no cover - only while the package is incomplete
-        log.debug("client commands unavailable: %s", exc)
-    else:
-        register_commands(sub, common)
-    try:
-        from glacierfs.mount import register as register_mount
-    except ImportError as exc:  # pragma: no cover
-        log.debug("mount commands unavailable: %s", exc)
-    else:
-        register_mount(sub, common)
+    common = common_options(nested=True)
+    for register in REGISTER:
+        register(sub, common)
     return parser
+
+
+def _safe_record(record: logging.LogRecord) -> bool:
+    """Handler filter: erase a status line first, and escape control characters (ids, server text)."""
+    end_status()
+    message = record.getMessage()
+    safe = shown(message)
+    if safe != message:
+        record.msg, record.args = safe, None
+    return True
 
 
 def setup_logging(debug: bool, quiet: bool = False) -> None:
     level = logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING)
     logging.basicConfig(level=level, format="glacierfs: %(levelname)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_safe_record)
     # botocore logs request headers at DEBUG; keep it quiet even with --debug.
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def error_line(exc: GlacierFSError, args: argparse.Namespace | None) -> str:
+    """``error: <message>`` plus, when the error names a helpful command, ``; run: <command>``."""
+    line = f"error: {exc}"
+    if exc.hint:
+        line += f"; run: {hints.command(args, *exc.hint)}"
+    return line
+
+
+def _fail(line: str) -> None:
+    end_status()
+    print(f"glacierfs: {shown(line)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(getattr(args, "debug", False), getattr(args, "quiet", False))
+    debug = bool(getattr(args, "debug", False))
+    setup_logging(debug, bool(getattr(args, "quiet", False)))
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        end_status()
+        return code
     except GlacierFSError as exc:
-        print(f"glacierfs: error: {exc}", file=sys.stderr)
+        _fail(error_line(exc, args))
         return exc.exit_code
     except KeyboardInterrupt:
-        print("glacierfs: interrupted", file=sys.stderr)
-        return 130
+        _fail("interrupted")
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 1
     except Exception as exc:  # a bug: still one line unless --debug
-        if getattr(args, "debug", False):
+        if debug:
             raise
-        print(f"glacierfs: internal error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
-        return 70
+        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
+        return EXIT_INTERNAL

@@ -260,9 +260,7 @@ def _translate_client_error(exc: bce.ClientError, context: str | None, secrets: 
     low = message.lower()
 
     def done(cls: type[GlacierFSError], msg: str) -> GlacierFSError:
-        err_obj = cls(redact(msg, secrets))
-        err_obj.code = code  # type: ignore[attr-defined]  # callers may branch on the service code
-        return err_obj
+        return cls(redact(msg, secrets), code=code)  # callers may branch on the service code
 
     if code == "NoLongerSupportedException":
         return done(ServiceError, _CLOSED_MSG)

@@ -1,28 +1,32 @@
 """The client commands: treehash, upload, abort, inventory, delete, download, vaults, status.
 
-Each command builds a :class:`Context` from the common options (connection, cache dir,
-progress), does its work through the library modules and prints script-friendly lines on
-stdout. Output formats (stable, one record per line, fields separated as shown):
+Each command builds a :class:`~glacierfs.context.Context` from the common options
+(connection, cache dir, progress), does its work through the library modules and prints
+script-friendly lines on stdout. Output formats (stable, one record per line, fields
+separated as shown; every field that came from a server is passed through
+:func:`~glacierfs.text.shown`, so control characters appear escaped):
 
 * ``treehash``:   ``<tree hash>  <FILE>`` (like ``sha256sum``)
 * ``upload``:     ``<archive id>  <tree hash>  <size>  <archive path>``
-* ``download``:   ``<archive id>  <tree hash>  <size>  <output file>``
+* ``download``:   ``<archive id>  <tree hash>  <size>  <output file>``; ``--no-wait`` while
+  the job runs: ``pending <archive id>  <job id>  <tier>`` (exit 0)
 * ``inventory``:  ``<path>\\t<size>\\t<creation date>\\t<archive id>`` sorted by path;
   ``--json`` prints a JSON array of objects instead
 * ``vaults``:     ``<name>\\t<archives>\\t<size>\\t<last inventory date or ->``
-* ``delete``:     ``deleted <archive id>  <path>``
+* ``delete``:     ``deleted <archive id>  <path>``; ``--unlisted`` for an id the catalog does
+  not know: ``delete sent <archive id>  -``
 * ``status``:     human-readable sections; ``--json`` prints one JSON object
 
-Library code raises :class:`~glacierfs.errors.GlacierFSError`; ``cli.main`` turns it into
-one line on stderr and the exit code, so nothing here prints errors or tracebacks.
-Imports of the library modules are deferred into the commands so that registering the
-parser (``glacierfs --help``, the mount's parser) stays cheap and never fails.
+Notes that are not errors (no inventory yet, a job still running) go to stderr as
+``glacierfs: <line>``, with a command to run built by :mod:`glacierfs.hints`. Library code
+raises :class:`~glacierfs.errors.GlacierFSError`; ``cli.main`` turns it into one line on
+stderr and the exit code, so nothing here prints errors or tracebacks. Imports of the
+library modules are deferred into the commands so that building the parser stays cheap.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import logging
@@ -30,192 +34,45 @@ import os
 import posixpath
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from glacierfs import hints
+from glacierfs.context import Context, make_progress, open_context
 from glacierfs.errors import ConflictError, NotFoundError, NotReadyError, UsageError
-from glacierfs.names import check_vault_name
-from glacierfs.progress import NULL_PROGRESS, Progress
+from glacierfs.names import (
+    DEFAULT_TIER,
+    TIERS,
+    check_vault_name,
+    normalize_archive_path,
+    normalize_lookup_path,
+)
+from glacierfs.options import tier_type
+from glacierfs.progress import NULL_PROGRESS, end_status
+from glacierfs.sizes import parse_size
+from glacierfs.text import shown
+from glacierfs.timeutil import fmt_ago
 
 if TYPE_CHECKING:  # pragma: no cover
-    from glacierfs.catalog import Catalog
-    from glacierfs.jobs import JobRunner
+    from glacierfs.catalog import Archive, Catalog
 
 log = logging.getLogger(__name__)
-
-TIERS = ("Expedited", "Standard", "Bulk")
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def default_cache_root() -> Path:
-    """``$XDG_CACHE_HOME/glacierfs`` or ``~/.cache/glacierfs``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "glacierfs"
-
-
-def cache_root_for(args: argparse.Namespace) -> Path:
-    """The cache root from ``--cache-dir``/``GLACIERFS_CACHE_DIR`` or the default, created 0700."""
-    root = Path(getattr(args, "cache_dir", None) or default_cache_root()).expanduser()
-    try:
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create cache directory {root}: {exc.strerror or exc}") from None
-    if not root.is_dir():
-        raise UsageError(f"cache directory {root} is not a directory")
-    return root.resolve()
-
-
-def normalize_archive_path(path: str) -> str:
-    """Archive path for a FILE argument, normalized the way GNU tar names members.
-
-    The leading ``/`` is stripped, everything up to and including the last ``..``
-    component is removed (tar's "Removing leading `../'") and ``.``/empty components are
-    dropped: ``/home/me/a.txt`` -> ``home/me/a.txt``, ``../x/./y`` -> ``x/y``,
-    ``dir/../dir/b`` -> ``dir/b``. The result never escapes the vault root.
-    """
-    parts = path.replace(os.sep, "/").split("/")
-    if ".." in parts:
-        parts = parts[len(parts) - parts[::-1].index("..") :]
-    parts = [p for p in parts if p not in ("", ".")]
-    if not parts:
-        raise UsageError(f"{path!r} does not name a file")
-    return "/".join(parts)
-
-
-def normalize_lookup_path(path: str) -> str:
-    """A PATH argument as the catalog spells paths: relative, '/'-separated, normalized."""
-    norm = posixpath.normpath("/" + path.replace(os.sep, "/")).lstrip("/")
-    return norm
-
-
-def parse_size(text: str) -> int:
-    """``1M``, ``64MiB``, ``1G``, plain bytes -> int (delegates to :mod:`glacierfs.sizes`)."""
-    from glacierfs import sizes
-
-    fn = getattr(sizes, "parse_size", None)
-    if fn is None:  # pragma: no cover - contract names it parse_size
-        raise UsageError("size parsing is unavailable")
-    return int(fn(text))
-
-
-def fmt_ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f}min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
 def _out(line: str) -> None:
+    """One result line on stdout (after erasing a status line on the terminal)."""
+    end_status()
     sys.stdout.write(line + "\n")
 
 
-# --------------------------------------------------------------------------- context
-
-
-@dataclass
-class Context:
-    """Everything a command needs, built once from the common options.
-
-    ``close()`` (or leaving the ``with`` block) stops an embedded ``--local`` server.
-    """
-
-    args: argparse.Namespace
-    glacier: Any
-    region: str
-    endpoint_url: str | None
-    endpoint_id: str
-    cache_root: Path
-    progress: Progress
-    _cleanup: Callable[[], None] | None = None
-    _catalogs: dict[str, Catalog] = field(default_factory=dict)
-
-    @property
-    def is_local(self) -> bool:
-        """Local endpoints complete jobs in seconds: poll them faster."""
-        from glacierfs.local import is_local_endpoint
-
-        return self.endpoint_id.startswith("local:") or is_local_endpoint(self.endpoint_url)
-
-    def catalog(self, vault: str) -> Catalog:
-        if vault not in self._catalogs:
-            from glacierfs.catalog import Catalog
-
-            self._catalogs[vault] = Catalog.open(self.cache_root, self.endpoint_id, self.region, vault)
-        return self._catalogs[vault]
-
-    def runner(self, vault: str) -> JobRunner:
-        from glacierfs.jobs import Backoff, Deadlines, JobRunner
-
-        poll = Backoff.local() if self.is_local else Backoff()
-        deadlines = Deadlines.capped(getattr(self.args, "timeout", None))
-        return JobRunner(self.glacier, self.catalog(vault), vault, progress=self.progress, poll=poll,
-                         deadlines=deadlines)
-
-    def close(self) -> None:
-        for cat in self._catalogs.values():
-            closer = getattr(cat, "close", None)
-            if closer:
-                with contextlib.suppress(Exception):
-                    closer()
-        self._catalogs.clear()
-        if self._cleanup:
-            cleanup, self._cleanup = self._cleanup, None
-            cleanup()
-
-
-def make_progress(args: argparse.Namespace) -> Progress:
-    return Progress(quiet=bool(getattr(args, "quiet", False)))
-
-
-@contextlib.contextmanager
-def open_context(args: argparse.Namespace) -> Iterator[Context]:
-    """Resolve the endpoint (maybe starting an embedded server), build the client and cache."""
-    from glacierfs.client import ConnectionSettings, make_glacier
-    from glacierfs.download import Deadlines
-    from glacierfs.local import default_region, resolve_endpoint
-
-    cache_root = cache_root_for(args)
-    endpoint_url, endpoint_id, extra, cleanup = resolve_endpoint(args)
-    try:
-        region = getattr(args, "region", None) or default_region(getattr(args, "profile", None))
-        settings = ConnectionSettings(
-            endpoint_url=endpoint_url,
-            region=region,
-            profile=getattr(args, "profile", None),
-            access_key=extra.get("access_key", getattr(args, "access_key", None)),
-            secret_key=extra.get("secret_key", getattr(args, "secret_key", None)),
-            max_attempts=extra.get("max_attempts"),
-            read_timeout=Deadlines.capped(getattr(args, "timeout", None)).socket_read,
-        )
-        glacier = make_glacier(settings)
-        ctx = Context(
-            args=args,
-            glacier=glacier,
-            region=region,
-            endpoint_url=endpoint_url,
-            endpoint_id=endpoint_id,
-            cache_root=cache_root,
-            progress=make_progress(args),
-            _cleanup=cleanup,
-        )
-    except BaseException:
-        if cleanup:
-            cleanup()
-        raise
-    try:
-        yield ctx
-    finally:
-        ctx.close()
+def _note(line: str) -> None:
+    """One informational line on stderr: not an error, not part of the parseable output."""
+    end_status()
+    sys.stdout.flush()
+    print(f"glacierfs: {line}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- treehash
@@ -228,31 +85,21 @@ def cmd_treehash(args: argparse.Namespace) -> int:
     files = _existing_files(args.files)
     progress = make_progress(args)
     for name, size in files:
-        shown = progress if size >= 64 << 20 else NULL_PROGRESS  # small files hash in a blink
-        with shown.bar(f"treehash {name}", size) as bar:
+        display = progress if size >= 64 << 20 else NULL_PROGRESS  # small files hash in a blink
+        with display.bar(f"treehash {name}", size) as bar:
             try:
                 digest = tree_hash_file(name, progress=bar.update)
             except OSError as exc:
                 raise UsageError(f"cannot read {name}: {exc.strerror or exc}") from None
-        _out(f"{digest}  {name}")
+        _out(f"{digest}  {shown(name)}")
     return 0
 
 
 def _existing_files(names: list[str]) -> list[tuple[str, int]]:
-    files = []
-    for name in names:
-        try:
-            st = os.stat(name)
-        except FileNotFoundError:
-            raise UsageError(f"{name}: no such file") from None
-        except OSError as exc:
-            raise UsageError(f"{name}: {exc.strerror or exc}") from None
-        if os.path.isdir(name):
-            raise UsageError(f"{name}: is a directory (give files)")
-        if not os.access(name, os.R_OK):
-            raise UsageError(f"{name}: permission denied")
-        files.append((name, st.st_size))
-    return files
+    """``(name, size)`` of each FILE, all checked before any is read (regular files only)."""
+    from glacierfs.fsutil import check_regular_file
+
+    return [(name, check_regular_file(name).st_size) for name in names]
 
 
 # --------------------------------------------------------------------------- upload / abort
@@ -293,7 +140,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
                 description=args.description,
                 key=os.path.realpath(name),
             )
-            _out(f"{archive.archive_id}  {archive.tree_hash}  {archive.size}  {archive.path}")
+            _out(f"{shown(archive.archive_id)}  {archive.tree_hash}  {archive.size}  {shown(archive.path)}")
     return 0
 
 
@@ -307,7 +154,7 @@ def cmd_abort(args: argparse.Namespace) -> int:
         engine = UploadEngine(ctx.glacier, ctx.catalog(vault), vault, progress=ctx.progress)
         if not engine.abort(key) and not _abort_on_service(ctx, vault, args.file):
             raise NotFoundError(f"no pending upload of {args.file} to vault {vault}")
-        _out(f"aborted {args.file}")
+        _out(f"aborted {shown(args.file)}")
     return 0
 
 
@@ -332,15 +179,19 @@ def _abort_on_service(ctx: Context, vault: str, name: str) -> int:
             except NotFoundError:
                 continue
             log.warning("aborted upload %s of %s found on the service (no local state knew it)",
-                        up["MultipartUploadId"][:16], name)
+                        shown(up["MultipartUploadId"][:16]), shown(name))
             aborted += 1
     return aborted
 
 
 # --------------------------------------------------------------------------- inventory
 
+#: When a vault's first inventory can be had (the service makes it, not us).
+FIRST_INVENTORY_LOCAL = "the local server makes a vault's first inventory within about a minute of its first upload"
+FIRST_INVENTORY_AWS = "Glacier makes a vault's first inventory about a day after its first upload"
 
-def archive_record(a: Any) -> dict[str, Any]:
+
+def archive_record(a: Archive) -> dict[str, Any]:
     return {
         "path": a.path,
         "size": a.size,
@@ -354,13 +205,15 @@ def archive_record(a: Any) -> dict[str, Any]:
 
 
 def print_listing(catalog: Catalog, as_json: bool) -> int:
+    """The catalog's archives sorted by path (``--json``: JSON, escaped by the encoder)."""
     archives = sorted(catalog.iter_archives(), key=lambda a: a.path)
+    end_status()
     if as_json:
         json.dump([archive_record(a) for a in archives], sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         for a in archives:
-            _out(f"{a.path}\t{a.size}\t{a.creation_date}\t{a.archive_id}")
+            _out(f"{shown(a.path)}\t{a.size}\t{shown(a.creation_date)}\t{shown(a.archive_id)}")
     return len(archives)
 
 
@@ -369,11 +222,12 @@ def cmd_inventory(args: argparse.Namespace) -> int:
 
     Without ``-f`` the last inventory in the local catalog is shown (merged with what
     was uploaded/deleted from here); only when there is none is an inventory job joined
-    or started. ``-f`` fetches a fresh inventory: it joins an inventory job that is still
-    running (its output is the snapshot current when it completes, as a new job's would
-    be) or the finished, not yet imported job that an interrupted ``-f`` started;
-    otherwise it starts a new job. Job ids are recorded before waiting, so re-running
-    after an interruption reattaches instead of starting a second job.
+    or started. If Glacier has no inventory of the vault yet, what the catalog knows is
+    listed, a note on stderr says when the first one can be had, and the exit status is 0.
+    ``-f`` fetches a fresh inventory: it joins an inventory job that is still running or
+    the finished, not yet imported job of an interrupted ``-f``; otherwise it starts a new
+    job (exit 8 when there is no inventory yet: the fresh listing asked for cannot be had).
+    Job ids are recorded before waiting, so re-running after an interruption reattaches.
     """
     from glacierfs.jobs import NoInventoryYet
 
@@ -383,12 +237,18 @@ def cmd_inventory(args: argparse.Namespace) -> int:
         runner = ctx.runner(vault)
         try:
             runner.inventory(force=args.force, wait=True)
-        except NoInventoryYet as exc:
+        except NoInventoryYet:
             count = print_listing(catalog, args.json)
-            sys.stdout.flush()
-            raise NotReadyError(
-                f"{exc}; {count} archive(s) uploaded from here are listed from the local catalog"
-            ) from None
+            when = FIRST_INVENTORY_LOCAL if ctx.is_local else FIRST_INVENTORY_AWS
+            again = hints.command(args, "inventory", "-v", vault)
+            line = (
+                f"vault {vault} has no inventory yet ({count} archive(s) known from this machine are"
+                f" listed); {when}; then run: {again}"
+            )
+            if args.force:
+                raise NotReadyError(line) from None
+            _note(line)
+            return 0
         print_listing(catalog, args.json)
     return 0
 
@@ -396,7 +256,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- delete / download
 
 
-def resolve_archive(catalog: Catalog, vault: str, path: str) -> Any:
+def resolve_archive(ctx: Context, catalog: Catalog, vault: str, path: str) -> Archive:
     """The catalog archive at PATH; several archives claiming PATH is an error listing them."""
     norm = normalize_lookup_path(path)
     if not norm:
@@ -417,13 +277,22 @@ def resolve_archive(catalog: Catalog, vault: str, path: str) -> Any:
     if len(candidates) == 1:
         return candidates[0]
     if len(candidates) > 1:
-        ids = ", ".join(f"{a.archive_id} ({a.path})" for a in candidates)
+        ids = ", ".join(f"{shown(a.archive_id)} ({shown(a.path)})" for a in candidates)
         raise ConflictError(f"{path} is ambiguous in vault {vault}; use -a with one of: {ids}")
-    hint = "" if catalog.inventory_date else f" (no inventory yet: run glacierfs inventory -v {vault})"
+    hint = "" if catalog.inventory_date else (
+        f"; the catalog has no inventory yet, to get one run: {hints.command(ctx.args, 'inventory', '-v', vault)}"
+    )
     raise NotFoundError(f"no archive {path} in vault {vault}{hint}")
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete one archive the catalog knows (by id or path); ``--unlisted`` for any id.
+
+    Glacier answers a DeleteArchive for an id it does not hold with success (the operation
+    is idempotent), so "deleted" could be a lie. The archive is looked up in the catalog
+    first: unknown or already deleted ids are refused (exit 3) unless ``--unlisted``, which
+    sends the delete and says that the service does not tell whether it existed.
+    """
     vault = check_vault_name(args.vault)
     if (args.archive_id is None) == (args.path is None):
         raise UsageError("give either -a ARCHIVE_ID or PATH")
@@ -431,16 +300,34 @@ def cmd_delete(args: argparse.Namespace) -> int:
         raise UsageError("empty archive id")
     with open_context(args) as ctx:
         catalog = ctx.catalog(vault)
-        if args.archive_id is not None:
-            archive_id = args.archive_id
-            known = catalog.get(archive_id)
-            path = known.path if known else "-"
-        else:
-            archive = resolve_archive(catalog, vault, args.path)
+        path: str | None
+        if args.path is not None:
+            archive = resolve_archive(ctx, catalog, vault, args.path)
             archive_id, path = archive.archive_id, archive.path
+        else:
+            archive_id = str(args.archive_id)
+            known = catalog.get(archive_id)
+            if known is None and not args.unlisted:
+                ctx.glacier.describe_vault(vault)  # a missing vault says so (exit 3) before the catalog does
+                gone = catalog.get(archive_id, include_deleted=True) is not None
+                why = "was already deleted from here" if gone else "is not in the catalog"
+                refresh = hints.command(args, "inventory", "-f", "-v", vault)
+                raise NotFoundError(
+                    f"archive {shown(archive_id)} {why} of vault {vault}; Glacier accepts a delete of any id "
+                    "without saying whether it existed, so nothing was sent; add --unlisted to send it "
+                    f"anyway, or refresh the catalog, run: {refresh}"
+                )
+            path = known.path if known is not None else None
         ctx.glacier.delete_archive(vault, archive_id)
         catalog.mark_deleted(archive_id)
-        _out(f"deleted {archive_id}  {path}")
+        if path is None:
+            _out(f"delete sent {shown(archive_id)}  -")
+            _note(
+                f"archive {shown(archive_id)} is not in the catalog of vault {vault}; Glacier accepted the delete, "
+                "which it does for any id: the next inventory shows whether it existed"
+            )
+        else:
+            _out(f"deleted {shown(archive_id)}  {shown(path)}")
     return 0
 
 
@@ -453,7 +340,7 @@ def download_target(out: str | None, archive_path: str) -> tuple[Path, bool]:
     """
     base = posixpath.basename(archive_path)
     if base in ("", ".", "..") or "/" in base or "\0" in base:
-        raise UsageError(f"archive path {archive_path!r} gives no usable file name; use -o FILE")
+        raise UsageError(f"archive path {shown(archive_path)!r} gives no usable file name; use -o FILE")
     if out is None:
         return Path.cwd() / base, False
     target = Path(out)
@@ -465,8 +352,14 @@ def download_target(out: str | None, archive_path: str) -> tuple[Path, bool]:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    """Download one archive (reusing a running or finished retrieval job), verified and atomic."""
+    """Download one archive (reusing a running or finished retrieval job), verified and atomic.
+
+    ``--no-wait`` while the retrieval job runs: prints ``pending <archive id>  <job id>  <tier>``
+    on stdout, a note with the command to re-run on stderr, and exits 0.
+    """
     from glacierfs.codec import safe_relpath
+    from glacierfs.jobs import IN_PROGRESS
+    from glacierfs.timeutil import fmt_duration, parse_iso
 
     vault = check_vault_name(args.vault)
     if (args.archive_id is None) == (args.path is None):
@@ -478,7 +371,7 @@ def cmd_download(args: argparse.Namespace) -> int:
             known = catalog.get(archive_id)
             archive_path = known.path if known else safe_relpath(None, archive_id)
         else:
-            archive = resolve_archive(catalog, vault, args.path)
+            archive = resolve_archive(ctx, catalog, vault, args.path)
             archive_id, archive_path = archive.archive_id, archive.path
         target, replace = download_target(args.output, archive_path)
         if target.exists() and not replace:
@@ -486,8 +379,21 @@ def cmd_download(args: argparse.Namespace) -> int:
         if target.exists() and target.is_dir():
             raise UsageError(f"{target} is a directory")
         runner = ctx.runner(vault)
+        if args.no_wait:
+            desc = runner.retrieval(archive_id, args.tier)
+            if desc.get("StatusCode") == IN_PROGRESS:
+                job_id, tier = str(desc.get("JobId")), str(desc.get("Tier") or args.tier)
+                started = parse_iso(desc.get("CreationDate"))
+                ago = f", started {fmt_duration(time.time() - started)} ago" if started else ""
+                _out(f"pending {shown(archive_id)}  {shown(job_id)}  {shown(tier)}")
+                words = ["download", "-v", vault, f"--archive-id={archive_id}"]
+                if args.output:
+                    words += ["-o", args.output]
+                _note(f"{tier} retrieval job still running{ago}; to download when it is done, run: "
+                      f"{shown(hints.command(args, *words))}")
+                return 0
         result = runner.download_verified(archive_id, target, tier=args.tier, wait=not args.no_wait)
-        _out(f"{archive_id}  {result.tree_hash}  {result.size}  {result.path}")
+        _out(f"{shown(archive_id)}  {result.tree_hash}  {result.size}  {shown(result.path)}")
     return 0
 
 
@@ -503,8 +409,8 @@ def cmd_vaults_list(args: argparse.Namespace) -> int:
             return 0
         for v in vaults:
             _out(
-                f"{v.get('VaultName')}\t{v.get('NumberOfArchives') or 0}\t{v.get('SizeInBytes') or 0}\t"
-                f"{v.get('LastInventoryDate') or '-'}"
+                f"{shown(v.get('VaultName'))}\t{v.get('NumberOfArchives') or 0}\t{v.get('SizeInBytes') or 0}\t"
+                f"{shown(v.get('LastInventoryDate') or '-')}"
             )
     return 0
 
@@ -528,16 +434,19 @@ def cmd_vaults_delete(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- status
 
 
-def vault_status(ctx: Context, vault: str) -> dict[str, Any]:
+def vault_status(ctx: Context, vault: str, all_jobs: bool = False) -> dict[str, Any]:
+    """Pending uploads, current jobs (every recorded job with ``all_jobs``) and catalog age."""
     catalog = ctx.catalog(vault)
     uploads = catalog.list_uploads()
-    jobs = [j for j in catalog.list_jobs() if _job_is_current(j)]
+    jobs = catalog.list_jobs()
+    shown_jobs = [j for j in jobs if all_jobs or _job_is_current(j)]
     return {
         "vault": vault,
         "inventory_date": catalog.inventory_date,
         "inventory_age": catalog.inventory_age(),
         "pending_uploads": [{"key": k, **_upload_summary(v)} for k, v in sorted(uploads.items())],
-        "jobs": [_job_summary(j) for j in jobs],
+        "jobs": [_job_summary(catalog, j) for j in shown_jobs],
+        "finished_jobs_not_shown": len(jobs) - len(shown_jobs),
     }
 
 
@@ -546,8 +455,7 @@ def _upload_summary(state: dict[str, Any]) -> dict[str, Any]:
     done = state.get("bytes_done")
     if done is None and isinstance(state.get("parts"), dict | list):
         part = state.get("part_size") or 0
-        parts = state["parts"]
-        n = len(parts)
+        n = len(state["parts"])
         done = min(size or 0, n * part) if part else None
     return {
         "path": state.get("archive_path") or state.get("path"),
@@ -557,66 +465,82 @@ def _upload_summary(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _job_is_current(job: dict[str, Any], now: float | None = None) -> bool:
-    """Running, or finished recently enough that its output may still be fetched (24 h)."""
-    from glacierfs.jobs import JOB_RETENTION, parse_iso
+def _job_is_current(job: dict[str, Any]) -> bool:
+    """Still running, or an inventory finished and not imported yet (its listing is still to come).
 
-    now = time.time() if now is None else now
-    if job.get("status") == "InProgress":
+    Finished retrievals and imported inventories are history: ``status --all`` shows them.
+    """
+    from glacierfs.jobs import IN_PROGRESS, INVENTORY, SUCCEEDED
+
+    status = job.get("status")
+    if status == IN_PROGRESS:
         return True
-    done = parse_iso(job.get("completed")) or job.get("recorded_at") or 0
-    return now - float(done) < JOB_RETENTION
+    return job.get("kind") == INVENTORY and status == SUCCEEDED and not job.get("imported")
 
 
-def _job_summary(job: dict[str, Any]) -> dict[str, Any]:
-    return {
+def _job_summary(catalog: Catalog, job: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
         k: job.get(k)
-        for k in ("job_id", "kind", "archive_id", "tier", "status", "created", "forced", "imported")
+        for k in ("job_id", "kind", "archive_id", "tier", "status", "created", "completed", "recorded_at",
+                  "forced", "imported")
         if k in job
     }
+    archive_id = job.get("archive_id")
+    known = catalog.get(archive_id, include_deleted=True) if archive_id else None
+    out["path"] = known.path if known else None
+    return out
 
 
-def _known_vaults(ctx: Context) -> list[str]:
-    from glacierfs import catalog as catalog_mod
+def _job_line(job: dict[str, Any]) -> str:
+    from glacierfs.timeutil import fmt_duration, parse_iso
 
-    fn = getattr(catalog_mod, "list_vaults", None) or getattr(catalog_mod.Catalog, "list_vaults", None)
-    if fn is not None:
-        try:
-            return sorted(fn(ctx.cache_root, ctx.endpoint_id, ctx.region))
-        except TypeError:  # pragma: no cover
-            pass
-    return sorted(v.get("VaultName") for v in ctx.glacier.list_vaults())
+    what = str(job.get("kind") or "job")
+    if job.get("path"):
+        what += f" {shown(job['path'])}"
+    elif job.get("archive_id"):
+        what += f" archive {shown(job['archive_id'])}"
+    details = [shown(job["tier"])] if job.get("tier") else []
+    started = parse_iso(job.get("created")) or job.get("recorded_at")  # recorded when we started it
+    if isinstance(started, int | float):
+        details.append(f"started {fmt_duration(time.time() - started)} ago")
+    extra = f" ({', '.join(details)})" if details else ""
+    return f"  job {shown(job.get('status') or '?')}: {what}{extra}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Pending uploads, jobs in flight and catalog age; ``--wait`` until no upload is pending."""
+    """Pending uploads, current jobs by path and catalog age; ``--wait`` until no upload is pending."""
     vault = check_vault_name(args.vault) if args.vault else None
     with open_context(args) as ctx:
-        vaults = [vault] if vault else _known_vaults(ctx)
+        vaults = [vault] if vault else ctx.known_vaults()
         if args.wait:
-            _wait_uploads(ctx, vaults, args)
-        report = [vault_status(ctx, v) for v in vaults]
+            _wait_uploads(ctx, vaults)
+        report = [vault_status(ctx, v, all_jobs=args.all) for v in vaults]
         if args.json:
+            end_status()
             json.dump(report if vault is None else report[0], sys.stdout, indent=1, default=str)
             sys.stdout.write("\n")
             return 0
+        hidden = 0
         for st in report:
             _out(
-                f"vault {st['vault']}: inventory {st['inventory_date'] or 'none'}"
+                f"vault {st['vault']}: inventory {shown(st['inventory_date'] or 'none')}"
                 f" (age {fmt_ago(st['inventory_age'])})"
             )
             for up in st["pending_uploads"]:
                 pct = ""
                 if up["size"] and up["done"] is not None:
                     pct = f" {100 * up['done'] // max(1, up['size'])}%"
-                _out(f"  upload pending: {up['path'] or up['key']} ({up['size']} bytes{pct})")
+                _out(f"  upload pending: {shown(up['path'] or up['key'])} ({up['size']} bytes{pct})")
             for job in st["jobs"]:
-                what = job.get("kind", "job") + (f" {job['archive_id']}" if job.get("archive_id") else "")
-                _out(f"  job {job.get('status', '?')}: {what} {job.get('job_id')}")
+                _out(_job_line(job))
+            hidden += st["finished_jobs_not_shown"]
+        if hidden:
+            words = ["status", "--all"] + (["-v", vault] if vault else [])
+            _note(f"{hidden} finished job(s) not listed; to list them, run: {shown(hints.command(args, *words))}")
     return 0
 
 
-def _wait_uploads(ctx: Context, vaults: list[str], args: argparse.Namespace) -> None:
+def _wait_uploads(ctx: Context, vaults: list[str]) -> None:
     delay = 0.2 if ctx.is_local else 1.0
     while True:
         pending = sum(len(ctx.catalog(v).list_uploads()) for v in vaults)
@@ -631,7 +555,7 @@ def _wait_uploads(ctx: Context, vaults: list[str], args: argparse.Namespace) -> 
 
 
 def _vault_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-v", "--vault", required=True, help="vault name")
+    p.add_argument("-v", "--vault", required=True, help="vault name (required)")
 
 
 def _archive_or_path(p: argparse.ArgumentParser) -> None:
@@ -639,157 +563,175 @@ def _archive_or_path(p: argparse.ArgumentParser) -> None:
         "-a",
         "--archive-id",
         metavar="ARCHIVE_ID",
-        help="archive id; ids that start with '-' need '=': -a=-xyz",
+        help="archive id (default: none, give it or PATH); ids that start with '-' need '=': -a=-xyz",
     )
     p.add_argument("path", nargs="?", metavar="PATH", help="path of the archive as `inventory` lists it")
 
 
-def _tier(value: str) -> str:
-    for t in TIERS:
-        if value.lower() == t.lower():
-            return t
-    raise argparse.ArgumentTypeError(f"invalid tier {value!r} (choose from {', '.join(TIERS)})")
+def _json_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON (default: text lines)")
 
 
-def _nested_common(common_factory: Callable[[], argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    """A copy of the common options whose defaults do not overwrite the parent's values.
-
-    argparse copies every sub-parser default into the namespace, so ``vaults --region X
-    create N`` would lose ``--region`` if ``create`` had ordinary defaults.
-    """
-    p = common_factory()
-    for action in p._actions:
-        if action.dest != "help":
-            action.default = argparse.SUPPRESS
-    return p
-
-
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """Add the client commands to the top-level sub-parsers (``common``: the shared options).
 
     Each command gets a private deep copy of ``common``: argparse shares the parent's action
     objects, so a later sub-parser that redefines a common option with
     ``conflict_handler="resolve"`` would otherwise strip it from every command.
     """
-    p = sub.add_parser(
+
+    def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[copy.deepcopy(common)], help=help, description=description)
+
+    p = add(
         "treehash",
-        parents=[copy.deepcopy(common)],
-        help="print the Glacier tree hash of files",
-        description="Print '<tree hash>  <FILE>' for each FILE, like sha256sum.",
+        "print the Glacier tree hash of files",
+        "Print '<tree hash>  <FILE>' for each FILE, like sha256sum. Only regular files are read "
+        "(a FIFO or device is refused).",
     )
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="regular files to hash")
     p.set_defaults(func=cmd_treehash)
 
-    p = sub.add_parser(
+    p = add(
         "upload",
-        parents=[copy.deepcopy(common)],
-        help="upload files (re-run to resume)",
-        description=(
-            "Upload each FILE as one archive and print '<archive id>  <tree hash>  <size>  <path>'. "
-            "The archive path is FILE as given, normalized like GNU tar (leading '/' stripped, "
-            "everything up to the last '..' removed, '.' dropped), stored as an mt2 description with the mtime; --description sends its "
-            "text as-is instead. Re-running the same command after an interruption resumes."
-        ),
+        "upload files (re-run to resume)",
+        "Upload each FILE as one archive and print '<archive id>  <tree hash>  <size>  <path>'. "
+        "The archive path is FILE as given, normalized like GNU tar (leading '/' stripped, "
+        "everything up to the last '..' removed, '.' dropped), stored as an mt2 description with "
+        "the mtime; --description sends its text as-is instead. Re-running the same command after "
+        "an interruption resumes. Only regular files are read.",
     )
     _vault_arg(p)
-    p.add_argument("--part-size", metavar="SIZE", help="multipart part size: 1M, 64MiB, 1G or bytes")
-    p.add_argument("--concurrency", type=int, default=4, metavar="N", help="parallel part uploads (4)")
-    p.add_argument("--description", metavar="TEXT", help="archive description sent as-is")
+    p.add_argument(
+        "--part-size",
+        metavar="SIZE",
+        help="multipart part size: 1M, 64MiB, 1G or bytes (default: the smallest power-of-two MiB "
+        "that keeps the file within 10,000 parts)",
+    )
+    p.add_argument("--concurrency", type=int, default=4, metavar="N", help="parallel part uploads (default: 4)")
+    p.add_argument("--description", metavar="TEXT", help="archive description sent as-is (default: mt2 of the path)")
     p.add_argument(
         "--single-request",
         action="store_true",
         help="send files of at most one part as one UploadArchive (1 request instead of 3); a crash "
         "in the instant after the service stored it can then leave a duplicate archive, which is "
-        "why the default is a multipart upload for every file",
+        "why the default is a multipart upload for every file (default: off)",
     )
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="regular files to upload")
     p.set_defaults(func=cmd_upload)
 
-    p = sub.add_parser("abort", parents=[copy.deepcopy(common)], help="abort a file's pending upload and forget it")
+    p = add(
+        "abort",
+        "abort a file's pending upload and forget it",
+        "Abort the pending upload of FILE (found by its real path, or on the service by its "
+        "description) and forget its local state.",
+    )
     _vault_arg(p)
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="the file whose upload to abort, as given to `upload`")
     p.set_defaults(func=cmd_abort)
 
-    p = sub.add_parser(
+    p = add(
         "inventory",
-        parents=[copy.deepcopy(common)],
-        help="list a vault (from the catalog, or via an inventory job)",
-        description=(
-            "Print one line per archive: path<TAB>size<TAB>creation date<TAB>archive id, sorted by "
-            "path (--json: a JSON array). Without -f the local catalog's last inventory is shown; "
-            "an inventory job is joined or started only when there is none. -f fetches a fresh "
-            "inventory: it joins an inventory job still running (its output is the snapshot current "
-            "at completion) or the finished, not yet imported job of an interrupted -f; otherwise "
-            "it starts a new job. Job ids are recorded before waiting, so an interrupted run "
-            "reattaches when re-run. Exit status 8 when the vault has no inventory yet."
-        ),
+        "list a vault (from the catalog, or via an inventory job)",
+        "Print one line per archive: path<TAB>size<TAB>creation date<TAB>archive id, sorted by "
+        "path (--json: a JSON array). Without -f the local catalog's last inventory is shown; "
+        "an inventory job is joined or started only when there is none. When Glacier has no "
+        "inventory of the vault yet, what the catalog knows (uploads from this machine) is listed, "
+        "a note says when the first inventory can be had (about a minute on the local server, "
+        "about a day on AWS) and the exit status is 0. -f fetches a fresh inventory: it joins an "
+        "inventory job still running or the finished, not yet imported job of an interrupted -f; "
+        "otherwise it starts a new job; exit status 8 when there is no inventory yet. Job ids are "
+        "recorded before waiting, so an interrupted run reattaches when re-run.",
     )
     _vault_arg(p)
-    p.add_argument("-f", "--force", action="store_true", help="fetch a fresh inventory (see above)")
-    p.add_argument("--json", action="store_true", help="print a JSON array of archives")
+    p.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="fetch a fresh inventory (see above; -f is --force here, --foreground for mount) (default: off)",
+    )
+    _json_arg(p, "an array of archives")
     p.set_defaults(func=cmd_inventory)
 
-    p = sub.add_parser(
+    p = add(
         "delete",
-        parents=[copy.deepcopy(common)],
-        help="delete an archive by id or path",
-        description="Delete one archive, by -a ARCHIVE_ID (ids starting with '-': -a=-xyz) or by PATH.",
+        "delete an archive by id or path",
+        "Delete one archive the catalog knows, by -a ARCHIVE_ID (ids starting with '-': -a=-xyz) or "
+        "by PATH, and print 'deleted <archive id>  <path>'. Glacier answers a delete of an id it "
+        "does not hold with success, so an id the catalog does not list is refused (exit 3) "
+        "unless --unlisted.",
     )
     _vault_arg(p)
     _archive_or_path(p)
+    p.add_argument(
+        "--unlisted",
+        action="store_true",
+        help="send the delete for an id the catalog does not list; prints 'delete sent <id>  -' "
+        "since Glacier does not say whether it existed (default: off)",
+    )
     p.set_defaults(func=cmd_delete)
 
-    p = sub.add_parser(
+    p = add(
         "download",
-        parents=[copy.deepcopy(common)],
-        help="retrieve an archive (job, wait, verified resumable download)",
-        description=(
-            "Reuse a running or finished retrieval job for the archive or start one, wait, then "
-            "download it in tree-hash-aligned verified ranges, resuming a partial download; the "
-            "file is verified whole and moved into place atomically (a running or finished job is "
-            "reused whatever its tier). Output: OUT if -o names a "
-            "file (replaced), else the archive's base name in -o DIR or the current directory "
-            "(never replaced). Prints '<archive id>  <tree hash>  <size>  <file>'."
-        ),
+        "retrieve an archive (job, wait, verified resumable download)",
+        "Reuse a running or finished retrieval job for the archive (whatever its tier) or start "
+        "one, wait, then download it in tree-hash-aligned verified ranges, resuming a partial "
+        "download; the file is verified whole and moved into place atomically. Output: OUT if -o "
+        "names a file (replaced), else the archive's base name in -o DIR or the current directory "
+        "(never replaced). Prints '<archive id>  <tree hash>  <size>  <file>'; with --no-wait "
+        "while the job runs: 'pending <archive id>  <job id>  <tier>' (exit status 0).",
     )
     _vault_arg(p)
     _archive_or_path(p)
-    p.add_argument("-o", "--output", metavar="OUT", help="output file or existing directory")
-    p.add_argument("--tier", type=_tier, default="Standard", help="Expedited, Standard (default) or Bulk")
+    p.add_argument(
+        "-o", "--output", metavar="OUT", help="output file or existing directory (default: the current directory)"
+    )
+    p.add_argument(
+        "--tier",
+        type=tier_type,
+        default=DEFAULT_TIER,
+        help=f"retrieval tier for a new job: {', '.join(TIERS)} (default: {DEFAULT_TIER})",
+    )
     p.add_argument(
         "--no-wait",
         action="store_true",
-        help="do not wait for the retrieval job: start or check it and exit 8 if not ready",
+        help="do not wait: start or check the retrieval job, download if it is done, else print "
+        "'pending ...' and exit 0 (default: wait)",
     )
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser(
+    p = add(
         "vaults",
-        parents=[copy.deepcopy(common)],
-        help="list, create or delete vaults",
-        description="Without a sub-command: list vaults as name<TAB>archives<TAB>bytes<TAB>last inventory.",
+        "list, create or delete vaults",
+        "Without a sub-command: list vaults as name<TAB>archives<TAB>bytes<TAB>last inventory.",
     )
-    p.add_argument("--json", action="store_true", help="print the ListVaults records as JSON")
+    _json_arg(p, "the ListVaults records")
     p.set_defaults(func=cmd_vaults_list)
     vsub = p.add_subparsers(dest="vaults_command", metavar="SUBCOMMAND")
-    nested = _nested_common(lambda: copy.deepcopy(common))
-    q = vsub.add_parser("create", parents=[nested], help="create a vault")
-    q.add_argument("name", metavar="NAME")
+    q = vsub.add_parser("create", parents=[copy.deepcopy(common)], help="create a vault",
+                        description="Create vault NAME; prints 'created NAME'.")
+    q.add_argument("name", metavar="NAME", help="vault name (A-Z a-z 0-9 _ . -, at most 255)")
     q.set_defaults(func=cmd_vaults_create)
-    q = vsub.add_parser("delete", parents=[nested], help="delete an empty vault")
-    q.add_argument("name", metavar="NAME")
+    q = vsub.add_parser("delete", parents=[copy.deepcopy(common)], help="delete an empty vault",
+                        description="Delete vault NAME; Glacier refuses a vault that held archives at its "
+                        "last inventory or was written since (exit 9).")
+    q.add_argument("name", metavar="NAME", help="vault name")
     q.set_defaults(func=cmd_vaults_delete)
-    q = vsub.add_parser("list", parents=[nested], help="list vaults (the default)")
-    q.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    q = vsub.add_parser("list", parents=[copy.deepcopy(common)], help="list vaults (the default)",
+                        description="List vaults as name<TAB>archives<TAB>bytes<TAB>last inventory.")
+    q.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print the ListVaults records as JSON (default: text lines)")
     q.set_defaults(func=cmd_vaults_list)
 
-    p = sub.add_parser(
+    p = add(
         "status",
-        parents=[copy.deepcopy(common)],
-        help="pending uploads, jobs in flight, catalog age",
-        description="Show pending uploads with progress, jobs in flight and the age of the catalog.",
+        "pending uploads, current jobs, catalog age",
+        "Show per vault the catalog's inventory date and age, pending uploads with progress and "
+        "the current jobs (running, or an inventory not imported yet) by archive path. Finished "
+        "jobs are counted in a note; --all lists them too.",
     )
-    p.add_argument("-v", "--vault", help="only this vault (default: every vault known locally)")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--wait", action="store_true", help="return when no upload is pending")
+    p.add_argument("-v", "--vault", help="only this vault (default: every vault with a catalog here)")
+    _json_arg(p, "one object (an array of them without -v)")
+    p.add_argument("--all", action="store_true", help="also list finished jobs (default: current jobs only)")
+    p.add_argument("--wait", action="store_true", help="first wait until no upload is pending (default: off)")
     p.set_defaults(func=cmd_status)

@@ -5,22 +5,44 @@ server, corrupt local state) is raised as a :class:`GlacierFSError` subclass car
 clear line of text. The CLI prints ``glacierfs: error: <line>`` and exits with
 ``exit_code``; the FUSE adapter returns ``errno_for(exc)``. Messages never contain
 credentials.
+
+Three class attributes make an error typed, so nothing is ever patched onto an instance:
+
+* ``exit_code``: the process exit status (:data:`EXIT_CODES` is the table the README shows);
+* ``errno``: what a filesystem call returns (:func:`errno_for` is the one errno table);
+* ``code``: the service's error code (``ResourceNotFoundException``...) when the error came
+  from the service, else None; set through the constructor: ``NotFoundError(msg, code=...)``;
+* ``hint``: the words of a ``glacierfs`` command that would help (``("abort", "-v", vault,
+  path)``), or empty; library code does not know the options in use, so the CLI renders it
+  with :func:`glacierfs.hints.command` and appends ``; run: <command>`` to the message.
 """
 
 from __future__ import annotations
 
 import errno as _errno
+import logging
+
+log = logging.getLogger(__name__)
 
 
 class GlacierFSError(Exception):
     """Base class: ``str(exc)`` is the one-line message shown to the user."""
 
-    exit_code = 1
-    errno = _errno.EIO
+    exit_code: int = 1
+    errno: int = _errno.EIO
+    code: str | None = None
+    hint: tuple[str, ...] = ()
+
+    def __init__(self, message: str = "", *, code: str | None = None, hint: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        if hint:
+            self.hint = tuple(hint)
 
 
 class UsageError(GlacierFSError):
-    """Bad arguments or input the user can fix (bad vault name, bad size, missing file)."""
+    """Bad arguments or input the user can fix (bad vault name, bad size, not a regular file)."""
 
     exit_code = 2
     errno = _errno.EINVAL
@@ -41,7 +63,7 @@ class CredentialsError(GlacierFSError):
 
 
 class ServiceError(GlacierFSError):
-    """The service failed or refused in a way retries did not cure (throttled, 5xx, closed)."""
+    """The service failed or refused in a way retries did not cure (throttled, 5xx, closed, unreachable)."""
 
     exit_code = 5
     errno = _errno.EIO
@@ -75,8 +97,33 @@ class ConflictError(GlacierFSError):
     errno = _errno.EPERM
 
 
+EXIT_OK = 0
+EXIT_INTERNAL = 70  # a bug (EX_SOFTWARE): one line, the traceback only with --debug
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
+#: Every exit status a glacierfs command can end with, and what it means (README's table).
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    GlacierFSError.exit_code: "other error",
+    UsageError.exit_code: "usage: bad arguments or input (bad name or size, not a regular file)",
+    NotFoundError.exit_code: "not found: vault, archive, job, upload or local file",
+    CredentialsError.exit_code: "credentials missing or refused",
+    ServiceError.exit_code: "service failed or unreachable (after retries)",
+    IntegrityError.exit_code: "integrity: a tree hash or length did not match",
+    StateError.exit_code: "local state: corrupt, locked or in use",
+    NotReadyError.exit_code: "not ready: a job is still running or Glacier has no inventory yet",
+    ConflictError.exit_code: "refused: conflict with the vault's or archive's state",
+    EXIT_INTERNAL: "internal error (a bug; --debug shows the traceback)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
 def errno_for(exc: BaseException) -> int:
-    """The errno a filesystem call should return for ``exc`` (EIO for anything unexpected)."""
+    """The errno a filesystem call returns for ``exc``: THE errno table.
+
+    A :class:`GlacierFSError` gives its class's ``errno``; an ``OSError`` (the core's FSError
+    included) keeps its own; anything else is unexpected and EIO.
+    """
     if isinstance(exc, GlacierFSError):
         return exc.errno
     if isinstance(exc, OSError) and exc.errno:
@@ -85,6 +132,9 @@ def errno_for(exc: BaseException) -> int:
 
 
 def exit_code_for(exc: BaseException) -> int:
+    """The exit status for ``exc`` (see :data:`EXIT_CODES`)."""
     if isinstance(exc, GlacierFSError):
         return exc.exit_code
-    return 1
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return EXIT_INTERNAL

@@ -1,8 +1,12 @@
-"""Durable small-file helpers shared by the modules that keep local state.
+"""Durable local files: directory fsync, atomic private JSON writes, regular-file checks. One owner.
 
-``write_json_atomic`` writes to a unique temporary name in the same directory (several
-threads or processes may write the same file), fsyncs it and renames it over the target, so a
-reader sees the old or the new content, never a mix; ``fsync_dir`` makes a rename durable.
+* :func:`fsync_dir`: make a rename/unlink in a directory durable (best effort: some
+  filesystems refuse a directory fsync);
+* :func:`write_json_atomic`: write JSON to a unique 0600 temporary file in the same directory
+  (several threads or processes may write the same file), fsync, rename over the target, fsync
+  the directory, so a crash leaves the old or the new file, never a torn one;
+* :func:`check_regular_file`: refuse a FIFO, socket or device with one line before anything
+  opens it (opening a FIFO for reading blocks until a writer comes, maybe forever).
 """
 
 from __future__ import annotations
@@ -11,11 +15,21 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from glacierfs.errors import NotFoundError, UsageError
+
 log = logging.getLogger(__name__)
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -44,3 +58,25 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any, *, mode: int = 0o
             os.unlink(tmp)
         raise
     fsync_dir(target.parent)
+
+
+def check_regular_file(name: str) -> os.stat_result:
+    """``os.stat(name)`` of a readable regular file (symlinks followed), else one clear error.
+
+    Missing -> :class:`NotFoundError` (exit 3); a directory, FIFO, socket, device or an
+    unreadable file -> :class:`UsageError` (exit 2).
+    """
+    try:
+        st = os.stat(name)
+    except FileNotFoundError:
+        raise NotFoundError(f"{name}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"{name}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{name}: is a directory (give files)")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((k for test, k in _KINDS if test(st.st_mode)), "of another kind")
+        raise UsageError(f"{name}: is {kind}, not a regular file (only regular files are read)")
+    if not os.access(name, os.R_OK):
+        raise UsageError(f"{name}: permission denied")
+    return st

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import ctypes
 import errno
 import fcntl
@@ -61,6 +62,7 @@ from glacierfs.errors import (
     StateError,
     UsageError,
 )
+from glacierfs.options import tier_type as _tier
 from glacierfs.processes import pid_running, processes_with_env
 
 log = logging.getLogger(__name__)
@@ -95,21 +97,12 @@ def default_local_dir() -> str:
     return os.path.expanduser(DEFAULT_DATA_DIR)
 
 
-def _tier(value: str) -> str:
-    for tier in ("Expedited", "Standard", "Bulk"):
-        if value.strip().lower() == tier.lower():
-            return tier
-    raise argparse.ArgumentTypeError(f"invalid tier {value!r} (choose from Expedited, Standard, Bulk)")
-
-
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from glacierfs.cli import common_options
-
     # a private copy of the common options: "resolve" below edits the parent's --local action,
     # which must not leak into the other commands sharing ``common``
     p = sub.add_parser(
         "mount",
-        parents=[common_options()],
+        parents=[copy.deepcopy(common)],
         conflict_handler="resolve",
         help="mount a vault (or all vaults) as a filesystem",
         description="Mount VAULT on MOUNTPOINT. Returns once the mount is ready unless --foreground. "
@@ -167,7 +160,7 @@ def _fix_positionals(args: argparse.Namespace) -> None:
         elif args.vault is not None:
             raise UsageError("--all-vaults takes only MOUNTPOINT")
     elif args.mountpoint is None and args.local not in (None, default_local_dir()) and args.vault:
-        from glacierfs.names import VAULT_NAME
+        from glacierfs.names import VAULT_NAME_RE as VAULT_NAME
 
         # `--local photos ~/mnt` (bare --local, default data dir) or `--local DATA demo` with the
         # mount point forgotten? Only the first if DATA can be a vault name and is no directory.
@@ -183,7 +176,7 @@ def _fix_positionals(args: argparse.Namespace) -> None:
     if not args.all_vaults and not args.vault:
         raise UsageError("VAULT is required (or use --all-vaults)")
     if args.vault:
-        from glacierfs.commands import check_vault_name
+        from glacierfs.names import check_vault_name
 
         check_vault_name(args.vault)
     if args.concurrency < 1:
@@ -302,7 +295,7 @@ def _fuse_options(args: argparse.Namespace) -> dict[str, Any]:
 def _log_path(args: argparse.Namespace) -> Path:
     """``<cache-dir>/logs/<endpoint>/<region>/<vault>.log``: one log per endpoint and vault."""
     from glacierfs.catalog import vault_dir
-    from glacierfs.commands import cache_root_for
+    from glacierfs.context import cache_root_for
     from glacierfs.local import default_region, endpoint_id_for
 
     region = getattr(args, "region", None) or default_region(getattr(args, "profile", None))
@@ -652,7 +645,7 @@ def _wait_for_workers(before: set[threading.Thread], deadline: float) -> list[th
 
 
 def run_foreground(args: argparse.Namespace, mnt: Path) -> int:
-    from glacierfs.commands import open_context
+    from glacierfs.context import open_context
     from glacierfs.fs import fuse_adapter
 
     if not getattr(args, "debug", False) and not getattr(args, "quiet", False):

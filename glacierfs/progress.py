@@ -3,21 +3,48 @@
 Why a wrapper: library code reports progress unconditionally and cheaply; whether anything
 is shown is decided once, here: nothing with ``-q`` or when stderr is not a terminal
 (scripts, cron, tests), so output stays parseable and logs stay clean.
+
+On a terminal, :meth:`Progress.status` keeps ONE status line and rewrites it in place
+(``\r`` + erase line) at every poll instead of adding a line per poll; :func:`end_status`
+erases it before anything else is printed (a result line, an error, a progress bar).
+
+Threads: any thread may call ``status``/``end_status``/``bar``; the module lock ``_lock``
+guards ``_active`` (the stream holding an unfinished status line). tqdm bars are updated
+under their own lock (:class:`_TqdmBar`).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import threading
 from typing import Any, Protocol, TextIO
 
 log = logging.getLogger(__name__)
 
+_lock = threading.Lock()
+_active: TextIO | None = None  # guarded by _lock
+
+
+def end_status() -> None:
+    """Erase the status line a :meth:`Progress.status` left on a terminal (no-op without one)."""
+    global _active
+    with _lock:
+        stream, _active = _active, None
+        if stream is not None:
+            try:
+                stream.write("\r\x1b[K")
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+
 
 class Bar(Protocol):
     def update(self, n: int) -> None: ...
     def close(self) -> None: ...
+    def __enter__(self) -> Bar: ...
+    def __exit__(self, *exc: object) -> None: ...
 
 
 class _NullBar:
@@ -75,6 +102,7 @@ class Progress:
         """
         if not self.enabled:
             return _NullBar()
+        end_status()
         from tqdm import tqdm
 
         return _TqdmBar(
@@ -92,13 +120,23 @@ class Progress:
         )
 
     def status(self, msg: str) -> None:
-        """One transient line such as ``waiting for job ...`` (logged at debug when silent)."""
+        """The transient status line (``waiting for job ...``), rewritten in place on a terminal.
+
+        Logged at debug level when silent (``-q``, not a terminal).
+        """
+        global _active
         if not self.enabled:
             log.debug("%s", msg)
             return
-        from tqdm import tqdm
-
-        tqdm.write(msg, file=self.stream)
+        width = max(20, shutil.get_terminal_size((80, 24)).columns - 1)
+        line = msg if len(msg) <= width else msg[: width - 1] + "…"
+        with _lock:
+            try:
+                self.stream.write("\r\x1b[K" + line)
+                self.stream.flush()
+            except (OSError, ValueError):
+                return
+            _active = self.stream
 
 
 NULL_PROGRESS = Progress(enabled=False)

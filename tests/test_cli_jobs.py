@@ -116,8 +116,10 @@ def test_download_no_wait_reuses_the_running_job(glacier_server_factory, tmp_pat
     cli = Cli(server.url, tmp_path / "cache", work)
     cli("vaults", "create", "v")
     aid = upload_raw(server, "v", b"x" * 5000, "later.bin")
-    cli.error(8, "download", "-v", "v", f"-a={aid}", "--no-wait", "--tier", "bulk", match="is still running")
-    cli.error(8, "download", "-v", "v", f"-a={aid}", "--no-wait", match="is still running")
+    for extra in (["--tier", "bulk"], []):
+        res = cli("download", "-v", "v", f"-a={aid}", "--no-wait", *extra)  # its normal outcome: exit 0
+        assert res.lines == [f"pending {aid}  {res.lines[0].split()[2]}  Bulk"], str(res)
+        assert "retrieval job still running" in res.stderr and "error" not in res.stderr
     status = json.loads(cli("status", "-v", "v", "--json").stdout)
     assert [(j["kind"], j["archive_id"], j["tier"]) for j in status["jobs"]] == [("retrieval", aid, "Bulk")]
     assert "job InProgress: retrieval" in cli("status", "-v", "v").stdout
@@ -365,7 +367,7 @@ def test_local_embedded_server_and_running_server(glacier_server, tmp_path: Path
     no_keys = {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}
     assert cli("vaults", "--local", str(data_dir), env=no_keys).lines[0].startswith("lv\t")  # dummy keys
     # the catalog of a --local endpoint is keyed by the data dir, not by a port
-    listed = cli("inventory", "-v", "lv", "--local", str(data_dir), code=8).lines
+    listed = cli("inventory", "-v", "lv", "--local", str(data_dir)).lines
     assert [x.split("\t")[0] for x in listed] == ["a.txt"]
     # a server already running on the data dir is used, not a second one
     Cli(glacier_server.url, tmp_path / "cache", work)("vaults", "create", "seen-by-server")
@@ -404,10 +406,12 @@ def test_failed_jobs_are_reported_and_replaced(glacier_server_factory, tmp_path:
     cli = Cli(server.url, tmp_path / "cache", work)
     cli("vaults", "create", "v")
     aid = upload_raw(server, "v", b"f" * 300, "f.bin")
-    cli.error(8, "download", "-v", "v", f"-a={aid}", "--no-wait", match="is still running")
+    first = cli("download", "-v", "v", f"-a={aid}", "--no-wait").lines[0].split()
+    assert first[:2] == ["pending", aid]
     server.complete_jobs(status="Failed")
     # the failed job is not reused: a new one is started (and still runs)
-    cli.error(8, "download", "-v", "v", f"-a={aid}", "--no-wait", match="is still running")
+    second = cli("download", "-v", "v", f"-a={aid}", "--no-wait").lines[0].split()
+    assert second[:2] == ["pending", aid] and second[2] != first[2]
     assert len(server.client().list_jobs(vaultName="v")["JobList"]) == 2
     server.populate("v", 1, size=5, snapshot=True)
     proc = cli.popen("inventory", "-v", "v")

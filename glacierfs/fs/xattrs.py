@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from glacierfs import names
+from glacierfs.errors import UsageError
 from glacierfs.fs.staging import Pending
 from glacierfs.fs.types import DIR, FSError
 
@@ -20,14 +22,12 @@ log = logging.getLogger(__name__)
 
 PREFIX = "user.glacier."
 ARCHIVE_NAMES = ("treehash", "archive_id", "state", "description")
-TIERS = ("Expedited", "Standard", "Bulk")
-
-
 def normalize_tier(tier: str) -> str:
-    for t in TIERS:
-        if t.lower() == (tier or "").strip().lower():
-            return t
-    raise FSError(errno.EINVAL, f"unknown retrieval tier {tier!r}: use {', '.join(TIERS)}")
+    """The tier rule of :mod:`glacierfs.names`, as EINVAL for a setxattr value."""
+    try:
+        return names.normalize_tier(tier)
+    except UsageError as exc:
+        raise FSError(errno.EINVAL, str(exc)) from None
 
 
 def listxattr(found: Any) -> list[str]:
