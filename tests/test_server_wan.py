@@ -14,6 +14,7 @@ import time
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from glacierfs.server import start_server
 from glacierfs.treehash import MiB
@@ -37,7 +38,7 @@ def test_latency_holds_every_response_back(glacier_server_factory):
     assert time.monotonic() - t0 >= REQUESTS * 0.2
     err = c.describe_vault  # errors are held back too
     t0 = time.monotonic()
-    with pytest.raises(Exception):
+    with pytest.raises(ClientError):
         err(vaultName="missing")
     assert time.monotonic() - t0 >= 0.2
 
