@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         log.debug("mount commands unavailable: %s", exc)
     else:
         register_mount(sub, common)
+    from glacierfs.treecmds import register as register_tree  # sync, check, restore, import-journal
+
+    register_tree(sub, common)
     return parser
 
 

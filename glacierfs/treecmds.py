@@ -1,0 +1,133 @@
+"""CLI adapter of the whole-tree commands: sync, check, restore, import-journal, wait.
+
+``register(sub, common)`` adds the sub-parsers (cli.py calls it); each command builds a
+context with :func:`_open` (the one place that reaches the client-command context: connection,
+catalogs, job runners) and hands the work to :mod:`glacierfs.tree`. Output goes to stdout as
+plain lines; errors are raised as :class:`~glacierfs.errors.GlacierFSError` for ``cli.main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from glacierfs.errors import GlacierFSError, UsageError
+
+log = logging.getLogger(__name__)
+
+TIERS = ("Expedited", "Standard", "Bulk")
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def _open(args: argparse.Namespace) -> Iterator[Any]:
+    """The client context (``.glacier``, ``.catalog(vault)``, ``.runner(vault)``, ``.progress``)."""
+    from glacierfs.commands import open_context
+
+    with open_context(args) as ctx:
+        yield ctx
+
+
+def _vault(args: argparse.Namespace) -> str:
+    from glacierfs.client import validate_vault_name
+
+    return validate_vault_name(args.vault)
+
+
+def _failed(errors: list[tuple[str, GlacierFSError]], what: str) -> None:
+    """Print each failure as one line, then raise one error carrying the first failure's exit code."""
+    if not errors:
+        return
+    for key, exc in errors:
+        print(f"glacierfs: {what} {key}: {exc}", file=sys.stderr)
+    first = errors[0][1]
+    err = GlacierFSError(f"{len(errors)} {what} operation(s) failed (listed above); run the command again to retry")
+    err.exit_code = first.exit_code
+    raise err
+
+
+# --------------------------------------------------------------------------- sync
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from glacierfs.tree.sync import dry_run_result, plan_sync, run_sync
+
+    vault = _vault(args)
+    if args.jobs < 1 or args.concurrency < 1:
+        raise UsageError("--jobs and --concurrency must be at least 1")
+    part_size = None
+    if args.part_size:
+        from glacierfs.sizes import parse_size
+
+        part_size = parse_size(args.part_size)
+    root = Path(args.dir)
+    with _open(args) as ctx:
+        catalog = ctx.catalog(vault)
+        plan = plan_sync(
+            catalog, root, prefix=args.prefix, replace_modified=args.replace_modified,
+            delete_removed=args.delete_removed, excludes=args.exclude,
+        )
+        for rel, reason in plan.skipped:
+            log.warning("skipped %s: %s", rel, reason)
+        if args.dry_run:
+            _out(dry_run_result(plan, _out).summary(dry_run=True))
+            return 0
+
+        def engine() -> Any:
+            from glacierfs.upload import UploadEngine
+
+            return UploadEngine(ctx.glacier, catalog, vault, part_size=part_size, concurrency=args.concurrency)
+
+        result = run_sync(
+            plan, vault=vault, glacier=ctx.glacier, catalog=catalog, engine_factory=engine,
+            jobs=args.jobs, progress=ctx.progress, emit=_out,
+        )
+        _out(result.summary())
+        _failed(result.errors, "sync")
+    return 0
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def _vault_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--vault", required=True, help="vault name")
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add sync, check, restore, import-journal and wait to the top-level sub-parsers."""
+    p = sub.add_parser(
+        "sync",
+        parents=[copy.deepcopy(common)],
+        help="upload the files of a directory that the vault lacks",
+        description=(
+            "Upload the files of DIR that are not in the vault, as PREFIX/relative/path. "
+            "Prints one line per change ('uploaded P', 'replaced P', 'deleted P') and a summary. "
+            "A second run right after does nothing; a run killed at any point and run again "
+            "reaches the same end state without a duplicate archive."
+        ),
+    )
+    _vault_arg(p)
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--prefix", metavar="P", help="vault directory to sync into (default: the root)")
+    p.add_argument("--replace-modified", action="store_true",
+                   help="upload files whose size or mtime (and then tree hash) differ; the old archive "
+                        "is deleted only after the new one exists")
+    p.add_argument("--delete-removed", action="store_true", help="delete archives whose file is gone")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="skip matching files/directories (a name at any depth, or a path if it has '/')")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--jobs", type=int, default=4, metavar="N", help="files in flight at once (4)")
+    p.add_argument("--concurrency", type=int, default=2, metavar="N", help="parallel parts per file (2)")
+    p.add_argument("--part-size", metavar="SIZE", help="multipart part size: 1M, 64MiB, 1G or bytes")
+    p.set_defaults(func=cmd_sync)
