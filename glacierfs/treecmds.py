@@ -97,6 +97,33 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- check
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``<status>\t<path>`` per path (--json: an array); exit 1 when anything is not ok."""
+    import json
+    from dataclasses import asdict
+
+    from glacierfs.tree.check import check_tree
+
+    vault = _vault(args)
+    with _open(args) as ctx:
+        report = check_tree(ctx.catalog(vault), Path(args.dir), prefix=args.prefix, excludes=args.exclude)
+    for rel, reason in report.skipped:
+        print(f"glacierfs: skipped {rel}: {reason}", file=sys.stderr)
+    if args.json:
+        json.dump([asdict(e) for e in report.entries], sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        for e in report.entries:
+            _out(f"{e.status}\t{e.path}")
+    counts = report.counts()
+    print("check: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+          + (f", {len(report.skipped)} skipped" if report.skipped else ""), file=sys.stderr)
+    return 0 if report.clean else 1
+
+
 # --------------------------------------------------------------------------- registration
 
 
@@ -131,3 +158,21 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--concurrency", type=int, default=2, metavar="N", help="parallel parts per file (2)")
     p.add_argument("--part-size", metavar="SIZE", help="multipart part size: 1M, 64MiB, 1G or bytes")
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser(
+        "check",
+        parents=[copy.deepcopy(common)],
+        help="compare a local tree with the vault by tree hash",
+        description=(
+            "Print '<status><TAB><path>' for every path under DIR and under PREFIX in the vault: ok, "
+            "changed (tree hash differs), missing (in the vault, not on disk), new (on disk, not in the "
+            "vault). Local tree hashes use all cores; the vault's come from the catalog (no retrieval). "
+            "Exit status 1 when anything is not ok."
+        ),
+    )
+    _vault_arg(p)
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--prefix", metavar="P", help="vault directory DIR corresponds to (default: the root)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="as for sync")
+    p.add_argument("--json", action="store_true", help="print a JSON array of {path, status, hashes, archive_id}")
+    p.set_defaults(func=cmd_check)
