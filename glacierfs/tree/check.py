@@ -17,7 +17,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from glacierfs.tree.scan import ArchiveSource, hash_files, norm_prefix, scan_local, strip_prefix, vault_key, vault_tree
+from glacierfs.tree.scan import (
+    ArchiveSource,
+    hash_files,
+    norm_prefix,
+    scan_local,
+    strip_prefix,
+    vault_key,
+    vault_tree,
+)
 
 log = logging.getLogger(__name__)
 
