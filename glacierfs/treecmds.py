@@ -124,6 +124,77 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.clean else 1
 
 
+# --------------------------------------------------------------------------- restore
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from glacierfs.tree.pricing import load_prices
+    from glacierfs.tree.restore import (
+        PlanSummary,
+        Restorer,
+        describe_plan,
+        not_ready_error,
+        plan_items,
+        plan_restore,
+        select,
+        sweep_jobs,
+    )
+
+    vault = _vault(args)
+    if args.max_jobs is not None and args.max_jobs < 1:
+        raise UsageError("--max-jobs must be at least 1")
+    if args.parallel < 1:
+        raise UsageError("--parallel must be at least 1")
+    max_bph = None
+    if args.max_bytes_per_hour:
+        from glacierfs.sizes import parse_size
+
+        max_bph = parse_size(args.max_bytes_per_hour) or None
+    prices = load_prices(args.prices) if args.dry_run else None
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"-o {args.output}: not a directory")
+    with _open(args) as ctx:
+        catalog = ctx.catalog(vault)
+        archives = select(catalog, args.paths)
+        if args.dry_run:  # one streaming pass: no list of a million items
+            assert prices is not None
+            summary = PlanSummary.of(plan_items(archives, out_dir), sweep_jobs(ctx.glacier, vault))
+            for line in describe_plan(summary, prices, args.tier, args.max_jobs, max_bph):
+                _out(line)
+            return 0
+        plan = plan_restore(archives, out_dir, ctx.glacier, vault)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
+        restorer = Restorer(
+            plan, vault=vault, glacier=ctx.glacier, runner_factory=lambda: ctx.runner(vault),
+            tier=args.tier, max_jobs=args.max_jobs, max_bytes_per_hour=max_bph, parallel=args.parallel,
+            poll=(0.2, 1.0) if ctx.is_local else (30.0, 300.0), progress=ctx.progress, emit=_out,
+        )
+        result = restorer.run(wait=not args.no_wait)
+    _out(result.summary())
+    for item in plan.of("conflict"):
+        print(f"glacierfs: restore {item.archive.path}: {item.target} exists and differs; not overwritten",
+              file=sys.stderr)
+    _failed(result.errors, "restore")
+    if result.remaining:
+        raise not_ready_error(result)
+    if result.conflicts:
+        from glacierfs.errors import ConflictError
+
+        raise ConflictError(f"{result.conflicts} file(s) in the way were not overwritten (listed above)")
+    return 0
+
+
+def _tier(value: str) -> str:
+    for t in TIERS:
+        if value.lower() == t.lower():
+            return t
+    raise argparse.ArgumentTypeError(f"invalid tier {value!r} (choose from {', '.join(TIERS)})")
+
+
 # --------------------------------------------------------------------------- registration
 
 
@@ -176,3 +247,31 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="as for sync")
     p.add_argument("--json", action="store_true", help="print a JSON array of {path, status, hashes, archive_id}")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "restore",
+        parents=[copy.deepcopy(common)],
+        help="retrieve many archives into a directory (batched jobs, priced plan)",
+        description=(
+            "Retrieve the archives PATHs and GLOBs select (a directory: everything below it; none: the "
+            "whole vault) into DIR at their vault paths, with their mtimes and modes from the umask, "
+            "verified and moved in atomically. Running or finished jobs are reused; new ones start in "
+            "batches within --max-jobs and --max-bytes-per-hour. Re-running continues and starts no job "
+            "twice. --dry-run prints count, bytes, estimated cost per tier and the expected wait."
+        ),
+    )
+    _vault_arg(p)
+    p.add_argument("paths", nargs="*", metavar="PATH|GLOB")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to restore into (created)")
+    p.add_argument("--tier", type=_tier, default="Standard", help="Expedited, Standard (default) or Bulk")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its cost, start nothing")
+    p.add_argument("--max-jobs", type=int, default=1000, metavar="N",
+                   help="retrieval jobs in flight at once (1000)")
+    p.add_argument("--max-bytes-per-hour", metavar="SIZE",
+                   help="bytes of retrieval jobs started per rolling hour (e.g. 10G; default unlimited)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="start what the limits allow, download what is ready, exit 8 if anything remains")
+    p.add_argument("--parallel", type=int, default=8, metavar="N", help="files downloaded at once (8)")
+    p.add_argument("--prices", metavar="FILE",
+                   help="JSON price table overriding the built-in one (env GLACIERFS_PRICES; see README)")
+    p.set_defaults(func=cmd_restore)

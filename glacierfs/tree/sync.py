@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from glacierfs.errors import GlacierFSError, NotFoundError
+from glacierfs.errors import CredentialsError, GlacierFSError, NotFoundError
 from glacierfs.progress import NULL_PROGRESS, Progress
 from glacierfs.tree.scan import (
     ArchiveLike,
@@ -286,8 +286,11 @@ def run_sync(
                 break
             done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
             for fut in done:
-                _account(fut.result(), result, emit)
-                bar.update(fut.result().size)
+                out = fut.result()
+                if isinstance(out.error, CredentialsError):
+                    raise out.error  # every other operation would fail the same way: one line
+                _account(out, result, emit)
+                bar.update(out.size)
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise

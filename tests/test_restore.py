@@ -1,0 +1,200 @@
+"""``glacierfs restore`` (and ``download``'s directory/mtime/mode contract) against the real local server."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from glacierfs.codec import encode_description
+from tests.tree_util import Cli, kill_after_lines, make_tree, read_tree
+
+RESTORE_FILES = 300
+KILL_TRIALS = 2
+KILL_FILES = 40
+# The issue asks for a 1,000,000-archive vault; building that catalog takes ~35 s of import plus
+# the server's populate, too slow for every CI run. CI uses 100,000 (set the variable to 1000000).
+BIG_VAULT = int(os.environ.get("GLACIERFS_TEST_BIG_VAULT", "100000"))
+DRY_RUN_SECONDS = 20.0  # includes the interpreter and boto3 start-up on a loaded 2-core machine
+
+
+@pytest.fixture(autouse=True)
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def make_cli(server, tmp_path: Path) -> Cli:
+    work = tmp_path / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    return Cli(server.url, tmp_path / "cache", work)
+
+
+def retrieval_jobs(server, vault: str) -> dict[str, int]:
+    """Retrieval jobs per archive id, as the service's ListJobs reports them."""
+    client = server.client()
+    counts: dict[str, int] = {}
+    kwargs: dict = {"vaultName": vault}
+    while True:
+        page = client.list_jobs(**kwargs)
+        for job in page["JobList"]:
+            if job["Action"] == "ArchiveRetrieval":
+                counts[job["ArchiveId"]] = counts.get(job["ArchiveId"], 0) + 1
+        if not page.get("Marker"):
+            return counts
+        kwargs["marker"] = page["Marker"]
+
+
+def summary(res) -> str:
+    lines = [ln for ln in res.lines if ln.startswith("restore:")]
+    assert len(lines) == 1, str(res)
+    return lines[0]
+
+
+def assert_restored(out: Path, root: Path, files: dict[str, bytes]) -> None:
+    got = read_tree(out)
+    assert got == files, sorted(set(got) ^ set(files))[:10]
+    for rel in files:
+        st = (out / rel).stat()
+        assert int(st.st_mtime) == int((root / rel).stat().st_mtime), rel
+        assert stat.S_IMODE(st.st_mode) == 0o644, (rel, oct(st.st_mode))
+
+
+def test_restore_a_300_file_directory_in_one_command(glacier_server, tmp_path: Path) -> None:
+    cli = make_cli(glacier_server, tmp_path)
+    root = tmp_path / "tree"
+    files = make_tree(root / "photos", RESTORE_FILES, seed=5)
+    other = {"other/a1.txt": b"a1", "other/b2.txt": b"b2", "other/sub/c3.txt": b"c3", "other/x.bin": b"x"}
+    for rel, data in other.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    cli("vaults", "create", "r1")
+    cli("sync", "-v", "r1", str(root))
+
+    out = tmp_path / "out"  # does not exist yet: created
+    res = cli("restore", "-v", "r1", "photos", "-o", str(out))
+    assert summary(res).startswith(f"restore: {RESTORE_FILES} restored, 0 already here")
+    assert f"jobs: {RESTORE_FILES} started, 0 reused" in summary(res)
+    assert_restored(out / "photos", root / "photos", files)
+    assert not (out / "other").exists()
+    jobs = retrieval_jobs(glacier_server, "r1")
+    assert len(jobs) == RESTORE_FILES and set(jobs.values()) == {1}
+
+    again = cli("restore", "-v", "r1", "photos", "-o", str(out))
+    assert summary(again).startswith(f"restore: 0 restored, {RESTORE_FILES} already here")
+    assert retrieval_jobs(glacier_server, "r1") == jobs
+
+    # globs: '*' stays within a component, '**' crosses them
+    g = tmp_path / "globbed"
+    res = cli("restore", "-v", "r1", "other/*.txt", "**/c?.txt", "-o", str(g))
+    assert read_tree(g) == {k: v for k, v in other.items() if k.endswith(".txt")}
+    assert "3 restored" in summary(res)
+    cli("restore", "-v", "r1", "nothing/*.jpg", "-o", str(g), code=3)
+    cli("restore", "-v", "r1", "no/such/dir", "-o", str(g), code=3)
+
+    # a different file in the way is reported and kept, never overwritten
+    (g / "other" / "a1.txt").write_bytes(b"mine")
+    res = cli("restore", "-v", "r1", "other", "-o", str(g), code=9)
+    assert (g / "other" / "a1.txt").read_bytes() == b"mine"
+    assert "a1.txt" in res.stderr and "not overwritten" in res.stderr
+    assert (g / "other" / "x.bin").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("trial", range(KILL_TRIALS))
+def test_killed_restore_rerun_starts_no_job_twice(glacier_server_factory, tmp_path: Path, trial: int) -> None:
+    server = glacier_server_factory("--job-delay", "1")
+    cli = make_cli(server, tmp_path)
+    root = tmp_path / "tree"
+    files = make_tree(root, KILL_FILES, seed=20 + trial, big=1)
+    cli("vaults", "create", "rk")
+    cli("sync", "-v", "rk", str(root))
+    out = tmp_path / "out"
+    rng = random.Random(trial)
+    kill_after_lines(cli.popen("restore", "-v", "rk", "-o", str(out), "--parallel", "2"),
+                     rng.randrange(1, KILL_FILES))
+    before = retrieval_jobs(server, "rk")
+    assert before and set(before.values()) == {1}
+    res = cli("restore", "-v", "rk", "-o", str(out))
+    assert "0 failed" in summary(res)
+    assert_restored(out, root, files)
+    after = retrieval_jobs(server, "rk")
+    assert len(after) == len(files) and set(after.values()) == {1}, after
+    assert not [p for p in out.rglob(".*") if "glacierfs" in p.name]  # no staging or partial file left
+
+
+def test_no_wait_batches_within_limits(glacier_server_factory, tmp_path: Path) -> None:
+    server = glacier_server_factory("--job-delay", "3600")
+    cli = make_cli(server, tmp_path)
+    root = tmp_path / "tree"
+    files = make_tree(root, 30, seed=30)
+    cli("vaults", "create", "rb")
+    cli("sync", "-v", "rb", str(root))
+    out = tmp_path / "out"
+    args = ("restore", "-v", "rb", "-o", str(out), "--no-wait", "--max-jobs", "10")
+    res = cli(*args, code=8)
+    assert "jobs: 10 started" in summary(res)
+    cli(*args, code=8)  # the 10 are still running: nothing more may start
+    assert sum(retrieval_jobs(server, "rb").values()) == 10
+    server.complete_jobs()
+    res = cli(*args, code=8)
+    assert summary(res).startswith("restore: 10 restored") and "jobs: 10 started" in summary(res)
+    server.complete_jobs()
+    cli(*args, code=8)
+    server.complete_jobs()
+    res = cli(*args)
+    assert "0 not ready" not in summary(res) and "restored" in summary(res)
+    assert read_tree(out) == files
+    jobs = retrieval_jobs(server, "rb")
+    assert len(jobs) == 30 and set(jobs.values()) == {1}
+
+    # bytes per hour: the jobs started within the hour stay within the limit
+    server2 = glacier_server_factory("--job-delay", "3600")
+    cli2 = make_cli(server2, tmp_path / "second")
+    cli2("vaults", "create", "rh")
+    cli2("sync", "-v", "rh", str(root))
+    limit = 1000
+    cli2("restore", "-v", "rh", "-o", str(tmp_path / "out2"), "--no-wait", "--max-bytes-per-hour", str(limit),
+         code=8)
+    started = retrieval_jobs(server2, "rh")
+    sizes = {a: 0 for a in started}
+    client = server2.client()
+    for job in client.list_jobs(vaultName="rh")["JobList"]:
+        sizes[job["ArchiveId"]] = job["ArchiveSizeInBytes"]
+    assert 0 < len(started) < 30 and sum(sizes.values()) <= limit
+
+
+def test_dry_run_of_a_big_vault_prints_its_plan_in_seconds(glacier_server, tmp_path: Path) -> None:
+    cli = make_cli(glacier_server, tmp_path)
+    cli("vaults", "create", "big")
+    batch = 8000  # the admin endpoint takes JSON bodies up to 1 MiB
+    for start in range(0, BIG_VAULT, batch):
+        n = min(batch, BIG_VAULT - start)
+        descriptions = [encode_description(f"d{i % 317}/f{i}.bin", 1_600_000_000 + i) for i in range(start, start + n)]
+        glacier_server.populate("big", n, size=1024, descriptions=descriptions, snapshot=start + n >= BIG_VAULT)
+    cli("inventory", "-v", "big", "-f", timeout=900)
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"currency": "EUR", "Bulk": {"per_gb": 1.0, "per_1000_requests": 2.0}}))
+    t0 = time.monotonic()
+    res = cli("restore", "-v", "big", "-o", str(tmp_path / "out"), "--dry-run", "--tier", "bulk",
+              "--prices", str(prices), "--max-jobs", "5000")
+    elapsed = time.monotonic() - t0
+    assert elapsed < DRY_RUN_SECONDS, elapsed
+    text = res.stdout
+    assert f"restore plan: {BIG_VAULT} archive(s), {BIG_VAULT * 1024} bytes selected" in text
+    assert f"{BIG_VAULT} to start" in text
+    bulk = next(ln for ln in res.lines if "Bulk" in ln)
+    expected = BIG_VAULT * 1024 / (1 << 30) * 1.0 + BIG_VAULT / 1000 * 2.0
+    assert bulk.lstrip().startswith("* Bulk") and f"{expected:.4f} EUR" in bulk
+    assert any("Standard" in ln and "3 h-5 h" in ln for ln in res.lines)
+    assert not (tmp_path / "out").exists()
+    assert retrieval_jobs(glacier_server, "big") == {}
+    # a sub-directory's plan
+    sub = cli("restore", "-v", "big", "d7", "-o", str(tmp_path / "out"), "--dry-run")
+    n = len([i for i in range(BIG_VAULT) if i % 317 == 7])
+    assert f"restore plan: {n} archive(s)" in sub.stdout
