@@ -198,3 +198,20 @@ def test_dry_run_of_a_big_vault_prints_its_plan_in_seconds(glacier_server, tmp_p
     sub = cli("restore", "-v", "big", "d7", "-o", str(tmp_path / "out"), "--dry-run")
     n = len([i for i in range(BIG_VAULT) if i % 317 == 7])
     assert f"restore plan: {n} archive(s)" in sub.stdout
+
+
+def test_download_creates_the_directory_and_restores_mtime_and_mode(glacier_server, tmp_path: Path) -> None:
+    cli = make_cli(glacier_server, tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "doc.txt").write_bytes(b"hello")
+    os.utime(src / "doc.txt", (1_500_000_000, 1_500_000_000))
+    cli("vaults", "create", "d1")
+    cli("sync", "-v", "d1", str(src))
+    out = tmp_path / "new" / "dir"
+    res = cli("download", "-v", "d1", "doc.txt", "-o", f"{out}/")
+    assert res.lines[0].endswith(str(out / "doc.txt"))
+    st = (out / "doc.txt").stat()
+    assert (out / "doc.txt").read_bytes() == b"hello"
+    assert int(st.st_mtime) == 1_500_000_000 and stat.S_IMODE(st.st_mode) == 0o644
+    cli("download", "-v", "d1", "doc.txt", "-o", str(tmp_path / "missing" / "x"), code=2)  # not DIR/: refused
