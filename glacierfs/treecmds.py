@@ -188,6 +188,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- import-journal
+
+
+def cmd_import_journal(args: argparse.Namespace) -> int:
+    from glacierfs.tree.journal import import_journal, read_journal
+
+    vault = _vault(args)
+    journal = read_journal(Path(args.journal), skip_broken=args.skip_broken)  # whole file checked first
+    with _open(args) as ctx:
+        result = import_journal(ctx.catalog(vault), journal)
+    _out(result.summary())
+    return 0
+
+
 def _tier(value: str) -> str:
     for t in TIERS:
         if value.lower() == t.lower():
@@ -275,3 +289,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--prices", metavar="FILE",
                    help="JSON price table overriding the built-in one (env GLACIERFS_PRICES; see README)")
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser(
+        "import-journal",
+        parents=[copy.deepcopy(common)],
+        help="read an mt-aws-glacier journal into the catalog (no inventory job)",
+        description=(
+            "Record the archives of an mt-aws-glacier journal (versions 0, A, B, C) in the vault's "
+            "catalog, so the mount, sync and restore see them at once; the next inventory reconciles "
+            "as usual. A broken line is reported with its number and nothing is imported."
+        ),
+    )
+    _vault_arg(p)
+    p.add_argument("journal", metavar="JOURNAL")
+    p.add_argument("--skip-broken", action="store_true", help="skip (and log) broken lines instead of refusing")
+    p.set_defaults(func=cmd_import_journal)
