@@ -202,6 +202,23 @@ def cmd_import_journal(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- wait
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    from glacierfs.tree.wait import wait_until_done
+
+    vault = _vault(args)
+    if args.timeout is not None and args.timeout < 0:
+        raise UsageError("--timeout must be >= 0")
+    with _open(args) as ctx:
+        wait_until_done(
+            ctx.catalog(vault), ctx.glacier, vault, args.paths, timeout=args.timeout,
+            poll=(0.2, 1.0) if ctx.is_local else (5.0, 60.0), progress=ctx.progress,
+        )
+    return 0
+
+
 def _tier(value: str) -> str:
     for t in TIERS:
         if value.lower() == t.lower():
@@ -304,3 +321,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("journal", metavar="JOURNAL")
     p.add_argument("--skip-broken", action="store_true", help="skip (and log) broken lines instead of refusing")
     p.set_defaults(func=cmd_import_journal)
+
+    p = sub.add_parser(
+        "wait",
+        parents=[copy.deepcopy(common)],
+        help="return when the uploads and retrievals under PATHs are done",
+        description=(
+            "Block until no upload is pending (CLI, sync or a mount's queue) and no retrieval job is "
+            "running for an archive under the PATHs (default: the whole vault). Exit 8 after --timeout."
+        ),
+    )
+    _vault_arg(p)
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="give up (exit 8) after this long")
+    p.set_defaults(func=cmd_wait)

@@ -215,3 +215,40 @@ def test_download_creates_the_directory_and_restores_mtime_and_mode(glacier_serv
     assert (out / "doc.txt").read_bytes() == b"hello"
     assert int(st.st_mtime) == 1_500_000_000 and stat.S_IMODE(st.st_mode) == 0o644
     cli("download", "-v", "d1", "doc.txt", "-o", str(tmp_path / "missing" / "x"), code=2)  # not DIR/: refused
+
+
+def test_wait_returns_when_the_retrievals_and_uploads_under_the_paths_are_done(
+    glacier_server_factory, tmp_path: Path
+) -> None:
+    from glacierfs.catalog import Catalog
+
+    server = glacier_server_factory("--job-delay", "3600")
+    cli = make_cli(server, tmp_path)
+    root = tmp_path / "tree"
+    for rel in ("photos/a.jpg", "photos/b/c.jpg", "docs/d.txt"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    cli("vaults", "create", "w")
+    cli("sync", "-v", "w", str(root))
+    cli("restore", "-v", "w", "photos", "-o", str(tmp_path / "out"), "--no-wait", code=8)
+    cli("wait", "-v", "w", "docs")  # nothing under docs: at once
+    res = cli("wait", "-v", "w", "photos", "--timeout", "0.5", code=8)
+    assert "2 retrieval job(s)" in res.stderr
+    proc = cli.popen("wait", "-v", "w", "photos/b")
+    try:
+        server.complete_jobs()
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+    cli("wait", "-v", "w")
+
+    url = server.url.rstrip("/")
+    with Catalog.open(tmp_path / "cache", url, "us-east-1", "w") as cat:
+        cat.put_upload("sync:docs/new.txt", {"archive_path": "docs/new.txt"})
+    assert "1 upload(s)" in cli("wait", "-v", "w", "docs", "--timeout", "0.3", code=8).stderr
+    cli("wait", "-v", "w", "photos")  # the pending upload is not under photos
+    with Catalog.open(tmp_path / "cache", url, "us-east-1", "w") as cat:
+        cat.remove_upload("sync:docs/new.txt")
+    cli("wait", "-v", "w", "docs")
