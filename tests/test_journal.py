@@ -93,3 +93,37 @@ def test_journal_archives_are_visible_at_once_and_reconciled_by_the_next_invento
     skip.write_text("garbage line\n" + lines[0] + "\n", encoding="utf-8")
     res = cli("import-journal", "-v", "mt", str(skip), "--skip-broken")
     assert "1 broken line(s) skipped" in res.lines[0] and "line 1" in res.stderr
+
+
+def test_journal_files_are_visible_in_a_running_mount_before_any_inventory(glacier_server, tmp_path: Path) -> None:
+    from tests import test_mount
+
+    test_mount.skip_without_fuse()
+    vault = test_mount.VAULT
+    glacier_server.client().create_vault(vaultName=vault)
+    data = {"été/plage.jpg": (b"sand" * 10, 1_560_000_000), "docs/a b.txt": (b"words", 1_500_000_000)}
+    ids = {name: upload(glacier_server, vault, name, body, mtime) for name, (body, mtime) in data.items()}
+    journal = tmp_path / "journal.log"
+    journal.write_text("".join(
+        f"B\t{mtime + 5}\tCREATED\t{ids[name]}\t{len(body)}\t{mtime}\t{tree_hash(body)}\t{name}\n"
+        for name, (body, mtime) in data.items()
+    ), encoding="utf-8")
+    m = test_mount.Mount(tmp_path / "mnt", tmp_path / "cache", glacier_server.url, vault)
+    try:
+        m.start()
+        assert os.listdir(m.mnt) == []
+        cli = Cli(glacier_server.url, tmp_path / "cache", tmp_path)
+        cli("import-journal", "-v", vault, str(journal))
+        for name, (body, mtime) in data.items():
+            st = (m.mnt / name).stat()
+            assert (st.st_size, int(st.st_mtime)) == (len(body), mtime), m.log()
+            assert test_mount.getfattr(m.mnt / name, "user.glacier.archive_id") == ids[name]
+        assert sorted(os.listdir(m.mnt)) == ["docs", "été"], m.log()
+    finally:
+        try:
+            m.stop()
+        finally:
+            if m.proc is not None and m.proc.poll() is None:
+                m.proc.kill()
+                m.proc.wait(10)
+            test_mount.unmount(m.mnt)
