@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from glacierfs.errors import GlacierFSError, NotFoundError, NotReadyError, UsageError
+from glacierfs.errors import GlacierFSError, NotFoundError, NotReadyError, ServiceError, UsageError
 from glacierfs.progress import NULL_PROGRESS, Progress
 from glacierfs.tree.pricing import TIERS, PriceTable, expected_wait, fmt_hours
 from glacierfs.tree.scan import ArchiveLike
@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 SUCCEEDED, IN_PROGRESS, FAILED = "Succeeded", "InProgress", "Failed"
 JOB_RETENTION = 24 * 3600
 DEFAULT_MAX_JOBS = 1000
+MAX_STARTS = 3  # jobs one run starts for an archive whose jobs keep failing or expiring
 
 State = Literal["done", "conflict", "staged", "todo"]
 
@@ -536,6 +537,7 @@ class Restorer:
         umask = os.umask(0)
         os.umask(umask)
         self.mode = 0o666 & ~umask
+        self._starts: dict[str, int] = {}  # jobs started per archive in this run
 
     def run(self, wait: bool = True) -> RestoreResult:
         plan = self.plan
@@ -615,8 +617,13 @@ class Restorer:
         """Start jobs for archives without one, within ``max_jobs`` in flight and the hourly byte limit."""
         in_flight = sum(1 for aid in todo if aid in jobs.best)
         window = jobs.bytes_since(self.clock() - 3600) if self.max_bytes_per_hour else 0
-        for aid, item in todo.items():
+        for aid, item in list(todo.items()):
             if aid in jobs.best:
+                continue
+            if self._starts.get(aid, 0) >= MAX_STARTS:  # its jobs failed or vanished: give up on it
+                todo.pop(aid)
+                res.errors.append((item.archive.path, ServiceError(
+                    f"{MAX_STARTS} retrieval jobs for archive {aid} failed or expired before the download")))
                 continue
             if self.max_jobs is not None and in_flight >= self.max_jobs:
                 return
@@ -628,6 +635,7 @@ class Restorer:
             start = getattr(runner, "start_retrieval", None) or runner.retrieval
             desc = start(aid, self.tier)
             jobs.best[aid] = desc
+            self._starts[aid] = self._starts.get(aid, 0) + 1
             created = _epoch(desc.get("CreationDate")) or self.clock()
             jobs.recent.append((created, size))
             window += size
