@@ -250,3 +250,18 @@ def test_wait_returns_when_the_retrievals_and_uploads_under_the_paths_are_done(
     with Catalog.open(tmp_path / "cache", url, "us-east-1", "w") as cat:
         cat.remove_upload("sync:docs/new.txt")
     cli("wait", "-v", "w", "docs")
+
+
+def test_catalog_iter_entries_selects_exactly_a_subtree(tmp_path: Path) -> None:
+    from glacierfs.catalog import Catalog
+    from glacierfs.inventory import InventoryItem
+
+    paths = ["a/x", "a/b/y", "a/b/c/z", "ab/w", "a.txt", "a-b/v", "top"]
+    with Catalog.open(tmp_path, "e", "us-east-1", "v") as cat:
+        cat.import_inventory([InventoryItem(f"id{i}", encode_description(p, 1000 + i), "2026-01-01T00:00:00Z",
+                                            i + 1, "cd" * 32) for i, p in enumerate(paths)], "2026-02-01T00:00:00Z")
+        assert sorted(e[0] for e in cat.iter_entries("a")) == ["a/b/c/z", "a/b/y", "a/x"]
+        assert sorted(e[0] for e in cat.iter_entries("a/b/")) == ["a/b/c/z", "a/b/y"]
+        assert sorted(e[0] for e in cat.iter_entries("")) == sorted(paths)
+        row = next(iter(cat.iter_entries("ab")))
+        assert row == ("ab/w", "id3", 4, 1003.0, "cd" * 32)
