@@ -18,7 +18,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from glacierfs import __version__, commands, hints, mount
+from glacierfs import __version__, commands, hints, mount, treecmds
 from glacierfs.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, GlacierFSError
 from glacierfs.options import add_common_options, common_options
 from glacierfs.progress import end_status
@@ -38,6 +38,7 @@ def _register_server(sub: argparse._SubParsersAction[argparse.ArgumentParser], c
 REGISTER: list[Register] = [
     commands.register,
     mount.register,
+    treecmds.register,  # sync, check, restore, import-journal, wait
     _register_server,
 ]
 

@@ -27,6 +27,7 @@ library modules are deferred into the commands so that building the parser stays
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
@@ -344,6 +345,11 @@ def download_target(out: str | None, archive_path: str) -> tuple[Path, bool]:
     if out is None:
         return Path.cwd() / base, False
     target = Path(out)
+    if out.endswith(("/", os.sep)) and not target.exists():  # -o DIR/ names a directory: create it
+        try:
+            target.mkdir(parents=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create directory {out}: {exc.strerror or exc}") from None
     if target.is_dir():
         return target / base, False
     if not target.parent.is_dir():
@@ -393,8 +399,19 @@ def cmd_download(args: argparse.Namespace) -> int:
                       f"{shown(hints.command(args, *words))}")
                 return 0
         result = runner.download_verified(archive_id, target, tier=args.tier, wait=not args.no_wait)
+        _restore_attrs(result.path, catalog.get(archive_id))
         _out(f"{shown(archive_id)}  {result.tree_hash}  {result.size}  {shown(result.path)}")
     return 0
+
+
+def _restore_attrs(path: Path, archive: Any) -> None:
+    """The archive's mtime (from its description, else its creation date) and a normal mode (umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~umask)
+        if archive is not None:
+            os.utime(path, (archive.mtime, archive.mtime))
 
 
 # --------------------------------------------------------------------------- vaults
@@ -684,7 +701,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     _vault_arg(p)
     _archive_or_path(p)
     p.add_argument(
-        "-o", "--output", metavar="OUT", help="output file or existing directory (default: the current directory)"
+        "-o", "--output", metavar="OUT", help="output file or directory (DIR/ is created if missing; default: the current directory)"
     )
     p.add_argument(
         "--tier",

@@ -689,6 +689,20 @@ class JobRunner:
         except ServiceError:
             return {"JobId": rec["job_id"], "StatusCode": IN_PROGRESS, "ArchiveId": archive_id, "Tier": tier}
 
+    def start_retrieval(self, archive_id: str, tier: str = "Standard") -> dict[str, Any]:
+        """Start a retrieval job without looking for an existing one first; returns its description.
+
+        For callers that already know there is none because they swept ListJobs once for many
+        archives (``glacierfs restore``): :meth:`retrieval` would list every job again per
+        archive. The job is recorded before this returns, like every job started here.
+        """
+        result = self.glacier.initiate_retrieval(self.vault, archive_id, tier, None)
+        rec = self._started(result, RETRIEVAL, archive_id=archive_id, tier=tier)
+        try:
+            return self._describe(rec["job_id"])
+        except ServiceError:
+            return {"JobId": rec["job_id"], "StatusCode": IN_PROGRESS, "ArchiveId": archive_id, "Tier": tier}
+
     def retrieval_state(self, archive_id: str) -> str:
         """``none`` | ``in_progress`` | ``ready`` | ``failed``, without starting or waiting for anything."""
         desc = self.find_retrieval_job(archive_id)

@@ -1,0 +1,98 @@
+"""``glacierfs wait``: block until the uploads and retrievals under some vault paths are done.
+
+Pending uploads are the catalog's upload states (CLI uploads, syncs and the mount's queue all
+record one until the archive exists); retrievals are the vault's retrieval jobs still
+``InProgress`` (one ListJobs per poll, so jobs of the mount, of ``restore`` and of other tools
+count) whose archive is under a PATH. With no PATH everything counts. A mount downloads a
+finished job into its cache shortly after (its own poll), so ``wait`` returning means the job's
+output can be read.
+
+Threading contract: single-threaded (the caller's thread); it only reads the catalog and lists jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from glacierfs.errors import NotReadyError
+from glacierfs.progress import NULL_PROGRESS, Progress
+
+log = logging.getLogger(__name__)
+
+
+class WaitCatalog(Protocol):
+    def list_uploads(self) -> dict[str, dict[str, Any]]: ...
+    def get(self, archive_id: str, include_deleted: bool = False) -> Any: ...
+
+
+class JobLister(Protocol):
+    def list_jobs(self, vault: str) -> list[dict]: ...
+
+
+@dataclass
+class Pending:
+    uploads: list[str]
+    retrievals: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.uploads or self.retrievals)
+
+
+def _norm(path: str) -> str:
+    return posixpath.normpath("/" + path).lstrip("/")
+
+
+def _under(path: str | None, roots: list[str]) -> bool:
+    if not roots:
+        return True
+    if not path:
+        return False
+    return any(not r or path == r or path.startswith(r + "/") for r in roots)
+
+
+def pending(catalog: WaitCatalog, glacier: JobLister, vault: str, paths: list[str]) -> Pending:
+    roots = [_norm(p) for p in paths]
+    uploads = []
+    for key, state in catalog.list_uploads().items():
+        path = state.get("archive_path") or state.get("path")
+        if _under(_norm(path) if path else None, roots):
+            uploads.append(str(path or key))
+    retrievals = []
+    for job in glacier.list_jobs(vault):
+        if job.get("Action") != "ArchiveRetrieval" or job.get("StatusCode") != "InProgress":
+            continue
+        archive = catalog.get(job.get("ArchiveId") or "")
+        path = getattr(archive, "path", None)
+        if _under(path, roots):
+            retrievals.append(path or str(job.get("ArchiveId")))
+    return Pending(sorted(uploads), sorted(retrievals))
+
+
+def wait_until_done(
+    catalog: WaitCatalog, glacier: JobLister, vault: str, paths: list[str], *,
+    timeout: float | None = None, poll: tuple[float, float] = (1.0, 60.0),
+    progress: Progress = NULL_PROGRESS, sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Return when nothing is pending under ``paths``; NotReadyError after ``timeout`` seconds."""
+    deadline = None if timeout is None else clock() + timeout
+    delay = poll[0]
+    while True:
+        left = pending(catalog, glacier, vault, paths)
+        if not left:
+            return
+        progress.status(f"waiting for {len(left.uploads)} upload(s) and {len(left.retrievals)} retrieval job(s)")
+        if deadline is not None and clock() >= deadline:
+            first = (left.uploads + left.retrievals)[0]
+            raise NotReadyError(
+                f"still pending after {timeout:g} s: {len(left.uploads)} upload(s), "
+                f"{len(left.retrievals)} retrieval job(s) (e.g. {first})"
+            )
+        pause = delay if deadline is None else max(0.0, min(delay, deadline - clock()))
+        sleep(pause)
+        delay = min(poll[1], delay * 1.5)
