@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         log.debug("mount commands unavailable: %s", exc)
     else:
         register_mount(sub, common)
+    from glacierfs.exportcmd import register as register_export
+
+    register_export(sub, common)
     return parser
 
 

@@ -1,0 +1,340 @@
+"""``glacierfs export`` (issue 12) against our real ``glacierfs serve`` and moto's S3 server.
+
+S3 is moto in server mode behind :class:`tests.s3_server.ChecksumGate`, which checks every
+``x-amz-checksum-sha256`` like AWS S3 does (moto does not) and can corrupt chosen part bodies.
+All S3 traffic of the command goes through boto3's ``s3`` client with ``--s3-endpoint-url``;
+results are checked with boto3: keys, bytes, checksums, metadata, storage class.
+
+Sizes kept small for CI (module constants; the issue's sizes in parentheses, reachable through
+the environment variables named next to each constant):
+
+* ``LARGE_SIZE`` - the large archive of the 200-archive vault (300 MiB; GLACIERFS_EXPORT_LARGE);
+* ``RSS_SIZE``   - the archive exported while peak RSS is measured (1 GiB; GLACIERFS_EXPORT_RSS_SIZE);
+* ``DRYRUN_ARCHIVES`` - the dry run's vault (1,000,000; GLACIERFS_EXPORT_DRYRUN_ARCHIVES);
+* ``KILL_TRIALS`` - SIGKILLs before the final run.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from glacierfs.codec import decode_description, encode_description, safe_relpath
+from glacierfs.export.plan import (
+    MIN_PART,
+    Plan,
+    Prices,
+    Selection,
+    Shard,
+    decode_metadata_description,
+    estimate,
+    item_for,
+    object_key,
+    object_metadata,
+    part_size_for,
+    shard_of,
+    undecodable,
+)
+from glacierfs.export.run import EXPIRY_MARGIN, OUTPUT_LIFETIME, output_expiring, parse_iso
+from glacierfs.treehash import MiB, tree_hash
+from tests.s3_server import S3Server
+from tests.test_cli import Cli
+
+LARGE_SIZE = int(os.environ.get("GLACIERFS_EXPORT_LARGE", 40 * MiB + 12_345))
+RSS_SIZE = int(os.environ.get("GLACIERFS_EXPORT_RSS_SIZE", 192 * MiB + 777))
+RSS_LIMIT = 200 * MiB
+DRYRUN_ARCHIVES = int(os.environ.get("GLACIERFS_EXPORT_DRYRUN_ARCHIVES", 100_000))
+DRYRUN_LIMIT_S = 10.0
+KILL_TRIALS = 6
+SEED = 20261201
+
+
+# --------------------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    server = S3Server(tmp_path_factory.mktemp("s3") / "s3.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server: S3Server, request: pytest.FixtureRequest) -> str:
+    name = "b-" + hashlib.sha256(request.node.name.encode()).hexdigest()[:20]
+    s3_server.client().create_bucket(Bucket=name)
+    s3_server.gate("reset")
+    return name
+
+
+def export_cli(glacier_server: Any, tmp_path: Path, cache: str = "cache") -> Cli:
+    return Cli(glacier_server.url, tmp_path / cache, tmp_path)
+
+
+def s3_args(s3_server: S3Server) -> list[str]:
+    return ["--s3-endpoint-url", s3_server.url, "--s3-region", "us-east-1"]
+
+
+def upload(glacier: Any, vault: str, body: bytes, description: str) -> str:
+    return glacier.upload_archive(vaultName=vault, archiveDescription=description, body=body,
+                                  checksum=tree_hash(body))["archiveId"]
+
+
+def all_objects(s3: Any, bucket: str) -> dict[str, dict[str, Any]]:
+    """key -> head_object answer (with checksum) of every object in the bucket."""
+    out: dict[str, dict[str, Any]] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            out[obj["Key"]] = s3.head_object(Bucket=bucket, Key=obj["Key"], ChecksumMode="ENABLED")
+    return out
+
+
+def read_object(s3: Any, bucket: str, key: str, storage_class: str) -> bytes:
+    if storage_class in ("GLACIER", "DEEP_ARCHIVE"):
+        s3.restore_object(Bucket=bucket, Key=key, RestoreRequest={"Days": 1})
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def stream_sha256(s3: Any, bucket: str, key: str) -> str:
+    s3.restore_object(Bucket=bucket, Key=key, RestoreRequest={"Days": 1})
+    h = hashlib.sha256()
+    for chunk in s3.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def gen_sha256(archive_id: str, size: int) -> str:
+    from glacierfs.server.bodies import gen_bytes
+
+    h = hashlib.sha256()
+    for chunk in gen_bytes(archive_id, 0, size):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def assert_exported_once(s3: Any, bucket: str, ids: set[str], ctx: str = "") -> dict[str, dict[str, Any]]:
+    objects = all_objects(s3, bucket)
+    owners = [h["Metadata"].get("glacier-archive-id") for h in objects.values()]
+    assert sorted(owners) == sorted(ids), f"{ctx}: objects {len(objects)} for {len(ids)} archives"
+    uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert uploads == [], f"{ctx}: open multipart uploads left: {uploads}"
+    return objects
+
+
+def retrieval_jobs(glacier_server: Any, vault: str) -> dict[str, list[str]]:
+    jobs: dict[str, list[str]] = {}
+    c = glacier_server.client(max_attempts=5)
+    for page in c.get_paginator("list_jobs").paginate(vaultName=vault):
+        for j in page["JobList"]:
+            if j["Action"] == "ArchiveRetrieval":
+                jobs.setdefault(j["ArchiveId"], []).append(j["JobId"])
+    return jobs
+
+
+def utf7(text: str) -> str:
+    return text.encode("utf-7").decode("ascii")
+
+
+# --------------------------------------------------------------------------- units: plan
+
+
+class A:
+    def __init__(self, archive_id: str, description: str, path: str | None = None, size: int = 10) -> None:
+        self.archive_id = archive_id
+        self.description = description
+        d = decode_description(description)
+        self.path = path or safe_relpath(d.path, archive_id)
+        self.size = size
+        self.creation_date = "2026-01-02T03:04:05.000Z"
+        self.mtime = d.mtime or 1767323045.0
+        self.tree_hash = "ab" * 32
+
+
+def test_keys_decoded_undecodable_reserved_and_long() -> None:
+    assert object_key(A("id1", encode_description("a/b.txt", 5.0)), "p/") == "p/a/b.txt"
+    assert object_key(A("id2", "plain name.tar"), "") == "plain name.tar"
+    for bad in ("", "   ", "mt2 !!!not-base64!!!", "<m><v>4</v><p>@@@</p></m>", "{not json"):
+        assert undecodable(bad), bad
+        assert object_key(A("id3", bad), "p/") == "p/_undecoded/id3"
+    assert not undecodable("C:\\Users\\x.txt")
+    reserved = A("id4", "x", path="_undecoded/id9")
+    assert object_key(reserved, "") == "%5Fundecoded/id9"
+    long = A("id5", "x", path="/".join(["é" * 120] * 5))
+    assert object_key(long, "p/") == "p/_undecoded/id5"
+
+
+def test_metadata_is_ascii_within_2kb_and_round_trips() -> None:
+    desc = encode_description("dir/" + "é" * 60 + ".txt", 1_700_000_000.0)
+    meta = object_metadata(item_for(A("x" * 138, desc), "p/"))
+    assert all(v.isascii() and k.isascii() for k, v in meta.items())
+    assert sum(len(k) + len(v) for k, v in meta.items()) <= 2048
+    assert decode_metadata_description(meta) == desc
+    assert meta["mtime"] == "1700000000" and meta["glacier-tree-hash"] == "ab" * 32
+    ascii_max = "a" * 1024
+    meta = object_metadata(item_for(A("x" * 138, ascii_max), ""))
+    assert decode_metadata_description(meta) == ascii_max
+    huge = object_metadata(item_for(A("y", "é" * 1024), ""))  # not a valid Glacier description: left out
+    assert "glacier-description" not in huge and huge["glacier-description-omitted"] == "too-long"
+
+
+def test_shards_parse_auto_and_split_evenly() -> None:
+    assert Shard.parse("1/3") == Shard(1, 3)
+    assert Shard.parse("auto/4", {"AWS_BATCH_JOB_ARRAY_INDEX": "3"}) == Shard(3, 4)
+    assert Shard.parse("auto/4", {"JOB_COMPLETION_INDEX": "2"}) == Shard(2, 4)
+    from glacierfs.errors import UsageError
+
+    for bad, env in (("3/3", {}), ("x/3", {}), ("1", {}), ("auto/3", {}), ("auto/3", {"JOB_COMPLETION_INDEX": "7"})):
+        with pytest.raises(UsageError):
+            Shard.parse(bad, env)
+    ids = [f"archive-{i}" for i in range(3000)]
+    counts = [sum(1 for a in ids if shard_of(a, 3) == k) for k in range(3)]
+    assert sum(counts) == 3000 and min(counts) > 900
+    assert all(sum(a in Shard(k, 3) for k in range(3)) == 1 for a in ids[:100])
+
+
+def test_selection_paths_and_globs() -> None:
+    sel = Selection(("photos", "docs/*.pdf"))
+    assert sel.matches_path("photos/a.jpg") and sel.matches_path("photos")
+    assert not sel.matches_path("photosX/a.jpg")
+    assert sel.matches_path("docs/x.pdf") and not sel.matches_path("docs/x.txt")
+
+
+def test_part_sizes_are_tree_aligned_and_within_s3_limits() -> None:
+    assert part_size_for(10) == MIN_PART
+    five_tib = 5 * 1024**4
+    part = part_size_for(five_tib)
+    assert part & (part - 1) == 0 and five_tib / part <= 10_000 and part <= 5 * 1024**3
+
+
+def test_prices_overrides_and_estimate() -> None:
+    p = Prices().with_overrides(["retrieval_gb_bulk=0.01", "s3_storage.deep_archive=0.002"])
+    assert p.retrieval_gb_bulk == 0.01 and p.s3_storage["DEEP_ARCHIVE"] == 0.002
+    from glacierfs.errors import UsageError
+
+    with pytest.raises(UsageError):
+        Prices().with_overrides(["nope=1"])
+    plan = Plan("Bulk", "DEEP_ARCHIVE", "", now=time.time())
+    for _ in range(1000):
+        plan.add(1 << 30, "2020-01-01T00:00:00Z")
+    est = estimate(plan, Prices(), max_jobs=100, max_bytes_per_hour=None)
+    assert est.retrieval_usd == pytest.approx(1000 * 0.0025)
+    assert est.s3_storage_month_usd == pytest.approx(1000 * 0.00099)
+    assert est.hours >= 10 * 12  # ten batches of Bulk jobs
+
+
+def test_output_expiring() -> None:
+    now = 1_800_000_000.0
+    from datetime import UTC, datetime
+
+    def done(ago: float) -> dict[str, str]:
+        return {"StatusCode": "Succeeded",
+                "CompletionDate": datetime.fromtimestamp(now - ago, UTC).isoformat().replace("+00:00", "Z")}
+
+    assert not output_expiring(done(3600), 1 << 20, now)
+    assert output_expiring(done(OUTPUT_LIFETIME - EXPIRY_MARGIN + 60), 1 << 20, now)
+    assert not output_expiring({"StatusCode": "InProgress"}, 1 << 40, now)
+
+
+# --------------------------------------------------------------------------- the 200-archive vault
+
+
+def build_vault(glacier_server: Any, vault: str, rng: random.Random, *, large: int | None) -> dict[str, dict[str, Any]]:
+    """Upload archives of every description dialect; returns archive id -> {body|gen, description, path}."""
+    g = glacier_server.client(max_attempts=5)
+    g.create_vault(vaultName=vault)
+    archives: dict[str, dict[str, Any]] = {}
+
+    def add(description: str, expect: str | None) -> None:
+        body = rng.randbytes(rng.randint(1, 60_000))
+        aid = upload(g, vault, body, description)
+        archives[aid] = {"body": body, "description": description, "path": expect}
+
+    for i in range(70):
+        add(encode_description(f"photos/{i:03d}.jpg", 1_600_000_000 + i), f"photos/{i:03d}.jpg")
+    for i in range(30):
+        p = f"Fotos/été 2012/IMG_{i}.jpg"
+        add(f"<m><v>4</v><p>{base64.b64encode(p.encode()).decode()}</p><lm>20120821T170824Z</lm></m>", p)
+    for i in range(30):
+        p = f"Docs/héllo wörld+{i}.txt"
+        add(json.dumps({"Path": utf7(p), "UTCDateModified": "20140102T030405Z"}), p)
+    for i in range(30):
+        add(f"backup-{i}.tar", f"backup-{i}.tar")
+    for i in range(5):
+        add(f"mt2 !!!garbage-{i}!!!", None)
+        add("<m><v>4</v><p>@@@</p></m>", None)
+        add("{not json", None)
+        add("", None)
+    for _ in range(19 if large else 20):
+        add(encode_description("dup/same.txt", 1_650_000_000), "dup/same.txt")
+    if large:
+        desc = encode_description("big/large.bin", 1_640_000_000)
+        (aid,) = glacier_server.populate(vault, 1, size=large, descriptions=[desc])
+        archives[aid] = {"gen": large, "description": desc, "path": "big/large.bin"}
+    glacier_server.snapshot(vault)
+    return archives
+
+
+@pytest.mark.timeout(600)
+def test_export_200_archives_every_dialect_duplicates_and_a_large_one(
+    glacier_server: Any, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    archives = build_vault(glacier_server, "v200", random.Random(SEED), large=LARGE_SIZE)
+    assert len(archives) == 200
+    cli = export_cli(glacier_server, tmp_path)
+    manifest = tmp_path / "manifest.csv"
+    t0 = time.monotonic()
+    res = cli("export", "-v", "v200", f"s3://{bucket}/pre/fix", *s3_args(s3_server), "--manifest", str(manifest),
+              timeout=540)
+    print(f"export of 200 archives ({LARGE_SIZE} bytes large one): {time.monotonic() - t0:.1f} s")
+    assert len(res.lines) == 200 and all(line.startswith("exported  ") for line in res.lines), res
+    s3 = s3_server.client()
+    objects = assert_exported_once(s3, bucket, set(archives))
+    by_id = {h["Metadata"]["glacier-archive-id"]: (k, h) for k, h in objects.items()}
+    dups = []
+    for aid, a in archives.items():
+        key, head = by_id[aid]
+        meta = head["Metadata"]
+        assert head["StorageClass"] == "DEEP_ARCHIVE", key
+        assert decode_metadata_description(meta) == a["description"], key
+        assert meta["glacier-creation-date"].endswith("Z"), meta
+        mtime = decode_description(a["description"]).mtime
+        assert float(meta["mtime"]) == pytest.approx(mtime or parse_iso(meta["glacier-creation-date"])), meta
+        if a["path"] is None:
+            assert key == f"pre/fix/_undecoded/{aid}"
+        elif a["path"] == "dup/same.txt":
+            dups.append(key)
+        else:
+            assert key == "pre/fix/" + a["path"], (key, a)
+        if "body" in a:
+            assert meta["glacier-tree-hash"] == tree_hash(a["body"])
+            assert head["ChecksumSHA256"].split("-")[0] == base64.b64encode(
+                hashlib.sha256(a["body"]).digest()).decode()
+            assert read_object(s3, bucket, key, "DEEP_ARCHIVE") == a["body"], key
+        else:
+            assert head["ContentLength"] == LARGE_SIZE
+            assert stream_sha256(s3, bucket, key) == gen_sha256(aid, LARGE_SIZE)
+    assert "pre/fix/dup/same.txt" in dups and len(set(dups)) == len(dups) == 19
+    assert all(k == "pre/fix/dup/same.txt" or k.startswith("pre/fix/dup/same~") for k in dups)
+    stats = s3_server.gate("stats")
+    assert stats["unchecked_puts"] == 0 and stats["rejected"] == 0 and stats["parts"] >= 3, stats
+    rows = manifest.read_text().splitlines()
+    assert rows[0] == "archive_id,tree_hash,size,key,status" and len(rows) == 201
+    assert all(r.endswith(",exported") for r in rows[1:])
+    # A re-run finds every object in place: nothing sent, no new job.
+    jobs_before = retrieval_jobs(glacier_server, "v200")
+    again = cli("export", "-v", "v200", f"s3://{bucket}/pre/fix", *s3_args(s3_server), timeout=300)
+    assert len(again.lines) == 200 and all(line.startswith("present  ") for line in again.lines), again
+    assert retrieval_jobs(glacier_server, "v200") == jobs_before
+    assert all(len(j) == 1 for j in jobs_before.values()) and len(jobs_before) == 200
+    assert len(all_objects(s3, bucket)) == 200
