@@ -651,6 +651,27 @@ class Catalog:
                 return
             last = (rows[-1][1], rows[-1][2])
 
+    def iter_summary(self, batch: int = 50_000) -> Iterator[tuple[str, str, int, str]]:
+        """``(archive_id, path, size, creation_date)`` of every visible archive, in no set order.
+
+        Plain tuples in rowid batches, no :class:`Archive` objects: whole-vault statistics such as
+        ``export --dry-run`` of 1,000,000 archives in seconds.
+        """
+        last = 0
+        while True:
+            with self._guard():
+                rows = self._con.execute(
+                    "SELECT rowid, archive_id, CASE dir WHEN '' THEN name ELSE dir || '/' || name END,"
+                    " size, creation_date FROM gfs_archive WHERE rowid > ? AND name IS NOT NULL"
+                    " ORDER BY rowid LIMIT ?",
+                    (last, batch),
+                ).fetchall()
+            for row in rows:
+                yield row[1:]
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
     def count(self) -> int:
         """Number of visible archives."""
         with self._guard():

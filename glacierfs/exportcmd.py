@@ -75,16 +75,22 @@ def cmd_export(args: argparse.Namespace) -> int:
         manifest: Manifest | NoManifest = Manifest(Path(args.manifest)) if args.manifest else NoManifest()
         try:
             if args.dry_run:
-                for archive in select(catalog.iter_archives(), selection):
-                    plan.add(archive.size, archive.creation_date)
-                    if args.manifest:
-                        manifest.write(item_for(archive, dest.prefix), "planned")
+                if args.manifest or not hasattr(catalog, "iter_summary"):
+                    for archive in select(catalog.iter_archives(), selection):
+                        plan.add(archive.size, archive.creation_date)
+                        if args.manifest:
+                            manifest.write(item_for(archive, dest.prefix), "planned")
+                else:
+                    plan.add_all(catalog.iter_summary(), selection)
                 est = estimate(plan, prices, args.max_jobs, max_bph)
                 for line in dry_run_lines(plan, est, delete_source=args.delete_source, dest=str(dest), shard=shard):
                     _out(line)
                 return 0
-            for archive in select(catalog.iter_archives(), selection):
-                plan.add(archive.size, archive.creation_date)
+            if hasattr(catalog, "iter_summary"):
+                plan.add_all(catalog.iter_summary(), selection)
+            else:
+                for archive in select(catalog.iter_archives(), selection):
+                    plan.add(archive.size, archive.creation_date)
             s3 = make_s3(S3Settings(args.s3_endpoint_url, args.s3_region, args.s3_profile))
             s3.check_bucket(dest.bucket)
             return _run(args, ctx, vault, catalog, runner, s3, dest, selection, plan, manifest, max_bph, min_part)

@@ -21,6 +21,8 @@ import hashlib
 import json
 import os
 import random
+import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -338,3 +340,266 @@ def test_export_200_archives_every_dialect_duplicates_and_a_large_one(
     assert retrieval_jobs(glacier_server, "v200") == jobs_before
     assert all(len(j) == 1 for j in jobs_before.values()) and len(jobs_before) == 200
     assert len(all_objects(s3, bucket)) == 200
+
+
+# --------------------------------------------------------------------------- faults on both sides
+
+
+@pytest.mark.timeout(300)
+def test_corrupted_job_output_is_fetched_again_and_a_rejected_part_is_sent_again(
+    glacier_server_factory: Any, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    server = glacier_server_factory("--faults", "corrupt=0.3", "--faults-ops", "GetJobOutput", "--seed", "11")
+    g = server.client(max_attempts=5)
+    g.create_vault(vaultName="cv")
+    rng = random.Random(SEED + 2)
+    bodies = {}
+    for i in range(12):
+        body = rng.randbytes(rng.randint(1000, 300_000))
+        bodies[upload(g, "cv", body, encode_description(f"c/{i}.bin", 1e9))] = body
+    big_size = 3 * MIN_PART + 999
+    (big,) = server.populate("cv", 1, size=big_size, descriptions=[encode_description("c/big.bin", 1e9)])
+    server.snapshot("cv")
+    s3_server.gate("corrupt", count=2)  # the next two UploadPart bodies change on the way: S3 rejects them
+    res = export_cli(server, tmp_path)(
+        "export", "-v", "cv", f"s3://{bucket}", *s3_args(s3_server), "--storage-class", "STANDARD", timeout=240
+    )
+    assert "fetching them again" in res.stderr, res
+    assert "sending it again" in res.stderr, res
+    assert "injecting fault corrupt" in server.log()
+    s3 = s3_server.client()
+    objects = assert_exported_once(s3, bucket, {*bodies, big})
+    for key, head in objects.items():
+        aid = head["Metadata"]["glacier-archive-id"]
+        assert head.get("StorageClass", "STANDARD") == "STANDARD"  # S3 sends no header for STANDARD
+        if aid in bodies:
+            assert read_object(s3, bucket, key, "STANDARD") == bodies[aid]
+        else:
+            h = hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
+            assert h == gen_sha256(big, big_size)
+    stats = s3_server.gate("stats")
+    assert stats["rejected"] == 2 and stats["corrupt_next"] == 0, stats
+
+
+# --------------------------------------------------------------------------- SIGKILL, then a re-run
+
+LINGER_HOOK = """
+import time
+
+import glacierfs.client as c
+import glacierfs.export.s3 as s
+
+
+def _linger(cls, name, seconds):
+    real = getattr(cls, name)
+
+    def wrapper(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        time.sleep(seconds)
+        return result
+
+    setattr(cls, name, wrapper)
+
+
+for _name, _s in (("create_multipart", 0.1), ("upload_part", 0.15), ("complete_multipart", 0.1), ("put_object", 0.03)):
+    _linger(s.S3, _name, _s)
+_linger(c.Glacier, "initiate_retrieval", 0.03)
+"""
+
+
+@pytest.mark.timeout(600)
+def test_sigkill_at_random_points_then_rerun_exports_each_archive_once(
+    glacier_server: Any, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    rng = random.Random(SEED + 3)
+    ctx = f"seed {SEED + 3}"
+    g = glacier_server.client(max_attempts=5)
+    g.create_vault(vaultName="kv")
+    bodies = {}
+    for i in range(20):
+        body = rng.randbytes(rng.randint(1, 200_000))
+        bodies[upload(g, "kv", body, encode_description(f"k/{i}.bin", 1e9))] = body
+    sizes = {}
+    for i in range(3):
+        size = 2 * 8 * MiB + rng.randint(1, 5 * MiB)
+        (aid,) = glacier_server.populate("kv", 1, size=size, descriptions=[encode_description(f"k/big{i}.bin", 1e9)])
+        sizes[aid] = size
+    glacier_server.snapshot("kv")
+    cli = export_cli(glacier_server, tmp_path)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(LINGER_HOOK)
+    args = ("export", "-q", "-v", "kv", f"s3://{bucket}/k", *s3_args(s3_server), "--part-size", "8MiB",
+            "--storage-class", "STANDARD", "--max-jobs", "6")
+    env = cli.env()
+    env["PYTHONPATH"] = f"{hook}{os.pathsep}{env['PYTHONPATH']}"
+    kills: list[float] = []
+    for _ in range(KILL_TRIALS):
+        proc = subprocess.Popen(cli.argv(args), cwd=cli.cwd, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        delay = rng.uniform(1.0, 6.0)
+        try:
+            proc.wait(delay)
+            killed = False
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            _out, err = proc.communicate(timeout=60)
+        assert "Traceback" not in err, f"{ctx}: {err}"
+        if not killed:
+            assert proc.returncode == 0, f"{ctx}: export failed after kills at {kills}: {err}"
+            break
+        kills.append(round(delay, 2))
+    cli(*args, timeout=300)
+    s3 = s3_server.client()
+    objects = assert_exported_once(s3, bucket, {*bodies, *sizes}, f"{ctx} kills at {kills}")
+    for key, head in objects.items():
+        aid = head["Metadata"]["glacier-archive-id"]
+        if aid in bodies:
+            assert read_object(s3, bucket, key, "STANDARD") == bodies[aid], f"{ctx}: {key}"
+        else:
+            data = hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
+            assert data == gen_sha256(aid, sizes[aid]), f"{ctx}: {key}"
+    jobs = retrieval_jobs(glacier_server, "kv")
+    assert set(jobs) == {*bodies, *sizes}
+    assert all(len(j) == 1 for j in jobs.values()), f"{ctx}: a second job for a live one (kills at {kills}): {jobs}"
+    assert len(kills) >= 3, f"{ctx}: only {len(kills)} kills landed ({kills})"
+    print(f"{ctx}: killed at {kills} s")
+
+
+# --------------------------------------------------------------------------- shards
+
+
+@pytest.mark.timeout(300)
+def test_three_concurrent_shards_export_the_whole_vault_once(
+    glacier_server: Any, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    g = glacier_server.client(max_attempts=5)
+    g.create_vault(vaultName="sv")
+    rng = random.Random(SEED + 4)
+    bodies = {}
+    for i in range(45):
+        body = rng.randbytes(rng.randint(1, 50_000))
+        bodies[upload(g, "sv", body, encode_description(f"s/{i}.bin", 1e9))] = body
+    glacier_server.snapshot("sv")
+    procs = []
+    for k in range(3):
+        cli = Cli(glacier_server.url, tmp_path / f"cache{k}", tmp_path)
+        procs.append(cli.popen("export", "-q", "-v", "sv", f"s3://{bucket}", *s3_args(s3_server),
+                               "--shard", f"{k}/3", "--manifest", str(tmp_path / f"m{k}.csv")))
+    exported: dict[int, set[str]] = {}
+    for k, proc in enumerate(procs):
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        exported[k] = {line.split("  ")[1] for line in out.splitlines()}
+        assert all(shard_of(a, 3) == k for a in exported[k])
+        assert len((tmp_path / f"m{k}.csv").read_text().splitlines()) == len(exported[k]) + 1
+    assert sum(len(v) for v in exported.values()) == 45
+    assert set().union(*exported.values()) == set(bodies)
+    assert_exported_once(s3_server.client(), bucket, set(bodies))
+
+
+# --------------------------------------------------------------------------- memory
+
+
+@pytest.mark.timeout(600)
+def test_peak_rss_stays_bounded_while_exporting_a_large_archive(
+    glacier_server: Any, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    glacier_server.client().create_vault(vaultName="rv")
+    (aid,) = glacier_server.populate("rv", 1, size=RSS_SIZE, descriptions=[encode_description("r/huge.bin", 1e9)])
+    glacier_server.snapshot("rv")
+    cli = export_cli(glacier_server, tmp_path)
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen(
+            cli.argv(["export", "-q", "-v", "rv", f"s3://{bucket}", *s3_args(s3_server), "--storage-class", "STANDARD"]),
+            cwd=cli.cwd, env=cli.env(), stdout=out, stderr=err,
+        )
+        try:
+            _pid, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, (tmp_path / "err").read_text()
+    peak = usage.ru_maxrss * 1024
+    print(f"peak RSS exporting {RSS_SIZE} bytes: {peak / MiB:.1f} MiB")
+    assert peak < RSS_LIMIT, f"peak RSS {peak / MiB:.1f} MiB"
+    s3 = s3_server.client()
+    (key,) = all_objects(s3, bucket)
+    h = hashlib.sha256()
+    for chunk in s3.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(1 << 20):
+        h.update(chunk)
+    assert h.hexdigest() == gen_sha256(aid, RSS_SIZE)
+
+
+# --------------------------------------------------------------------------- options
+
+
+@pytest.mark.timeout(300)
+def test_delete_source_select_and_the_hourly_budget(
+    glacier_server: Any, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    from tests.hardening_util import server_archives
+
+    g = glacier_server.client(max_attempts=5)
+    g.create_vault(vaultName="dv")
+    ids = {name: upload(g, "dv", name.encode() * 100, encode_description(name, 1e9))
+           for name in ("keep/a.txt", "keep/b.txt", "go/c.txt", "go/d.txt")}
+    glacier_server.snapshot("dv")
+    cli = export_cli(glacier_server, tmp_path)
+    dry = cli("export", "-v", "dv", f"s3://{bucket}", "--dry-run", "--delete-source", "--select", "go")
+    assert dry.lines[0].startswith("export plan: 2 archive(s), 1600 bytes"), dry
+    assert any("younger than 90 days" in line for line in dry.lines), dry
+    res = cli("export", "-v", "dv", f"s3://{bucket}", *s3_args(s3_server), "--select", "go/*.txt",
+              "--delete-source")
+    assert sorted(line.split("  ")[0] for line in res.lines) == ["deleted", "deleted"], res
+    left = {a["ArchiveId"] for a in server_archives(glacier_server, "dv")}
+    assert left == {ids["keep/a.txt"], ids["keep/b.txt"]}
+    assert set(all_objects(s3_server.client(), bucket)) == {"go/c.txt", "go/d.txt"}
+    # --max-bytes-per-hour: the first job starts, the next waits for the hour to pass.
+    # (A fresh cache: the budget counts the jobs this machine started for the vault, whatever the destination.)
+    fresh = export_cli(glacier_server, tmp_path, "cache2")
+    proc = fresh.popen("export", "-v", "dv", f"s3://{bucket}/b", *s3_args(s3_server), "--select", "keep",
+                       "--max-bytes-per-hour", "100")
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("exported  "), first
+        assert len(retrieval_jobs(glacier_server, "dv")) == 2 + 1  # the two deleted ones had theirs
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
+@pytest.mark.timeout(300)
+def test_dry_run_of_a_big_vault_prints_its_plan_quickly(tmp_path: Path) -> None:
+    from glacierfs.catalog import Catalog
+    from glacierfs.inventory import InventoryItem
+
+    url = "http://127.0.0.1:9"  # nothing listens there: the dry run needs only the catalog
+    t0 = time.monotonic()
+    with Catalog.open(tmp_path / "cache", url, "us-east-1", "big") as cat:
+        cat.import_inventory(
+            (InventoryItem(f"{i:012d}" + "A" * 126, f"dir{i % 1000}/file{i}.bin", "2026-11-20T00:00:00Z",
+                           (1 << 20) + i, "ab" * 32) for i in range(DRYRUN_ARCHIVES)),
+            "2026-11-25T00:00:00Z",
+        )
+    built = time.monotonic() - t0
+    cli = Cli(url, tmp_path / "cache", tmp_path)
+    t0 = time.monotonic()
+    res = cli("export", "-v", "big", "s3://bkt/p", "--dry-run", "--delete-source", "--max-jobs", "1000",
+              "--max-bytes-per-hour", "1TiB", timeout=120)
+    took = time.monotonic() - t0
+    print(f"dry run of {DRYRUN_ARCHIVES} archives: {took:.2f} s (catalog built in {built:.1f} s)")
+    assert res.lines[0].startswith(f"export plan: {DRYRUN_ARCHIVES} archive(s)"), res
+    assert any(line.startswith("expected duration: about") for line in res.lines), res
+    assert any("younger than 90 days" in line for line in res.lines), res
+    assert took < DRYRUN_LIMIT_S, f"dry run took {took:.2f} s"
+    shard = cli("export", "-v", "big", "s3://bkt/p", "--dry-run", "--shard", "auto/4",
+                env={"JOB_COMPLETION_INDEX": "3"}, timeout=120)
+    n = int(shard.lines[0].split(": ")[1].split(" ")[0])
+    assert shard.lines[0].startswith("export plan (shard 3/4)") and 0.2 < n / DRYRUN_ARCHIVES < 0.3, shard

@@ -301,21 +301,46 @@ class Plan:
     too_big: int = 0
     now: float = 0.0
 
+    def __post_init__(self) -> None:
+        # ISO 8601 UTC dates sort as strings: only archives at or after the cutoff are parsed.
+        cutoff = datetime.fromtimestamp(self.now - (EARLY_DELETE_DAYS + 1) * 86400, UTC)
+        self._cutoff = cutoff.strftime("%Y-%m-%dT%H:%M:%S")
+        self._one_part = self.min_part
+        self._simple = self.min_part * MAX_PARTS  # up to here a part is min_part
+
     def add(self, size: int, creation_date: str) -> None:
         self.archives += 1
         self.bytes += size
-        if size > MAX_OBJECT:
-            self.too_big += 1
-        if size <= self.min_part:
+        if size <= self._one_part:
             self.requests += 1
+        elif size <= self._simple:
+            self.requests += 2 + -(-size // self.min_part)
         else:
+            if size > MAX_OBJECT:
+                self.too_big += 1
             self.requests += 2 + math.ceil(size / part_size_for(min(size, MAX_OBJECT), self.min_part))
-        created = _epoch(creation_date)
-        if created is not None:
-            age_days = (self.now - created) / 86400
-            if age_days < EARLY_DELETE_DAYS:
-                self.young += 1
-                self.young_charge_gb_days += size / GiB * (EARLY_DELETE_DAYS - max(0.0, age_days))
+        if creation_date >= self._cutoff or not creation_date[:1].isdigit():
+            created = _epoch(creation_date)
+            if created is not None:
+                age_days = (self.now - created) / 86400
+                if age_days < EARLY_DELETE_DAYS:
+                    self.young += 1
+                    self.young_charge_gb_days += size / GiB * (EARLY_DELETE_DAYS - max(0.0, age_days))
+
+    def add_all(self, rows: Iterable[tuple[str, str, int, str]], selection: Selection) -> None:
+        """Totals of ``(archive_id, path, size, creation_date)`` rows (``Catalog.iter_summary``)."""
+        shard, patterns = selection.shard, selection.patterns
+        add = self.add
+        if shard is None and not patterns:
+            for _aid, _path, size, cdate in rows:
+                add(size, cdate)
+            return
+        for aid, path, size, cdate in rows:
+            if shard is not None and aid not in shard:
+                continue
+            if patterns and not selection.matches_path(path):
+                continue
+            add(size, cdate)
 
 
 def _epoch(text: str) -> float | None:
