@@ -81,13 +81,13 @@ def cmd_export(args: argparse.Namespace) -> int:
                         if args.manifest:
                             manifest.write(item_for(archive, dest.prefix), "planned")
                 else:
-                    plan.add_all(catalog.iter_summary(), selection)
+                    plan.add_all(catalog.iter_summary(paths=bool(selection.patterns)), selection)
                 est = estimate(plan, prices, args.max_jobs, max_bph)
                 for line in dry_run_lines(plan, est, delete_source=args.delete_source, dest=str(dest), shard=shard):
                     _out(line)
                 return 0
             if hasattr(catalog, "iter_summary"):
-                plan.add_all(catalog.iter_summary(), selection)
+                plan.add_all(catalog.iter_summary(paths=bool(selection.patterns)), selection)
             else:
                 for archive in select(catalog.iter_archives(), selection):
                     plan.add(archive.size, archive.creation_date)

@@ -297,50 +297,61 @@ class Plan:
     bytes: int = 0
     requests: int = 0  # S3 PUT-class requests: PutObject, or Create + parts + Complete
     young: int = 0  # archives younger than 90 days (early-deletion charge if deleted)
-    young_charge_gb_days: float = 0.0
     too_big: int = 0
     now: float = 0.0
 
     def __post_init__(self) -> None:
-        # ISO 8601 UTC dates sort as strings: only archives at or after the cutoff are parsed.
-        cutoff = datetime.fromtimestamp(self.now - (EARLY_DELETE_DAYS + 1) * 86400, UTC)
+        # ISO 8601 UTC dates sort as strings: only archives after the cutoff count as young, and
+        # their age is taken per day (bytes summed per creation day), which is plenty for a price.
+        cutoff = datetime.fromtimestamp(self.now - EARLY_DELETE_DAYS * 86400, UTC)
         self._cutoff = cutoff.strftime("%Y-%m-%dT%H:%M:%S")
-        self._one_part = self.min_part
         self._simple = self.min_part * MAX_PARTS  # up to here a part is min_part
+        self._young_days: dict[str, int] = {}
+
+    @property
+    def young_charge_gb_days(self) -> float:
+        total = 0.0
+        for day, size in self._young_days.items():
+            created = _epoch(day + "T12:00:00Z")
+            if created is not None:
+                age = max(0.0, (self.now - created) / 86400)
+                total += size / GiB * max(0.0, EARLY_DELETE_DAYS - age)
+        return total
+
+    def _big(self, size: int) -> int:
+        if size > MAX_OBJECT:
+            self.too_big += 1
+        return 2 + math.ceil(size / part_size_for(min(size, MAX_OBJECT), self.min_part))
 
     def add(self, size: int, creation_date: str) -> None:
-        self.archives += 1
-        self.bytes += size
-        if size <= self._one_part:
-            self.requests += 1
-        elif size <= self._simple:
-            self.requests += 2 + -(-size // self.min_part)
-        else:
-            if size > MAX_OBJECT:
-                self.too_big += 1
-            self.requests += 2 + math.ceil(size / part_size_for(min(size, MAX_OBJECT), self.min_part))
-        if creation_date >= self._cutoff or not creation_date[:1].isdigit():
-            created = _epoch(creation_date)
-            if created is not None:
-                age_days = (self.now - created) / 86400
-                if age_days < EARLY_DELETE_DAYS:
-                    self.young += 1
-                    self.young_charge_gb_days += size / GiB * (EARLY_DELETE_DAYS - max(0.0, age_days))
+        self.add_all([("", "", size, creation_date)], Selection())
 
     def add_all(self, rows: Iterable[tuple[str, str, int, str]], selection: Selection) -> None:
         """Totals of ``(archive_id, path, size, creation_date)`` rows (``Catalog.iter_summary``)."""
         shard, patterns = selection.shard, selection.patterns
-        add = self.add
-        if shard is None and not patterns:
-            for _aid, _path, size, cdate in rows:
-                add(size, cdate)
-            return
+        one, simple, cutoff, days = self.min_part, self._simple, self._cutoff, self._young_days
+        n = total = requests = young = 0
         for aid, path, size, cdate in rows:
             if shard is not None and aid not in shard:
                 continue
             if patterns and not selection.matches_path(path):
                 continue
-            add(size, cdate)
+            n += 1
+            total += size
+            if size <= one:
+                requests += 1
+            elif size <= simple:
+                requests += 2 - (-size // one)
+            else:
+                requests += self._big(size)
+            if cdate > cutoff:
+                young += 1
+                day = cdate[:10]
+                days[day] = days.get(day, 0) + size
+        self.archives += n
+        self.bytes += total
+        self.requests += requests
+        self.young += young
 
 
 def _epoch(text: str) -> float | None:

@@ -2,8 +2,9 @@
 
 The scheduler (the calling thread) walks the selection lazily (memory O(``max_jobs``), not
 O(vault)): each archive not yet done is checked in S3 (HEAD, a few at a time), then gets a
-retrieval job - the one this store recorded, else a live one the service lists (started by
-another tool or an earlier run), else a new one - as long as at most ``max_jobs`` archives
+retrieval job - the one this store recorded, else a live one the service listed at the start
+(one ListJobs per run: started by another tool, ``glacierfs download`` or a run killed before it
+recorded the id), else a new one, recorded in the catalog too - as long as at most ``max_jobs`` archives
 hold a job and the jobs started in the last hour stay within ``max_bytes_per_hour``. A finished
 job whose output would expire (24 h after completion) before it can be read (less than
 ``EXPIRY_MARGIN`` plus the read time left) is replaced by a new job, which AWS does not charge
@@ -11,10 +12,13 @@ again while the output is still staged; one that expired mid-read is replaced an
 resumes where it stopped. Finished jobs go to ``concurrency`` transfer threads
 (:class:`~glacierfs.export.stream.ArchiveStreamer`).
 
-Threading: the scheduler thread owns every field of :class:`ExportRun` except ``counters``
-(:class:`~glacierfs.export.stream.Counters`, its own lock); transfer threads only run
-``streamer.export`` and return its result through their futures. HEAD checks run in a small
-pool whose results the scheduler collects in order.
+Threading: the scheduler (calling) thread owns every field of :class:`ExportRun` (summary,
+manifest writes, the waiting list) except ``counters`` (:class:`~glacierfs.export.stream.Counters`,
+its own lock). Three pools do the I/O and hand results back through futures that only the
+scheduler reads: ``checks`` (HEAD of the next archives), ``calls`` (InitiateJob/DescribeJob for a
+batch of archives; they touch only the state store, which has its own lock, and pop from
+``_listed``, an atomic dict operation) and ``transfer`` (``streamer.export``, one archive each).
+No lock is held while another is taken.
 """
 
 from __future__ import annotations
