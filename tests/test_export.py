@@ -603,3 +603,54 @@ def test_dry_run_of_a_big_vault_prints_its_plan_quickly(tmp_path: Path) -> None:
                 env={"JOB_COMPLETION_INDEX": "3"}, timeout=120)
     n = int(shard.lines[0].split(": ")[1].split(" ")[0])
     assert shard.lines[0].startswith("export plan (shard 3/4)") and 0.2 < n / DRYRUN_ARCHIVES < 0.3, shard
+
+
+@pytest.mark.timeout(300)
+def test_expired_job_is_started_again_and_the_upload_resumes_from_its_parts(
+    glacier_server: Any, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    glacier_server.client().create_vault(vaultName="ev")
+    size = 4 * 8 * MiB + 12_345  # five 8 MiB parts
+    (aid,) = glacier_server.populate("ev", 1, size=size, descriptions=[encode_description("e/big.bin", 1e9)])
+    glacier_server.snapshot("ev")
+    cli = export_cli(glacier_server, tmp_path)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(LINGER_HOOK)
+    env = cli.env()
+    env["PYTHONPATH"] = f"{hook}{os.pathsep}{env['PYTHONPATH']}"
+    args = ("export", "-q", "-v", "ev", f"s3://{bucket}", *s3_args(s3_server), "--part-size", "8MiB",
+            "--parts-in-flight", "1", "--storage-class", "STANDARD")
+    s3 = s3_server.client()
+    proc = subprocess.Popen(cli.argv(args), cwd=cli.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        parts: list[Any] = []
+        while time.monotonic() < deadline and proc.poll() is None:  # until S3 holds two parts
+            uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+            if uploads:
+                parts = s3.list_parts(Bucket=bucket, Key=uploads[0]["Key"],
+                                      UploadId=uploads[0]["UploadId"]).get("Parts", [])
+                if len(parts) >= 2:
+                    break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+    assert 2 <= len(parts) < 5, f"the kill did not land mid-upload: {len(parts)} part(s)"
+    (old_job,) = retrieval_jobs(glacier_server, "ev")[aid]
+    glacier_server.advance(25 * 3600)  # the job's output expires
+    assert retrieval_jobs(glacier_server, "ev").get(aid) is None
+    s3_server.gate("reset")
+    res = cli(*args, timeout=240)
+    assert res.lines == [f"exported  {aid}  s3://{bucket}/e/big.bin"], res
+    (new_job,) = retrieval_jobs(glacier_server, "ev")[aid]
+    assert new_job != old_job
+    sent = s3_server.gate("stats")["parts"]
+    assert sent <= 5 - len(parts), f"{sent} part(s) sent again although S3 held {len(parts)}"
+    assert_exported_once(s3, bucket, {aid})
+    data = hashlib.sha256(s3.get_object(Bucket=bucket, Key="e/big.bin")["Body"].read()).hexdigest()
+    assert data == gen_sha256(aid, size)
