@@ -654,3 +654,32 @@ def test_expired_job_is_started_again_and_the_upload_resumes_from_its_parts(
     assert_exported_once(s3, bucket, {aid})
     data = hashlib.sha256(s3.get_object(Bucket=bucket, Key="e/big.bin")["Body"].read()).hexdigest()
     assert data == gen_sha256(aid, size)
+
+
+@pytest.mark.timeout(120)
+def test_bad_input_gives_one_clear_line(glacier_server: Any, s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
+    from tests.hardening_util import assert_one_error
+
+    g = glacier_server.client(max_attempts=5)
+    g.create_vault(vaultName="xv")
+    upload(g, "xv", b"data", encode_description("x/a.txt", 1e9))
+    glacier_server.snapshot("xv")
+    cli = export_cli(glacier_server, tmp_path)
+    cases = [
+        (("export", "-v", "xv", "http://nope", "--dry-run"), 2, "is not s3://BUCKET"),
+        (("export", "-v", "xv", f"s3://{bucket}", "--shard", "3/3", "--dry-run"), 2, "--shard"),
+        (("export", "-v", "xv", f"s3://{bucket}", "--shard", "auto/3", "--dry-run"), 2, "JOB_COMPLETION_INDEX"),
+        (("export", "-v", "xv", f"s3://{bucket}", "--part-size", "5MiB"), 2, "--part-size"),
+        (("export", "-v", "xv", f"s3://{bucket}", "--price", "x=1", "--dry-run"), 2, "unknown price"),
+        (("export", "-v", "xv", "s3://no-such-bucket-here", *s3_args(s3_server)), 3, "no-such-bucket-here"),
+    ]
+    for args, code, match in cases:
+        res = cli(*args, code=None, env={"AWS_BATCH_JOB_ARRAY_INDEX": None, "JOB_COMPLETION_INDEX": None})
+        assert_one_error(res, codes=[code], match=match, ctx=str(args))
+    # An object glacierfs did not write is never replaced: that archive fails, the object stays.
+    s3 = s3_server.client()
+    s3.put_object(Bucket=bucket, Key="x/a.txt", Body=b"mine")
+    res = cli("export", "-v", "xv", f"s3://{bucket}", *s3_args(s3_server), code=None)
+    assert_one_error(res, codes=[1], match="1 archive(s) failed")
+    assert "did not write; not replaced" in res.stderr
+    assert s3.get_object(Bucket=bucket, Key="x/a.txt")["Body"].read() == b"mine"

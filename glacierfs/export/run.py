@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any, Protocol
 
@@ -263,6 +263,10 @@ class ExportRun:
             if not batch:
                 return
             states = [self.state.get(i.archive_id) for i in batch]
+            # An archive keeps the key its state recorded (its object or open upload is there), even
+            # if a newer inventory gave its name to another archive: never two objects for one archive.
+            batch = [i if s is None or s.key == i.key else replace(i, key=s.key)
+                     for i, s in zip(batch, states, strict=True)]
             futures: list[Future[bool] | None] = [
                 None if (s is not None and s.status in ("done", "deleted") and s.key == i.key)
                 else checks.submit(self.streamer.present, i)
