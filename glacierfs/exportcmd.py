@@ -107,6 +107,11 @@ def _run(args: argparse.Namespace, ctx: Any, vault: str, catalog: Any, runner: A
 
     state_dir = _state_dir(catalog)
     state = ExportState.open(state_dir, f"{args.s3_endpoint_url or 'aws'}|{dest.bucket}|{dest.prefix}")
+    try:
+        state.claim(f"shard {selection.shard}" if selection.shard else "all")
+    except BaseException:
+        state.close()
+        raise
     spool = state_dir / "spool"
     spool.mkdir(mode=0o700, exist_ok=True)
     try:

@@ -570,6 +570,11 @@ def test_delete_source_select_and_the_hourly_budget(
         first = proc.stdout.readline()
         assert first.startswith("exported  "), first
         assert len(retrieval_jobs(glacier_server, "dv")) == 2 + 1  # the two deleted ones had theirs
+        # A second run to the same destination on the same cache dir is refused while this one runs.
+        from tests.hardening_util import assert_one_error
+
+        second = fresh("export", "-v", "dv", f"s3://{bucket}/b", *s3_args(s3_server), code=None)
+        assert_one_error(second, codes=[7], match="another glacierfs export")
     finally:
         proc.kill()
         proc.communicate(timeout=30)
@@ -683,3 +688,29 @@ def test_bad_input_gives_one_clear_line(glacier_server: Any, s3_server: S3Server
     assert_one_error(res, codes=[1], match="1 archive(s) failed")
     assert "did not write; not replaced" in res.stderr
     assert s3.get_object(Bucket=bucket, Key="x/a.txt")["Body"].read() == b"mine"
+
+
+def test_progress_line_shows_done_ready_bytes_rate_and_eta() -> None:
+    import io
+    import threading
+
+    from glacierfs.export.manifest import NoManifest
+    from glacierfs.export.run import ExportRun, Options
+    from glacierfs.export.stream import ArchiveStreamer, Counters
+    from glacierfs.progress import Progress
+
+    stream = io.StringIO()
+    now = [1000.0]
+    streamer = ArchiveStreamer(None, "v", None, "bkt", None, storage_class="STANDARD",  # type: ignore[arg-type]
+                               slots=threading.Semaphore(1), counters=Counters())
+    run = ExportRun(glacier=None, jobs=None, catalog=None, vault="v", streamer=streamer, state=None,  # type: ignore[arg-type]
+                    options=Options(), progress=Progress(stream=stream, enabled=True), manifest=NoManifest(),
+                    out=lambda line: None, poll=lambda: iter([0.1]), clock=lambda: now[0])
+    run.total, run.total_bytes, run.done_bytes = 10, 100 * MiB, 25 * MiB
+    run.summary.exported, run.ready, run.waiting = 3, 2, 4
+    streamer.counters.add(sent=25 * MiB)
+    now[0] += 25
+    run._report(force=True)
+    line = stream.getvalue()
+    assert "3/10 archives done, 2 ready, 4 waiting for jobs" in line, line
+    assert "25.0 MiB of 100.0 MiB, 1.0 MiB/s, ETA 75s" in line, line

@@ -80,6 +80,7 @@ class ExportState:
         self.dest = dest
         self.path = path
         self._lock = threading.Lock()
+        self._run_lock: int | None = None
 
     @classmethod
     def open(cls, directory: Path, dest: str) -> ExportState:
@@ -107,6 +108,29 @@ class ExportState:
     def close(self) -> None:
         with self._lock, contextlib.suppress(sqlite3.Error):
             self._con.close()
+        if self._run_lock is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._run_lock)
+            self._run_lock = None
+
+    def claim(self, what: str) -> None:
+        """One run per destination and shard (``what``) on this cache dir; StateError while another runs."""
+        import fcntl
+        import hashlib
+
+        path = self.path.parent / f"run-{hashlib.sha256(f'{self.dest}|{what}'.encode()).hexdigest()[:16]}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot create {path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StateError(
+                f"another glacierfs export to the same destination ({what}) is running on this cache dir"
+            ) from None
+        self._run_lock = fd
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
