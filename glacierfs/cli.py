@@ -18,7 +18,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from glacierfs import __version__, commands, hints, mount, treecmds
+from glacierfs import __version__, commands, exportcmd, hints, mount, treecmds
 from glacierfs.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, GlacierFSError
 from glacierfs.options import add_common_options, common_options
 from glacierfs.progress import end_status
@@ -39,6 +39,7 @@ REGISTER: list[Register] = [
     commands.register,
     mount.register,
     treecmds.register,  # sync, check, restore, import-journal, wait
+    exportcmd.register,  # export to S3
     _register_server,
 ]
 
