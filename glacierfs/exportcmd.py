@@ -36,8 +36,6 @@ def _state_dir(catalog: Any) -> Path:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from glacierfs.context import open_context
-    from glacierfs.names import check_vault_name
-    from glacierfs.sizes import parse_size
     from glacierfs.export.manifest import Manifest, NoManifest
     from glacierfs.export.plan import (
         MIN_PART,
@@ -52,6 +50,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         select,
     )
     from glacierfs.export.s3 import Destination, S3Settings, make_s3
+    from glacierfs.names import check_vault_name
+    from glacierfs.sizes import parse_size
 
     vault = check_vault_name(args.vault)
     dest = Destination.parse(args.destination)
