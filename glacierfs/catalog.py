@@ -263,6 +263,11 @@ class Catalog:
         self.directory = directory
         self._cache = cache
 
+    @property
+    def state_dir(self) -> Path:
+        """The vault's state directory (:func:`vault_dir`): the catalog is its ``catalog/``."""
+        return self.directory.parent
+
     # ---------------------------------------------------------------------------- opening
 
     @classmethod

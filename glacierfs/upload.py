@@ -71,7 +71,10 @@ A live process uploading the same key on this host is refused (StateError).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
+import hashlib
 import logging
 import os
 import socket
@@ -86,13 +89,13 @@ from typing import Any
 
 from glacierfs.client import FileSlice, Glacier
 from glacierfs.errors import (
+    ConflictError,
     IntegrityError,
     NotFoundError,
     ServiceError,
     StateError,
     UsageError,
 )
-from glacierfs.processes import pid_alive, process_start
 from glacierfs.progress import NULL_PROGRESS, Progress
 from glacierfs.treehash import (
     MiB,
@@ -110,6 +113,11 @@ MAX_PARTS = 10_000
 BUFFER_LIMIT = 8 * MiB  # parts up to this size are read into memory once; larger ones stream
 STATE_INTERVAL = 0.25  # seconds between coalesced state writes during the part phase
 READ_CHUNK = 4 * MiB
+CHANGE_RESTARTS = 2  # a file that changes during its upload is uploaded again at most this often
+
+
+class _Changed(Exception):
+    """The file changed while it was uploaded; the upload was dropped and can start again."""
 
 
 @dataclass
@@ -126,7 +134,7 @@ class UploadStats:
     resumed: bool = False
     restarted: str | None = None  # why an earlier upload was dropped
     single_request: bool = False
-    orphans_aborted: int = 0
+    orphans_left: int = 0  # open uploads an interrupted Initiate may have left (not provably ours)
     upload_id: str | None = None
     sent_indices: list[int] = field(default_factory=list)
 
@@ -154,7 +162,11 @@ def choose_part_size(size: int, requested: int | None = None) -> int:
 
 
 def _identity(st: os.stat_result) -> dict[str, int]:
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "dev": st.st_dev}
+    # ctime too: an in-place rewrite that puts the mtime back still moves the ctime
+    return {
+        "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+        "ino": st.st_ino, "dev": st.st_dev,
+    }
 
 
 def _now_iso() -> str:
@@ -190,6 +202,75 @@ def _state_usable(state: Any) -> bool:
     return ok
 
 
+class UploadLock:
+    """The cross-process owner lock of one upload key (``fcntl.flock`` on a per-key lock file).
+
+    The lock file is ``<lock dir>/<sha256(key)[:32]>.lock`` (0600, in a 0700 directory). It is
+    taken without waiting *before* the saved state is read and held until the upload is
+    recorded (or fails), so it covers "look for state" -> "state written" and marks the live
+    owner for the whole upload. The kernel drops it when its holder dies, however it dies, so
+    a dead owner's upload is simply resumed by the next run; no pid is guessed. The holder
+    writes its pid and host into the file for the refusal message only. On release the file is
+    unlinked while still locked; a process that locked the unlinked inode notices (the path no
+    longer names its inode) and retries, so two holders can never coexist.
+    """
+
+    def __init__(self, directory: Path, key: str) -> None:
+        self.directory = Path(directory)
+        self.key = key
+        self.path = self.directory / (hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32] + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self, what: str) -> None:
+        """Take the lock now or raise ConflictError naming the live owner (``what`` names the file)."""
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot create the upload lock directory {self.directory}: {exc.strerror}") from None
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise StateError(f"cannot open the upload lock {self.path}: {exc.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                raise ConflictError(
+                    f"{what} is being uploaded by {owner}; wait for it to finish (or stop it), then run the upload again"
+                ) from None
+            except OSError as exc:
+                os.close(fd)
+                raise StateError(f"cannot lock {self.path}: {exc.strerror}") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the previous holder unlinked it as we locked it: take the new file
+                os.close(fd)
+                continue
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            self._fd = fd
+            return
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)  # still locked: nobody can take this inode for a new upload
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> UploadLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class _Job:
     """One upload in flight: the open file and the numbers every part needs."""
 
@@ -222,6 +303,7 @@ class UploadEngine:
         progress: Progress | None = None,
         single_request: bool = False,
         part_attempts: int = 3,
+        lock_dir: Path | None = None,
     ) -> None:
         if concurrency < 1:
             raise UsageError("concurrency must be at least 1")
@@ -241,6 +323,7 @@ class UploadEngine:
         self.progress = progress or NULL_PROGRESS
         self.single_request = single_request
         self.part_attempts = max(1, part_attempts)
+        self._lock_dir = Path(lock_dir) if lock_dir is not None else None
         self.last_stats = UploadStats()
         self._last_save = 0.0
         # Test hook: called in the main thread after each part is recorded (index, stats).
@@ -253,18 +336,33 @@ class UploadEngine:
         return dict(self.catalog.list_uploads())
 
     def abort(self, key: str) -> bool:
-        """Abort the pending upload ``key`` on the server (if any) and forget it."""
-        state = self.catalog.get_upload(key)
-        if state is None:
-            return False
-        upload_id = state.get("upload_id")
-        if upload_id:
-            try:
-                self.glacier.abort_multipart(self.vault, upload_id)
-            except NotFoundError:
-                log.info("upload %s was already gone on the server", upload_id[:16])
-        self.catalog.remove_upload(key)
-        return True
+        """Abort the pending upload ``key`` on the server (if any) and forget it.
+
+        ConflictError while a live process is uploading it (its owner lock is held).
+        """
+        with self._lock(key, key):
+            state = self.catalog.get_upload(key)
+            if state is None:
+                return False
+            upload_id = state.get("upload_id") if isinstance(state, dict) else None
+            if upload_id:
+                try:
+                    self.glacier.abort_multipart(self.vault, upload_id)
+                except NotFoundError:
+                    log.info("upload %s was already gone on the server", upload_id[:16])
+            self.catalog.remove_upload(key)
+            return True
+
+    def lock_dir(self) -> Path:
+        """Where the per-key owner locks live: ``locks/`` in the vault's state directory."""
+        if self._lock_dir is None:
+            self._lock_dir = Path(self.catalog.state_dir) / "locks"
+        return self._lock_dir
+
+    def _lock(self, key: str, what: str) -> UploadLock:
+        lock = UploadLock(self.lock_dir(), key)
+        lock.acquire(what)
+        return lock
 
     def upload(
         self,
@@ -275,8 +373,29 @@ class UploadEngine:
         description: str | None = None,
         key: str | None = None,
     ) -> Any:
-        """Upload ``source`` as ``archive_path`` (resuming ``key``'s pending upload); returns the Archive."""
+        """Upload ``source`` as ``archive_path`` (resuming ``key``'s pending upload); returns the Archive.
+
+        The key's owner lock is held for the whole call: while another process (or engine)
+        uploads the same key, ConflictError at once. A file that changes during its upload is
+        uploaded again (with a warning), at most ``CHANGE_RESTARTS`` times, then StateError.
+        """
         source = Path(source)
+        key = key or os.path.realpath(source)
+        with self._lock(key, str(source)):
+            for attempt in range(CHANGE_RESTARTS + 1):
+                try:
+                    return self._upload_once(key, source, archive_path, mtime, description)
+                except _Changed as exc:
+                    if attempt >= CHANGE_RESTARTS:
+                        raise StateError(
+                            f"{exc} {attempt + 1} times; run the upload again once it stays unchanged"
+                        ) from None
+                    log.warning("%s; uploading it again", exc)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _upload_once(
+        self, key: str, source: Path, archive_path: str, mtime: float | None, description: str | None
+    ) -> Any:
         try:
             fd = os.open(source, os.O_RDONLY)
         except OSError as exc:
@@ -287,7 +406,6 @@ class UploadEngine:
                 raise UsageError(f"{source}: not a regular file")
             if st.st_size == 0:
                 raise UsageError(f"{source}: empty file; Glacier does not store empty archives")
-            key = key or os.path.realpath(source)
             mtime = st.st_mtime if mtime is None else mtime
             if description is None:
                 from glacierfs.codec import encode_description
@@ -308,7 +426,6 @@ class UploadEngine:
         identity = _identity(st)
         state = self.catalog.get_upload(key)
         if state is not None:
-            self._check_not_running(key, state)
             reason = None
             if not _state_usable(state):
                 reason = f"the saved upload state of {source} is unreadable"
@@ -349,30 +466,21 @@ class UploadEngine:
             return self._single(key, source, fd, state, stats)
         return self._multipart_fresh(key, source, fd, state, stats)
 
-    def _check_not_running(self, key: str, state: Any) -> None:
-        if not isinstance(state, dict):
-            return
-        pid, host = state.get("pid"), state.get("host")
-        if not (host == socket.gethostname() and isinstance(pid, int) and pid != os.getpid() and pid_alive(pid)):
-            return
-        started = state.get("pid_start")
-        if started is None or started == process_start(pid):
-            raise StateError(f"{key} is being uploaded by process {pid}; wait for it or stop it first")
-
     def _save(self, key: str, state: dict, force: bool = True) -> None:
         now = time.monotonic()
         if not force and now - self._last_save < STATE_INTERVAL:
             return
         state["updated"] = time.time()
-        state["pid"] = os.getpid()
-        state["pid_start"] = process_start(os.getpid())
-        state["host"] = socket.gethostname()
         self.catalog.put_upload(key, state)
         self._last_save = now
 
     def _restart(self, key: str, state: dict, reason: str, stats: UploadStats) -> None:
         log.warning("%s; restarting the upload", reason)
         stats.restarted = reason
+        self._drop(key, state)
+
+    def _drop(self, key: str, state: Any) -> None:
+        """Forget ``key``'s state, aborting its upload (ours: its id is in our state) unless completing."""
         upload_id = state.get("upload_id") if isinstance(state, dict) else None
         if upload_id and state.get("status") != "completing":
             try:
@@ -417,36 +525,68 @@ class UploadEngine:
 
         The local state can be lost (cache directory deleted or rebuilt after corruption) while
         the service still holds the upload with its parts; starting over would leave it behind
-        (and re-send every part). An open upload with our exact description and part size is
-        taken over like a saved state (ListParts verified against the file, so a part that is
-        not this file's is sent again). Returns None when there is none (or it vanished).
+        (and re-send every part). An open upload is taken over only when it is provably this
+        file's: same description and part size, no other local state names it, it holds at
+        least one part, and *every* part it holds has the length and tree hash of that range
+        of the local file. Another file with the same path and mtime (a different directory, a
+        different machine) fails that test and its upload is left alone: never stolen, never
+        aborted. Returns None when nothing qualifies.
         """
         try:
             uploads = self.glacier.list_uploads(self.vault)
         except ServiceError as exc:
             log.debug("cannot list open uploads (%s); starting a new one", exc)
             return None
+        owned = self._ids_owned_elsewhere(key)
         matching = [
             up for up in uploads
             if up.get("MultipartUploadId")
+            and up["MultipartUploadId"] not in owned
             and (up.get("ArchiveDescription") or "") == state["description"]
             and int(up.get("PartSizeInBytes") or 0) == state["part_size"]
         ]
-        if not matching:
-            return None
-        newest = max(matching, key=lambda up: str(up.get("CreationDate") or ""))
-        upload_id = newest["MultipartUploadId"]
-        log.warning("resuming upload %s of %s found on the service (its local state was lost)", upload_id[:16], source)
-        state.update(upload_id=upload_id, status="uploading")
-        self._save(key, state)
-        return self._resume(key, source, fd, state, stats)
+        job = _Job(key, source, fd, state["size"], state["part_size"], state)
+        for up in sorted(matching, key=lambda u: str(u.get("CreationDate") or ""), reverse=True):
+            upload_id = up["MultipartUploadId"]
+            try:
+                listing = self.glacier.list_parts(self.vault, upload_id)
+            except NotFoundError:
+                continue
+            if int(listing.get("PartSizeInBytes") or 0) != state["part_size"]:
+                continue
+            done = self._verify_server_parts(job, listing.get("Parts") or [], stats, strict=True)
+            if not done:
+                log.info("open upload %s has our description but is not %s; leaving it alone", upload_id[:16], source)
+                continue
+            log.warning(
+                "resuming upload %s of %s found on the service (its local state was lost; its %d parts"
+                " are this file's)", upload_id[:16], source, len(done),
+            )
+            stats.resumed = True
+            stats.upload_id = upload_id
+            state.update(upload_id=upload_id, status="uploading")
+            self._save(key, state)
+            return self._finish(job, done, stats)
+        return None
+
+    def _ids_owned_elsewhere(self, key: str) -> set[str]:
+        """Upload ids other local states own (another key, maybe a live process): never adopted."""
+        try:
+            states = self.catalog.list_uploads()
+        except Exception as exc:  # the adoption is an optimization; a failing listing only skips it
+            log.debug("cannot list local upload states: %s", exc)
+            return set()
+        return {
+            str(st["upload_id"]) for k, st in states.items()
+            if k != key and isinstance(st, dict) and st.get("upload_id")
+        }
 
     def _multipart_fresh(self, key: str, source: Path, fd: int, state: dict, stats: UploadStats) -> Any:
         adopted = self._adopt_open_upload(key, source, fd, state, stats)
         if adopted is not None:
             return adopted
         state.update(upload_id=None, status="initiating", parts={}, bytes_done=0, tree_hash=None)
-        self._save(key, state)  # "initiating": an Initiate that dies can be found and aborted
+        self._save(key, state)  # "initiating": a re-run knows an Initiate may have happened
         upload_id, retried = self.glacier.initiate_multipart_ex(self.vault, state["part_size"], state["description"])
         state["upload_id"] = upload_id
         state["status"] = "uploading"
@@ -454,16 +594,28 @@ class UploadEngine:
         stats.upload_id = upload_id
         if retried:
             # botocore retried the Initiate: an earlier attempt may have created an upload.
-            self._abort_orphans(state, keep=upload_id, stats=stats)
+            self._note_orphans(state, keep=upload_id, stats=stats)
         job = _Job(key, source, fd, state["size"], state["part_size"], state)
         return self._finish(job, {}, stats)
 
-    def _abort_orphans(self, state: dict, keep: str | None, stats: UploadStats) -> None:
-        """Abort open uploads that an interrupted or retried Initiate of this state created."""
+    def _note_orphans(self, state: dict, keep: str | None, stats: UploadStats) -> None:
+        """Log the open uploads an interrupted or retried Initiate of this state may have created.
+
+        They are *not* aborted: an upload with our description and part size but none of our
+        parts cannot be told from another file's upload with the same path and mtime (another
+        directory, another machine) that is just starting. An empty upload holds no data and
+        costs nothing; the service drops it after a day without activity.
+        """
         since = _dt.datetime.fromtimestamp(state["created"] - 120, _dt.UTC)
-        for up in self.glacier.list_uploads(self.vault):
+        try:
+            uploads = self.glacier.list_uploads(self.vault)
+        except ServiceError as exc:
+            log.debug("cannot list open uploads (%s)", exc)
+            return
+        owned = self._ids_owned_elsewhere("")
+        for up in uploads:
             uid = up.get("MultipartUploadId")
-            if not uid or uid == keep:
+            if not uid or uid == keep or uid in owned:
                 continue
             if (up.get("ArchiveDescription") or "") != state["description"]:
                 continue
@@ -472,12 +624,8 @@ class UploadEngine:
             created = _parse_date(up.get("CreationDate"))
             if created is not None and created < since:
                 continue
-            log.info("aborting orphan upload %s left by an interrupted start", uid[:16])
-            try:
-                self.glacier.abort_multipart(self.vault, uid)
-                stats.orphans_aborted += 1
-            except NotFoundError:
-                pass
+            log.info("open upload %s may be left by an interrupted start; not provably ours, left alone", uid[:16])
+            stats.orphans_left += 1
 
     def _resume(self, key: str, source: Path, fd: int, state: dict, stats: UploadStats) -> Any | None:
         status = state.get("status")
@@ -485,7 +633,7 @@ class UploadEngine:
         if status == "sending":
             return self._resume_single(key, source, fd, state, stats)
         if not upload_id:  # "initiating": died around Initiate
-            self._abort_orphans(state, keep=None, stats=stats)
+            self._note_orphans(state, keep=None, stats=stats)
             self.catalog.remove_upload(key)
             return None
         stats.upload_id = upload_id
@@ -506,22 +654,27 @@ class UploadEngine:
         done = self._verify_server_parts(job, listing.get("Parts") or [], stats)
         return self._finish(job, done, stats)
 
-    def _verify_server_parts(self, job: _Job, parts: list[dict], stats: UploadStats) -> dict[int, str]:
-        """Parts the server holds whose hash equals the local file's: {index: tree hash}."""
+    def _verify_server_parts(
+        self, job: _Job, parts: list[dict], stats: UploadStats, strict: bool = False
+    ) -> dict[int, str]:
+        """Parts the server holds whose hash equals the local file's: {index: tree hash}.
+
+        ``strict`` (adopting an upload not known to be ours): {} unless *every* part matches.
+        """
         candidates: dict[int, str] = {}
         for part in parts:
             try:
                 a, b = (int(x) for x in str(part.get("RangeInBytes", "")).split("-"))
             except ValueError:
+                if strict:
+                    return {}
                 continue
             index, rem = divmod(a, job.part_size)
-            if rem or index >= job.nparts:
-                continue
-            length = job.bounds(index)[1]
-            if b - a + 1 != length:
-                continue  # wrong length: re-send (overwrites it)
-            if part.get("SHA256TreeHash"):
-                candidates[index] = str(part["SHA256TreeHash"]).lower()
+            if rem or index >= job.nparts or b - a + 1 != job.bounds(index)[1] or not part.get("SHA256TreeHash"):
+                if strict:
+                    return {}
+                continue  # wrong place or length: re-send (overwrites it)
+            candidates[index] = str(part["SHA256TreeHash"]).lower()
         if not candidates:
             return {}
         total = sum(job.bounds(i)[1] for i in candidates)
@@ -540,6 +693,8 @@ class UploadEngine:
                 for index, local in zip(candidates, pool.map(local_hash, candidates), strict=True):
                     if local == candidates[index]:
                         done[index] = local
+                    elif strict:
+                        return {}
                     else:
                         log.warning("part %d on the server differs from the file; sending it again", index)
         finally:
@@ -563,15 +718,41 @@ class UploadEngine:
         finally:
             bar.close()
             self._save(job.key, state)
-        # The bytes sent must be the file we identified: refuse to complete a changed file.
-        try:
-            now_identity = _identity(os.stat(job.source))
-        except OSError:
-            now_identity = None
-        if _identity(os.fstat(job.fd)) != state["identity"] or now_identity != state["identity"]:
-            self._restart(job.key, state, f"{job.source} changed while it was uploaded", stats)
-            raise StateError(f"{job.source} changed while it was uploaded; run the upload again")
-        return self._complete(job, stats)
+        return self._complete(job, stats)  # which checks the file is unchanged first
+
+    def _check_unchanged(self, job: _Job, stats: UploadStats, tree: str) -> None:
+        """The bytes sent must be the file we identified: never complete a changed file.
+
+        The identity (size, mtime, ctime, inode, device) of the open file and of the path must
+        be the one recorded, and the file, read again in one sequential pass, must hash to
+        ``tree`` (the combined part hashes): that catches a rewrite the identity cannot see
+        (coarse timestamps, a write racing the stat). Otherwise the
+        upload is dropped and :class:`_Changed` raised (``upload`` starts again).
+        """
+        state = job.state
+        reason = None
+
+        def path_identity() -> dict[str, int] | None:
+            try:
+                return _identity(os.stat(job.source))
+            except OSError:
+                return None
+
+        if _identity(os.fstat(job.fd)) != state["identity"] or path_identity() != state["identity"]:
+            reason = f"{job.source} changed while it was uploaded"
+        else:
+            try:
+                whole = tree_hash_file(job.source, workers=1)
+            except OSError as exc:
+                whole = f"unreadable ({exc.strerror})"
+            if path_identity() != state["identity"] or _identity(os.fstat(job.fd)) != state["identity"]:
+                reason = f"{job.source} changed while it was uploaded"
+            elif whole != tree:
+                reason = f"{job.source} changed while it was uploaded (its bytes now hash to {whole[:16]}..., the parts sent to {tree[:16]}...)"
+        if reason is not None:
+            stats.restarted = reason
+            self._drop(job.key, state)
+            raise _Changed(reason)
 
     def _send_parts(self, job: _Job, todo: deque[int], stats: UploadStats, bar: Any) -> None:
         state = job.state
@@ -648,6 +829,7 @@ class UploadEngine:
             if any(h is None for h in hashes):
                 raise StateError(f"upload state of {job.source} lost part hashes; run `glacierfs abort` and upload again")
             tree = combine(hashes)  # type: ignore[arg-type]
+            self._check_unchanged(job, stats, tree)
             state["tree_hash"] = tree
             state["status"] = "completing"
             self._save(job.key, state)
@@ -695,7 +877,7 @@ class UploadEngine:
         try:
             if _identity(os.fstat(fd)) != state["identity"]:
                 self.catalog.remove_upload(key)
-                raise StateError(f"{source} changed while it was read; run the upload again")
+                raise _Changed(f"{source} changed while it was read")
             archive_id, _ = self.glacier.upload_archive(
                 self.vault, body, tree, state["description"], content_sha256=hasher.linear_hexdigest()
             )
