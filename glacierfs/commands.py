@@ -42,6 +42,7 @@ from glacierfs.progress import NULL_PROGRESS, Progress
 if TYPE_CHECKING:  # pragma: no cover
     from glacierfs.catalog import Catalog
     from glacierfs.jobs import JobRunner
+    from glacierfs.upload.state import UploadState
 
 log = logging.getLogger(__name__)
 
@@ -544,20 +545,8 @@ def vault_status(ctx: Context, vault: str) -> dict[str, Any]:
     }
 
 
-def _upload_summary(state: dict[str, Any]) -> dict[str, Any]:
-    size = state.get("size")
-    done = state.get("bytes_done")
-    if done is None and isinstance(state.get("parts"), dict | list):
-        part = state.get("part_size") or 0
-        parts = state["parts"]
-        n = len(parts)
-        done = min(size or 0, n * part) if part else None
-    return {
-        "path": state.get("archive_path") or state.get("path"),
-        "size": size,
-        "done": done,
-        "upload_id": state.get("upload_id"),
-    }
+def _upload_summary(state: UploadState) -> dict[str, Any]:
+    return {"path": state.archive_path, "size": state.size, "done": state.bytes_done, "upload_id": state.upload_id}
 
 
 def _job_is_current(job: dict[str, Any], now: float | None = None) -> bool:
