@@ -40,7 +40,7 @@ from glacierfs.errors import ConflictError, NotFoundError, NotReadyError, UsageE
 from glacierfs.progress import NULL_PROGRESS, Progress
 
 if TYPE_CHECKING:  # pragma: no cover
-    from glacierfs.catalog import Catalog
+    from glacierfs.catalog import Catalog, JobRecord
     from glacierfs.jobs import JobRunner
     from glacierfs.upload.state import UploadState
 
@@ -549,22 +549,20 @@ def _upload_summary(state: UploadState) -> dict[str, Any]:
     return {"path": state.archive_path, "size": state.size, "done": state.bytes_done, "upload_id": state.upload_id}
 
 
-def _job_is_current(job: dict[str, Any], now: float | None = None) -> bool:
+def _job_is_current(job: JobRecord, now: float | None = None) -> bool:
     """Running, or finished recently enough that its output may still be fetched (24 h)."""
     from glacierfs.jobs import JOB_RETENTION, parse_iso
 
     now = time.time() if now is None else now
-    if job.get("status") == "InProgress":
+    if job.status == "InProgress":
         return True
-    done = parse_iso(job.get("completed")) or job.get("recorded_at") or 0
+    done = parse_iso(job.completed) or job.recorded_at or 0
     return now - float(done) < JOB_RETENTION
 
 
-def _job_summary(job: dict[str, Any]) -> dict[str, Any]:
+def _job_summary(job: JobRecord) -> dict[str, Any]:
     return {
-        k: job.get(k)
-        for k in ("job_id", "kind", "archive_id", "tier", "status", "created", "forced", "imported")
-        if k in job
+        k: getattr(job, k) for k in ("job_id", "kind", "archive_id", "tier", "status", "created", "forced", "imported")
     }
 
 

@@ -13,9 +13,10 @@ file (``.NAME.glacierfs-part`` + ``.json`` in the target's directory, so the fin
 ``os.replace`` is atomic and nothing is written outside the target directory); a re-run
 resumes from them. The whole file is hashed again before it is moved into place.
 
-Job records (``catalog.put_job``) are dicts: ``job_id``, ``kind`` (``inventory`` |
-``retrieval``), ``archive_id``, ``tier``, ``status``, ``created`` (ISO), ``recorded_at``
-(epoch), ``forced`` and ``imported`` (inventory jobs).
+Job records: ``catalog.put_job`` takes a dict (or a ``JobRecord``) with ``job_id``, ``kind``
+(``inventory`` | ``retrieval``), ``archive_id``, ``tier``, ``status``, ``created`` (ISO),
+``recorded_at`` (epoch), ``forced`` and ``imported`` (inventory jobs); ``get_job``/``list_jobs``
+return :class:`glacierfs.catalog.JobRecord`.
 """
 
 from __future__ import annotations
@@ -273,7 +274,7 @@ class JobRunner:
     def _record(self, desc: dict[str, Any], **extra: Any) -> dict[str, Any]:
         """Store (or update) the catalog record of a job from its description."""
         job_id = desc.get("JobId") or desc["job_id"]
-        old = self.catalog.get_job(job_id) or {}
+        old = found.to_dict() if (found := self.catalog.get_job(job_id)) else {}
         action = desc.get("Action")
         kind = old.get("kind") or (INVENTORY if action == "InventoryRetrieval" else RETRIEVAL)
         rec = {
@@ -317,7 +318,7 @@ class JobRunner:
         )
         for rec in records:
             try:
-                desc = self._describe(rec["job_id"])
+                desc = self._describe(rec.job_id)
             except JobExpired:
                 continue
             self._record(desc)
@@ -406,7 +407,7 @@ class JobRunner:
             unimported = []
             for d in done:
                 rec = self.catalog.get_job(d["JobId"])
-                if rec is not None and not rec.get("imported"):
+                if rec is not None and not rec.imported:
                     unimported.append(d)
             done = unimported
         if done:
@@ -430,7 +431,7 @@ class JobRunner:
             desc = self.find_inventory_job(force)
             if desc is not None:
                 self._record(
-                    desc, forced=force or (self.catalog.get_job(desc["JobId"]) or {}).get("forced", False)
+                    desc, forced=force or bool((rec := self.catalog.get_job(desc["JobId"])) and rec.forced)
                 )
                 job_id = desc["JobId"]
                 log.info("reattaching to inventory job %s (%s)", job_id, desc.get("StatusCode"))
@@ -468,10 +469,10 @@ class JobRunner:
         """Forget imported or expired inventory jobs other than ``keep``: they are of no more use."""
         now = self.clock()
         for rec in self.catalog.list_jobs(kind=INVENTORY):
-            if rec["job_id"] == keep:
+            if rec.job_id == keep:
                 continue
-            if rec.get("imported") or now - rec.get("recorded_at", now) > 2 * JOB_RETENTION:
-                self.catalog.remove_job(rec["job_id"])
+            if rec.imported or now - (rec.recorded_at or now) > 2 * JOB_RETENTION:
+                self.catalog.remove_job(rec.job_id)
 
     def _import_inventory(self, desc: dict[str, Any]) -> Any:
         """Fetch a finished inventory job's output to a spool file and import it.
@@ -607,8 +608,8 @@ class JobRunner:
         if desc is not None and desc.get("StatusCode") != FAILED:
             return desc
         if desc is not None:  # only failed jobs: forget them and try again
-            for rec in self.catalog.list_jobs(kind=RETRIEVAL, archive_id=archive_id):
-                self.catalog.remove_job(rec["job_id"])
+            for old in self.catalog.list_jobs(kind=RETRIEVAL, archive_id=archive_id):
+                self.catalog.remove_job(old.job_id)
         result = self.glacier.initiate_retrieval(self.vault, archive_id, tier, None)
         rec = self._started(result, RETRIEVAL, archive_id=archive_id, tier=tier)
         self.progress.status(

@@ -1090,15 +1090,12 @@ class VaultFS:
             log.debug("cannot list jobs: %s", exc)
             return
         for job in jobs or []:
-            if not isinstance(job, dict):
-                continue
-            archive_id = job.get("archive_id") or job.get("ArchiveId")
-            status = job.get("status") or job.get("StatusCode")
+            archive_id, status = job.archive_id, job.status
             if not archive_id or status == "Failed" or self.cache.has(archive_id):
                 continue
             if self.catalog.get(archive_id) is None:
                 continue
-            tier = job.get("tier") or job.get("Tier") or "Standard"
+            tier = job.tier or "Standard"
             with self._lock:
                 self._retrievals.setdefault(archive_id, Retrieval(archive_id, tier, time.monotonic()))
         self._retrieval_wake.set()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from glacierfs.catalog import Archive, Catalog, iso_epoch, list_vaults, vault_dir
+from glacierfs.catalog import Archive, Catalog, JobRecord, iso_epoch, list_vaults, vault_dir
 from glacierfs.codec import DOTDOT, encode_description, variant_name
 from glacierfs.errors import ConflictError, IntegrityError, NotFoundError, StateError
 from glacierfs.inventory import InventoryItem, parse_inventory
@@ -102,7 +102,7 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
     c2 = Catalog.open(tmp_path, "aws", "eu-west-1", "v")
     assert c2.inventory_date == D1
     assert isinstance(c2.lookup("dir/f.txt"), Archive)
-    assert c2.get_job("j1") == {"job_id": "j1", "kind": "inventory"}
+    assert c2.get_job("j1") == JobRecord("j1", "inventory")
     c2.close()
 
 
@@ -540,10 +540,13 @@ def test_upload_and_job_records(cat: Catalog) -> None:
     cat.put_job({"job_id": "j1", "kind": "inventory"})
     cat.put_job({"job_id": "j2", "kind": "retrieval", "archive_id": "a1"})
     cat.put_job({"JobId": "j3", "kind": "retrieval", "archive_id": "a2"})
-    assert cat.get_job("j2") == {"job_id": "j2", "kind": "retrieval", "archive_id": "a1"}
-    assert {j.get("job_id") or j.get("JobId") for j in cat.list_jobs()} == {"j1", "j2", "j3"}
-    assert [j["job_id"] for j in cat.list_jobs(kind="inventory")] == ["j1"]
-    assert [j["job_id"] for j in cat.list_jobs(kind="retrieval", archive_id="a1")] == ["j2"]
+    assert cat.get_job("j2") == JobRecord("j2", "retrieval", archive_id="a1")
+    assert {j.job_id for j in cat.list_jobs()} == {"j1", "j2", "j3"}
+    assert [j.job_id for j in cat.list_jobs(kind="inventory")] == ["j1"]
+    assert [j.job_id for j in cat.list_jobs(kind="retrieval", archive_id="a1")] == ["j2"]
+    rec = JobRecord("j4", "retrieval", archive_id="a4", tier="Bulk", recorded_at=5.0, vault="v")
+    cat.put_job(rec)
+    assert cat.get_job("j4") == rec == JobRecord.from_dict(json.loads(json.dumps(rec.to_dict())))
     cat.remove_job("j1")
     assert cat.get_job("j1") is None
     # records do not leak into the archive listing and vice versa
@@ -749,7 +752,7 @@ def test_a_catalog_written_by_the_diskcache_version_opens_with_everything(tmp_pa
             assert state.identity.ctime_ns == -1  # written before ctime was recorded: never matches a file
             assert list(c.list_uploads()) == ["/src/big.bin"]
             [job] = c.list_jobs(kind="retrieval", archive_id="inv0")
-            assert job["job_id"] == "J1" and job["tier"] == "Bulk"
+            assert (job.job_id, job.tier, job.recorded_at) == ("J1", "Bulk", 1767000000.0)
             assert c._storage.get("meta", "schema") == SCHEMA_VERSION == 2
         finally:
             c.close()

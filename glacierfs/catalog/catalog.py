@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from glacierfs.catalog import naming, reconcile
-from glacierfs.catalog.records import Archive, ImportStats
+from glacierfs.catalog.records import Archive, ImportStats, JobRecord
 from glacierfs.catalog.storage import (
     SCHEMA_VERSION,
     Storage,
@@ -74,6 +74,17 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _job(raw: Any) -> JobRecord | None:
+    """A stored job record; a damaged one is skipped (jobs are found again with ListJobs)."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return JobRecord.from_dict(raw)
+    except (UsageError, TypeError):
+        log.debug("skipping an unreadable job record: %.80r", raw)
+        return None
 
 
 def _archive(row: tuple[Any, ...]) -> Archive:
@@ -497,33 +508,26 @@ class Catalog:
 
     # ---------------------------------------------------------------------------- jobs
 
-    def put_job(self, job: Mapping[str, Any]) -> None:
-        """Store a job record (jobs.py owns its content); keyed by ``job_id`` (or ``JobId``)."""
-        job_id = job.get("job_id") or job.get("JobId")
-        if not isinstance(job_id, str) or not job_id:
-            raise UsageError("a job record needs a job_id")
+    def put_job(self, job: JobRecord | Mapping[str, Any]) -> None:
+        """Store a job record (jobs.py owns its content); a mapping needs ``job_id`` (or ``JobId``)."""
+        rec = job if isinstance(job, JobRecord) else JobRecord.from_dict(job)
         with self._storage.guard(), self._storage.transact():
-            self._storage.set("job", job_id, dict(job))
+            self._storage.set("job", rec.job_id, rec.to_dict())
 
-    def get_job(self, job_id: str) -> dict[str, Any] | None:
+    def get_job(self, job_id: str) -> JobRecord | None:
         with self._storage.guard():
-            job = self._storage.get("job", job_id)
-        return dict(job) if isinstance(job, dict) else None
+            raw = self._storage.get("job", job_id)
+        return _job(raw)
 
-    def list_jobs(self, kind: str | None = None, archive_id: str | None = None) -> list[dict[str, Any]]:
+    def list_jobs(self, kind: str | None = None, archive_id: str | None = None) -> list[JobRecord]:
         """Job records, optionally only those of ``kind`` and/or for ``archive_id``."""
-        out = []
         with self._storage.guard():
             records = self._storage.items("job")
-        for _, job in records:
-            if not isinstance(job, dict):
-                continue
-            if kind is not None and job.get("kind") != kind:
-                continue
-            if archive_id is not None and job.get("archive_id") != archive_id:
-                continue
-            out.append(job)
-        return out
+        jobs = [job for _, raw in records if (job := _job(raw)) is not None]
+        return [
+            j for j in jobs
+            if (kind is None or j.kind == kind) and (archive_id is None or j.archive_id == archive_id)
+        ]
 
     def remove_job(self, job_id: str) -> None:
         with self._storage.guard(), self._storage.transact():

@@ -7,8 +7,12 @@ Plain data, no threads, no I/O. A :class:`JobRecord` round-trips through JSON
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from glacierfs.errors import UsageError
 
 Source = Literal["inventory", "upload"]
 
@@ -47,3 +51,41 @@ class ImportStats:
     def get(self, key: str, default: Any = None) -> Any:
         """Dict-style access for callers that treat stats as a mapping."""
         return getattr(self, key, default)
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """What the catalog remembers of a Glacier job (jobs.py owns the content).
+
+    Recorded the moment InitiateJob returns, so a re-run reattaches instead of starting (and
+    paying for) a second job. ``created``/``completed`` are the service's ISO dates,
+    ``recorded_at`` this machine's epoch seconds; ``forced``/``imported`` are for inventory jobs.
+    """
+
+    job_id: str
+    kind: str  # "inventory" | "retrieval"
+    archive_id: str | None = None
+    tier: str | None = None
+    status: str = "InProgress"  # the service's StatusCode
+    created: str | None = None
+    completed: str | None = None
+    size: int | None = None
+    recorded_at: float | None = None
+    forced: bool = False
+    imported: bool = False
+    vault: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobRecord:
+        """A record from its JSON form (or a job dict with ``job_id``/``JobId``); unknown keys are dropped."""
+        job_id = data.get("job_id") or data.get("JobId")
+        if not isinstance(job_id, str) or not job_id:
+            raise UsageError("a job record needs a job_id")
+        names = {f.name for f in dataclasses.fields(cls)}
+        fields = {k: v for k, v in data.items() if k in names and v is not None}
+        fields["job_id"] = job_id
+        fields.setdefault("kind", "")
+        return cls(**fields)
