@@ -177,7 +177,8 @@ class Storage:
             try:
                 con.execute("PRAGMA journal_mode = WAL").fetchone()
                 con.execute("PRAGMA synchronous = NORMAL")
-                con.execute("PRAGMA cache_size = -32768")
+                con.execute("PRAGMA cache_size = -32768")  # 32 MiB, as diskcache had it
+                con.execute("PRAGMA mmap_size = 67108864")
                 con.execute("PRAGMA temp_store = FILE")
                 con.execute("PRAGMA journal_size_limit = 67108864")  # an import's big WAL is cut back
             except BaseException:
