@@ -55,7 +55,8 @@ from glacierfs.text import shown
 from glacierfs.timeutil import fmt_ago
 
 if TYPE_CHECKING:  # pragma: no cover
-    from glacierfs.catalog import Archive, Catalog
+    from glacierfs.catalog import Archive, Catalog, JobRecord
+    from glacierfs.upload.state import UploadState
 
 log = logging.getLogger(__name__)
 
@@ -467,42 +468,29 @@ def vault_status(ctx: Context, vault: str, all_jobs: bool = False) -> dict[str, 
     }
 
 
-def _upload_summary(state: dict[str, Any]) -> dict[str, Any]:
-    size = state.get("size")
-    done = state.get("bytes_done")
-    if done is None and isinstance(state.get("parts"), dict | list):
-        part = state.get("part_size") or 0
-        n = len(state["parts"])
-        done = min(size or 0, n * part) if part else None
-    return {
-        "path": state.get("archive_path") or state.get("path"),
-        "size": size,
-        "done": done,
-        "upload_id": state.get("upload_id"),
-    }
+def _upload_summary(state: UploadState) -> dict[str, Any]:
+    return {"path": state.archive_path, "size": state.size, "done": state.bytes_done, "upload_id": state.upload_id}
 
 
-def _job_is_current(job: dict[str, Any]) -> bool:
+def _job_is_current(job: JobRecord) -> bool:
     """Still running, or an inventory finished and not imported yet (its listing is still to come).
 
     Finished retrievals and imported inventories are history: ``status --all`` shows them.
     """
     from glacierfs.jobs import IN_PROGRESS, INVENTORY, SUCCEEDED
 
-    status = job.get("status")
-    if status == IN_PROGRESS:
+    if job.status == IN_PROGRESS:
         return True
-    return job.get("kind") == INVENTORY and status == SUCCEEDED and not job.get("imported")
+    return job.kind == INVENTORY and job.status == SUCCEEDED and not job.imported
 
 
-def _job_summary(catalog: Catalog, job: dict[str, Any]) -> dict[str, Any]:
+def _job_summary(catalog: Catalog, job: JobRecord) -> dict[str, Any]:
     out: dict[str, Any] = {
-        k: job.get(k)
+        k: getattr(job, k)
         for k in ("job_id", "kind", "archive_id", "tier", "status", "created", "completed", "recorded_at",
                   "forced", "imported")
-        if k in job
     }
-    archive_id = job.get("archive_id")
+    archive_id = job.archive_id
     known = catalog.get(archive_id, include_deleted=True) if archive_id else None
     out["path"] = known.path if known else None
     return out

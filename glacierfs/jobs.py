@@ -10,10 +10,10 @@ an ``flock`` on a lock file in the vault's state dir across processes), so concu
 
 The verified, resumable download of a finished job is :mod:`glacierfs.download`.
 
-Job records (``catalog.put_job``) are dicts at the catalog seam, built from
-:class:`JobRecord`: ``job_id``, ``kind`` (``inventory`` | ``retrieval``), ``archive_id``,
-``tier``, ``status``, ``created`` (ISO), ``completed``, ``size``, ``recorded_at`` (epoch),
-``forced`` and ``imported`` (inventory jobs), ``vault``.
+Job records: :class:`glacierfs.catalog.JobRecord` (``job_id``, ``kind`` (``inventory`` |
+``retrieval``), ``archive_id``, ``tier``, ``status``, ``created`` (ISO), ``completed``, ``size``,
+``recorded_at`` (epoch), ``forced`` and ``imported`` (inventory jobs), ``vault``);
+``catalog.put_job`` takes one or its dict, ``get_job``/``list_jobs`` return them.
 
 Threading contract: a JobRunner holds no mutable state of its own; its methods may run in
 several threads at once (the mount's retrieval workers). The catalog serializes its own
@@ -26,7 +26,6 @@ InitiateJob calls of that one archive (that is the point) but nothing else.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -42,6 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
+from glacierfs.catalog.records import JobRecord
 from glacierfs.client import JobNotFoundError, NoInventoryError, checked_id
 from glacierfs.download import (
     MAX_CHUNK,
@@ -122,32 +122,6 @@ class Backoff:
         while True:
             yield delay
             delay = min(self.maximum, delay * self.factor)
-
-
-@dataclass
-class JobRecord:
-    """What the catalog keeps about one job (stored as a dict: :meth:`to_dict`/:meth:`from_dict`)."""
-
-    job_id: str
-    kind: str
-    vault: str
-    status: str = IN_PROGRESS
-    archive_id: str | None = None
-    tier: str | None = None
-    created: str | None = None
-    completed: str | None = None
-    size: int | None = None
-    recorded_at: float = 0.0
-    forced: bool = False
-    imported: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 # --------------------------------------------------------------------------- helpers
@@ -339,7 +313,7 @@ class JobRunner:
     def _record(self, desc: dict[str, Any], **extra: Any) -> dict[str, Any]:
         """Store (or update) the catalog record of a job from its description."""
         job_id = desc.get("JobId") or desc["job_id"]
-        old = self.catalog.get_job(job_id) or {}
+        old = found.to_dict() if (found := self.catalog.get_job(job_id)) else {}
         action = desc.get("Action")
         kind = old.get("kind") or (INVENTORY if action == "InventoryRetrieval" else RETRIEVAL)
         rec = JobRecord(
@@ -381,7 +355,7 @@ class JobRunner:
         )
         for rec in records:
             try:
-                desc = self._describe(rec["job_id"])
+                desc = self._describe(rec.job_id)
             except JobExpired:
                 continue
             self._record(desc)
@@ -465,7 +439,7 @@ class JobRunner:
             unimported = []
             for d in done:
                 rec = self.catalog.get_job(d["JobId"])
-                if rec is not None and not rec.get("imported"):
+                if rec is not None and not rec.imported:
                     unimported.append(d)
             done = unimported
         if done:
@@ -489,7 +463,7 @@ class JobRunner:
             desc = self.find_inventory_job(force)
             if desc is not None:
                 self._record(
-                    desc, forced=force or (self.catalog.get_job(desc["JobId"]) or {}).get("forced", False)
+                    desc, forced=force or bool((rec := self.catalog.get_job(desc["JobId"])) and rec.forced)
                 )
                 job_id = desc["JobId"]
                 log.info("reattaching to inventory job %s (%s)", job_id, desc.get("StatusCode"))
@@ -525,10 +499,10 @@ class JobRunner:
         """Forget imported or expired inventory jobs other than ``keep``: they are of no more use."""
         now = self.clock()
         for rec in self.catalog.list_jobs(kind=INVENTORY):
-            if rec["job_id"] == keep:
+            if rec.job_id == keep:
                 continue
-            if rec.get("imported") or now - rec.get("recorded_at", now) > 2 * JOB_RETENTION:
-                self.catalog.remove_job(rec["job_id"])
+            if rec.imported or now - (rec.recorded_at or now) > 2 * JOB_RETENTION:
+                self.catalog.remove_job(rec.job_id)
 
     def _import_inventory(self, desc: dict[str, Any]) -> Any:
         """Fetch a finished inventory job's output to a spool file and import it.
@@ -677,8 +651,8 @@ class JobRunner:
         if desc is not None and desc.get("StatusCode") != FAILED:
             return desc
         if desc is not None:  # only failed jobs: forget them and try again
-            for rec in self.catalog.list_jobs(kind=RETRIEVAL, archive_id=archive_id):
-                self.catalog.remove_job(rec["job_id"])
+            for old in self.catalog.list_jobs(kind=RETRIEVAL, archive_id=archive_id):
+                self.catalog.remove_job(old.job_id)
         result = self.glacier.initiate_retrieval(self.vault, archive_id, tier, None)
         rec = self._started(result, RETRIEVAL, archive_id=archive_id, tier=tier)
         self.progress.status(

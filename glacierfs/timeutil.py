@@ -1,6 +1,7 @@
 """Dates as Glacier writes them (ISO 8601, UTC, ``Z``) and durations for humans. One owner.
 
-* :func:`now_iso` / :func:`parse_iso`: Glacier's ``2012-03-20T17:03:43.221Z`` <-> epoch seconds;
+* :func:`now_iso` / :func:`parse_iso` / :func:`iso_epoch`: Glacier's ``2012-03-20T17:03:43.221Z``
+  <-> epoch seconds (``iso_epoch`` raises IntegrityError where a date must be valid);
 * :func:`fmt_duration` (``90s``, ``12min``, ``3h05``) and :func:`fmt_ago` (``never`` for None).
 """
 
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+
+from glacierfs.errors import IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -18,12 +21,12 @@ def now_iso() -> str:
 
 
 def parse_iso(text: str | None) -> float | None:
-    """Epoch seconds of an ISO 8601 date (naive means UTC); None if absent or unparsable."""
-    if not text or not isinstance(text, str):
+    """Epoch seconds of an ISO 8601 date (naive means UTC), None if absent or unparsable."""
+    if not text:
         return None
     try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        dt = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except (TypeError, ValueError):
         return None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
@@ -52,3 +55,11 @@ def fmt_ago(seconds: float | None) -> str:
     if seconds < 48 * 3600:
         return f"{seconds / 3600:.1f}h"
     return f"{seconds / 86400:.1f}d"
+
+
+def iso_epoch(text: str) -> float:
+    """Epoch seconds of an ISO 8601 date (naive means UTC); IntegrityError when unparsable."""
+    epoch = parse_iso(text) if isinstance(text, str) else None
+    if epoch is None:
+        raise IntegrityError(f"invalid date {text!r}")
+    return epoch

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from glacierfs.catalog import Archive, Catalog, iso_epoch, list_vaults, vault_dir
+from glacierfs.catalog import Archive, Catalog, JobRecord, iso_epoch, list_vaults, vault_dir
 from glacierfs.codec import DOTDOT, encode_description, variant_name
 from glacierfs.errors import ConflictError, IntegrityError, NotFoundError, StateError
 from glacierfs.inventory import InventoryItem, parse_inventory
+from glacierfs.upload.state import Identity, UnreadableState, UploadState
 
 H = "ab" * 32
 D1 = "2026-01-10T00:00:00Z"
@@ -101,7 +102,7 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
     c2 = Catalog.open(tmp_path, "aws", "eu-west-1", "v")
     assert c2.inventory_date == D1
     assert isinstance(c2.lookup("dir/f.txt"), Archive)
-    assert c2.get_job("j1") == {"job_id": "j1", "kind": "inventory"}
+    assert c2.get_job("j1") == JobRecord("j1", "inventory")
     c2.close()
 
 
@@ -518,11 +519,18 @@ def test_mkdir_below_an_implicit_dir_survives_its_archives(cat: Catalog) -> None
 # ------------------------------------------------------------------------------ uploads and jobs
 
 
+def ustate(upload_id: str | None = None, **fields: object) -> UploadState:
+    """A pending-upload state as the engine writes it."""
+    base: dict = {"source": "/src/f", "archive_path": "f", "description": "d", "mtime": 1.5,
+                  "identity": Identity(3 * 2**20, 1, 2, 3, 4), "size": 3 * 2**20, "part_size": 2**20}
+    return UploadState(**{**base, "upload_id": upload_id, **fields})  # type: ignore[arg-type]
+
+
 def test_upload_and_job_records(cat: Catalog) -> None:
     assert cat.list_uploads() == {}
-    cat.put_upload("/src/file", {"upload_id": "u1", "parts": {"0": "h"}})
-    cat.put_upload("k2", {"upload_id": "u2"})
-    assert cat.get_upload("/src/file") == {"upload_id": "u1", "parts": {"0": "h"}}
+    cat.put_upload("/src/file", ustate("u1", parts={0: "h"}, status="uploading"))
+    cat.put_upload("k2", ustate("u2"))
+    assert cat.get_upload("/src/file") == ustate("u1", parts={0: "h"}, status="uploading")
     assert set(cat.list_uploads()) == {"/src/file", "k2"}
     cat.remove_upload("k2")
     cat.remove_upload("k2")  # idempotent
@@ -532,10 +540,13 @@ def test_upload_and_job_records(cat: Catalog) -> None:
     cat.put_job({"job_id": "j1", "kind": "inventory"})
     cat.put_job({"job_id": "j2", "kind": "retrieval", "archive_id": "a1"})
     cat.put_job({"JobId": "j3", "kind": "retrieval", "archive_id": "a2"})
-    assert cat.get_job("j2") == {"job_id": "j2", "kind": "retrieval", "archive_id": "a1"}
-    assert {j.get("job_id") or j.get("JobId") for j in cat.list_jobs()} == {"j1", "j2", "j3"}
-    assert [j["job_id"] for j in cat.list_jobs(kind="inventory")] == ["j1"]
-    assert [j["job_id"] for j in cat.list_jobs(kind="retrieval", archive_id="a1")] == ["j2"]
+    assert cat.get_job("j2") == JobRecord("j2", "retrieval", archive_id="a1")
+    assert {j.job_id for j in cat.list_jobs()} == {"j1", "j2", "j3"}
+    assert [j.job_id for j in cat.list_jobs(kind="inventory")] == ["j1"]
+    assert [j.job_id for j in cat.list_jobs(kind="retrieval", archive_id="a1")] == ["j2"]
+    rec = JobRecord("j4", "retrieval", archive_id="a4", tier="Bulk", recorded_at=5.0, vault="v")
+    cat.put_job(rec)
+    assert cat.get_job("j4") == rec == JobRecord.from_dict(json.loads(json.dumps(rec.to_dict())))
     cat.remove_job("j1")
     assert cat.get_job("j1") is None
     # records do not leak into the archive listing and vice versa
@@ -568,7 +579,7 @@ def _worker(root: str, tag: str, n: int) -> None:
             mtime=float(i),
             description=encode_description(path, float(i)),
         )
-        c.put_upload(f"{tag}-{i}", {"n": i})
+        c.put_upload(f"{tag}-{i}", ustate(f"u{i}"))
         if i % 3 == 0:
             c.mark_deleted(aid)
             c.remove_upload(f"{tag}-{i}")
@@ -646,7 +657,7 @@ def test_catalog_files_stay_private_under_a_loose_umask(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
         c = Catalog.open(tmp_path / "c", "aws", "r", "v")
-        c.put_upload("k", {"x": "y" * 100_000})  # large values stay inside cache.db
+        c.put_upload("k", ustate("u", parts={i: "h" * 64 for i in range(2000)}))  # a large record
         c.close()
     finally:
         os.umask(old)
@@ -714,3 +725,50 @@ def test_both_import_strategies_agree_on_random_histories(tmp_path: Path) -> Non
     assert strategies == {"incremental", "rebuild"}
     inc.close()
     reb.close()
+
+
+def test_a_catalog_written_by_the_diskcache_version_opens_with_everything(tmp_path: Path) -> None:
+    """tests/data/catalog-v1/cache.db was written by the schema-1 catalog (records in a diskcache
+    Cache): archives, names, a deletion, a mkdir, a pending upload and a job all survive the
+    migration to schema 2, which happens once."""
+    import shutil
+
+    from glacierfs.catalog import SCHEMA_VERSION
+
+    directory = tmp_path / "old" / "catalog"
+    directory.mkdir(parents=True)
+    shutil.copy(Path(__file__).parent / "data" / "catalog-v1" / "cache.db", directory / "cache.db")
+    for _ in range(2):  # the second open finds the records already moved
+        c = Catalog.open_dir(directory)
+        try:
+            assert c.inventory_date == "2026-01-02T00:00:00Z"
+            assert [(n, a.archive_id if a else None) for n, a in c.listdir("docs")] == [
+                ("f0.txt", "up1"), ("f0~inv0.txt", "inv0"), ("f1.txt", "inv1"),
+            ]
+            assert names(c) == ["docs", "empty"] and c.lookup("empty/dir") == "dir"
+            assert c.get("inv2") is None and c.get("inv2", include_deleted=True) is not None
+            state = c.get_upload("/src/big.bin")
+            assert state is not None and state.upload_id == "UPLOADID" and state.parts == {0: "a" * 64}
+            assert state.identity.ctime_ns == -1  # written before ctime was recorded: never matches a file
+            assert list(c.list_uploads()) == ["/src/big.bin"]
+            [job] = c.list_jobs(kind="retrieval", archive_id="inv0")
+            assert (job.job_id, job.tier, job.recorded_at) == ("J1", "Bulk", 1767000000.0)
+            assert c._storage.get("meta", "schema") == SCHEMA_VERSION == 2
+        finally:
+            c.close()
+    for p in directory.iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+
+
+def test_upload_states_round_trip_and_damaged_ones_are_reported(cat: Catalog) -> None:
+    state = ustate("u9", parts={0: "a" * 64, 2: "b" * 64}, bytes_done=5, tree_hash="c" * 64, status="completing",
+                   created=10.0, updated=11.0)
+    assert UploadState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+    cat.put_upload("k", state)
+    assert cat.get_upload("k") == state
+    for garbage in ({"status": "uploading", "upload_id": "UID"}, [1, 2], {**state.to_dict(), "part_size": 3}):
+        cat._storage.set("upload", "bad", garbage)
+        with pytest.raises(UnreadableState) as info:
+            cat.get_upload("bad")
+        assert info.value.upload_id == (None if isinstance(garbage, list) else garbage.get("upload_id"))
+        assert set(cat.list_uploads()) == {"k"}  # listings skip what they cannot read

@@ -256,7 +256,7 @@ def test_inventory_force_reattaches_after_kill(glacier_server_factory, tmp_path:
     finally:
         stop(first)
     jobs = server.client().list_jobs(vaultName="v")["JobList"]
-    assert [j["JobId"] for j in jobs] == [recorded[0]["job_id"]]
+    assert [j["JobId"] for j in jobs] == [recorded[0].job_id]
     second = cli.popen("inventory", "-v", "v", "-f", "--debug")
     try:
         time.sleep(1)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from glacierfs.catalog import JobRecord
 from glacierfs.client import JobNotFoundError, NoInventoryError
 from glacierfs.errors import (
     IntegrityError,
@@ -62,16 +63,17 @@ class FakeCatalog:
         self.inventory_date: str | None = None
         self.imports: list[tuple[str, list]] = []
 
-    def put_job(self, job: dict) -> None:
-        self.jobs[job["job_id"]] = dict(job)
+    def put_job(self, job: Any) -> None:
+        rec = job if isinstance(job, JobRecord) else JobRecord.from_dict(job)
+        self.jobs[rec.job_id] = rec.to_dict()
 
-    def get_job(self, job_id: str) -> dict | None:
+    def get_job(self, job_id: str) -> JobRecord | None:
         job = self.jobs.get(job_id)
-        return dict(job) if job else None
+        return JobRecord.from_dict(job) if job else None
 
-    def list_jobs(self, kind: str | None = None, archive_id: str | None = None) -> list[dict]:
+    def list_jobs(self, kind: str | None = None, archive_id: str | None = None) -> list[JobRecord]:
         return [
-            dict(j)
+            JobRecord.from_dict(j)
             for j in self.jobs.values()
             if (kind is None or j.get("kind") == kind)
             and (archive_id is None or j.get("archive_id") == archive_id)
@@ -265,7 +267,7 @@ def test_download_waits_verifies_and_moves_into_place(env, tmp_path: Path) -> No
     assert sorted(os.listdir(tmp_path)) == ["out.bin"]  # no partial or sidecar left
     assert sorted(r for _, r in g.fetches) == [(i * MiB, min(len(data), (i + 1) * MiB) - 1) for i in range(6)]
     # recorded in the catalog, and reused (no second job) by the next download
-    assert [j["status"] for j in c.list_jobs(kind="retrieval", archive_id="-arch")] == ["Succeeded"]
+    assert [j.status for j in c.list_jobs(kind="retrieval", archive_id="-arch")] == ["Succeeded"]
     runner.download(out=tmp_path / "again.bin", archive_id="-arch")
     assert len(g.jobs) == 1
 
@@ -425,7 +427,7 @@ def test_non_waiting_api_for_the_mount(env, tmp_path: Path) -> None:
     assert not g.jobs  # neither call starts a job
     desc = runner.retrieval("a", tier="Expedited")
     assert desc["StatusCode"] == "InProgress" and desc["Tier"] == "Expedited"
-    assert c.get_job(desc["JobId"])["tier"] == "Expedited"  # recorded at once
+    assert c.get_job(desc["JobId"]).tier == "Expedited"  # recorded at once
     assert runner.retrieval_state("a") == "in_progress"
     with pytest.raises(NotReadyError, match="still running"):
         runner.download("a", tmp_path / "f", wait=False)
@@ -526,13 +528,13 @@ def test_inventory_job_is_recorded_before_waiting_and_reattached(env) -> None:
     with pytest.raises(Interrupted):
         runner.inventory(force=True)
     (job_id,) = g.jobs
-    assert c.get_job(job_id)["kind"] == "inventory" and c.get_job(job_id)["forced"]
+    assert c.get_job(job_id).kind == "inventory" and c.get_job(job_id).forced
     # re-run -f while the job still runs: reattach
     complete_on_poll(g, runner)
     runner.inventory(force=True)
     assert list(g.jobs) == [job_id]
     assert [a.archive_id for a in c.imports[0][1]] == ["id0", "id1", "id2"]
-    assert c.get_job(job_id)["imported"]
+    assert c.get_job(job_id).imported
     # a further -f: the finished job was imported already, so a new job
     runner.inventory(force=True)
     assert len(g.jobs) == 2
@@ -558,7 +560,7 @@ def test_force_joins_a_running_job_of_another_tool_but_not_a_finished_one(env) -
     running = g.initiate_inventory(VAULT)  # still running: as fresh as a new job
     complete_on_poll(g, runner)
     runner.inventory(force=True)
-    assert len(g.jobs) == 2 and c.get_job(running)["imported"]
+    assert len(g.jobs) == 2 and c.get_job(running).imported
 
 
 def test_without_force_a_finished_job_of_another_tool_is_used(env) -> None:

@@ -147,10 +147,7 @@ class Retrievals:
             return
         followed = evicted = 0
         for job in jobs or []:
-            if not isinstance(job, dict):
-                continue
-            archive_id = job.get("archive_id") or job.get("ArchiveId")
-            status = job.get("status") or job.get("StatusCode")
+            archive_id, status = job.archive_id, job.status
             if not isinstance(archive_id, str) or status == "Failed" or self.cache.has(archive_id):
                 continue
             if self.cache.was_evicted(archive_id):
@@ -161,7 +158,7 @@ class Retrievals:
                     continue
             except Exception:
                 continue
-            tier = job.get("tier") or job.get("Tier") or "Standard"
+            tier = job.tier or "Standard"
             with self._lock:
                 self._table.setdefault(archive_id, Retrieval(archive_id, str(tier), time.monotonic(), starting=False))
             followed += 1

@@ -15,18 +15,19 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from glacierfs.errors import NotReadyError
 from glacierfs.progress import NULL_PROGRESS, Progress
+from glacierfs.upload.state import UploadState
 
 log = logging.getLogger(__name__)
 
 
 class WaitCatalog(Protocol):
-    def list_uploads(self) -> dict[str, dict[str, Any]]: ...
+    def list_uploads(self) -> Mapping[str, UploadState]: ...
     def get(self, archive_id: str, include_deleted: bool = False) -> Any: ...
 
 
@@ -59,7 +60,7 @@ def pending(catalog: WaitCatalog, glacier: JobLister, vault: str, paths: list[st
     roots = [_norm(p) for p in paths]
     uploads = []
     for key, state in catalog.list_uploads().items():
-        path = state.get("archive_path") or state.get("path")
+        path = state.archive_path
         if _under(_norm(path) if path else None, roots):
             uploads.append(str(path or key))
     retrievals = []

@@ -1,0 +1,315 @@
+"""Where a vault's client state lives on disk, and the SQLite database of its catalog.
+
+Threading contract
+    :class:`Storage` is shared by every thread of a process (FUSE threads, upload workers, the
+    CLI's main thread) and by other processes opening the same directory. Each thread gets its
+    own ``sqlite3.Connection`` (``threading.local``; SQLite connections must not be shared
+    between threads mid-transaction); ``_lock`` guards only the list of connections (so
+    :meth:`Storage.close` can close them all). Cross-thread and cross-process consistency is
+    SQLite's: WAL mode (readers never block, one writer at a time), every write in
+    ``BEGIN IMMEDIATE`` (:meth:`Storage.transact`, re-entrant per thread), a 60 s busy timeout.
+    No Python lock is held while SQLite waits.
+
+Layout
+    ``<cache root>/<endpoint id>/<region>/<vault>/`` (:func:`vault_dir`, each part
+    percent-encoded) is the vault's state directory; the catalog is its ``catalog/cache.db``
+    (0700 directory, 0600 files). Records (``meta``, ``upload`` and ``job``) are JSON values in
+    the ``gfs_record`` table, keyed by (kind, key); archives and directories are SQL tables
+    (``catalog.py``). A catalog written by glacierfs <= 0.x kept its records in a diskcache
+    ``Cache`` inside the same ``cache.db``: they are copied into ``gfs_record`` once, through
+    diskcache's public API (:func:`_migrate_diskcache`), in one transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from glacierfs.errors import StateError
+
+log = logging.getLogger(__name__)
+
+DBNAME = "cache.db"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+BUSY_TIMEOUT = 60.0
+SCHEMA_VERSION = 2  # 1: records in a diskcache Cache (migrated on open); 2: gfs_record
+JSON = dict[str, Any]
+
+
+def _component(text: str) -> str:
+    """One safe, reversible directory name for an endpoint id, region or vault name."""
+    out = quote(text, safe="")
+    if out.startswith("."):
+        out = "%2E" + out[1:]
+    return out or "%00"
+
+
+def vault_dir(cache_root: Path | str, endpoint_id: str, region: str, vault: str) -> Path:
+    """``cache_root/<endpoint-id>/<region>/<vault>``: where one vault's client state lives.
+
+    The one owner of this path. Each part is percent-encoded (``local:/data`` ->
+    ``local%3A%2Fdata``) so it is one safe, reversible path component. The catalog is in
+    ``catalog/`` below it; upload locks, data caches, staging and partial downloads go next to it.
+    """
+    return Path(cache_root) / _component(endpoint_id) / _component(region) / _component(vault)
+
+
+def list_vaults(cache_root: Path | str, endpoint_id: str, region: str) -> list[str]:
+    """Names of the vaults that have a catalog under ``cache_root`` for this endpoint and region."""
+    base = Path(cache_root) / _component(endpoint_id) / _component(region)
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return []
+    return sorted(unquote(p.name) for p in entries if (p / "catalog" / DBNAME).exists())
+
+
+def makedirs_private(path: Path) -> None:
+    """Create ``path`` and missing parents as 0700 (only the ones we create are chmod'ed)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(d, DIR_MODE)
+
+
+def rebuild_hint(directory: Path) -> str:
+    # The catalog also held the states of pending uploads: say what becomes of them.
+    return (
+        f"delete {directory} and run `glacierfs inventory` to rebuild it (pending uploads it recorded"
+        " are found again on the service: re-run their upload to resume, or `glacierfs abort` them)"
+    )
+
+
+def create_archive_table(con: sqlite3.Connection, table: str, indexes: bool = True) -> None:
+    """``gfs_archive`` (or a rebuild's ``gfs_archive_next``): one row per archive we know of."""
+    con.execute(
+        f"CREATE TABLE {table} ("
+        " archive_id TEXT NOT NULL, dir TEXT NOT NULL, base TEXT NOT NULL, name TEXT,"
+        " size INTEGER NOT NULL, creation_date TEXT NOT NULL, created REAL NOT NULL,"
+        " mtime REAL NOT NULL, tree_hash TEXT NOT NULL, description TEXT NOT NULL,"
+        " source TEXT NOT NULL, deleted REAL)"
+    )
+    if indexes:
+        create_archive_indexes(con, table)
+
+
+def create_archive_indexes(con: sqlite3.Connection, table: str) -> None:
+    # Index names are global in SQLite and survive a table rename: make them unique per build.
+    tok = uuid.uuid4().hex[:12]
+    con.execute(f"CREATE UNIQUE INDEX gfs_archive_id_{tok} ON {table}(archive_id)")
+    con.execute(f"CREATE UNIQUE INDEX gfs_archive_name_{tok} ON {table}(dir, name) WHERE name IS NOT NULL")
+    con.execute(f"CREATE INDEX gfs_archive_base_{tok} ON {table}(dir, base)")
+    con.execute(f"CREATE INDEX gfs_archive_unnamed_{tok} ON {table}(dir) WHERE name IS NULL AND deleted IS NULL")
+
+
+def create_dir_table(con: sqlite3.Connection) -> None:
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS gfs_dir ("
+        " path TEXT PRIMARY KEY, parent TEXT NOT NULL, name TEXT NOT NULL,"
+        " explicit INTEGER NOT NULL DEFAULT 0)"
+    )
+    con.execute("CREATE INDEX IF NOT EXISTS gfs_dir_parent ON gfs_dir(parent, name)")
+
+
+class Storage:
+    """The catalog database of one directory: per-thread connections, transactions, JSON records."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / DBNAME
+        self._local = threading.local()
+        self._lock = threading.Lock()  # guards _connections
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+
+    @classmethod
+    def open(cls, directory: Path) -> Storage:
+        """Open (creating 0700/0600 if new) the database in ``directory``; StateError if unusable."""
+        try:
+            makedirs_private(directory)
+            os.chmod(directory, DIR_MODE)
+            fd = os.open(directory / DBNAME, os.O_RDWR | os.O_CREAT, FILE_MODE)  # -wal/-shm get its mode
+            os.close(fd)
+        except OSError as exc:
+            raise StateError(f"cannot create the catalog directory {directory}: {exc.strerror}") from None
+        self = cls(directory)
+        try:
+            self.con  # noqa: B018 - opens and checks the database now
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    # ---------------------------------------------------------------------------- connections
+
+    @property
+    def con(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+        if con is not None:
+            return con
+        if self._closed:
+            raise StateError(f"the catalog in {self.directory} is closed")
+        with self.guard():
+            con = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+            try:
+                con.execute("PRAGMA journal_mode = WAL").fetchone()
+                con.execute("PRAGMA synchronous = NORMAL")
+                con.execute("PRAGMA cache_size = -32768")  # 32 MiB, as diskcache had it
+                con.execute("PRAGMA mmap_size = 67108864")
+                con.execute("PRAGMA temp_store = FILE")
+                con.execute("PRAGMA journal_size_limit = 67108864")  # an import's big WAL is cut back
+            except BaseException:
+                con.close()
+                raise
+        with self._lock:
+            self._connections.append(con)
+        self._local.con = con
+        return con
+
+    def close(self) -> None:
+        """Close every connection of this process (a thread's next use opens a new one)."""
+        with self._lock:
+            cons, self._connections = self._connections, []
+        for con in cons:
+            with contextlib.suppress(sqlite3.Error):
+                con.close()
+        self._local = threading.local()
+
+    def fix_modes(self) -> None:
+        for p in self.directory.iterdir():
+            with contextlib.suppress(OSError):
+                if p.is_file() and stat.S_IMODE(p.stat().st_mode) != FILE_MODE:
+                    os.chmod(p, FILE_MODE)
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Map storage failures to one-line StateErrors."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StateError(
+                    f"the catalog in {self.directory} stayed locked by another process ({exc}); try again"
+                ) from None
+            raise StateError(f"the catalog in {self.directory} failed ({exc}): {rebuild_hint(self.directory)}") from None
+        except (sqlite3.DatabaseError, ValueError) as exc:  # ValueError: a record that is not JSON
+            raise StateError(
+                f"the catalog in {self.directory} is corrupt ({exc}): {rebuild_hint(self.directory)}"
+            ) from None
+
+    @contextlib.contextmanager
+    def transact(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``); nested use joins the outer one."""
+        con = self.con
+        if con.in_transaction:
+            yield con
+            return
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    # ---------------------------------------------------------------------------- records
+
+    def setup_records(self) -> int | None:
+        """Create ``gfs_record`` (migrating an old diskcache catalog); the stored schema version."""
+        con = self.con
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS gfs_record (kind TEXT NOT NULL, key TEXT NOT NULL,"
+            " value TEXT NOT NULL, PRIMARY KEY (kind, key)) WITHOUT ROWID"
+        )
+        version = self.get("meta", "schema")
+        if version is None and con.execute("SELECT 1 FROM sqlite_master WHERE name = 'Cache'").fetchone():
+            version = _migrate_diskcache(self)
+        return version if isinstance(version, int) else None
+
+    def get(self, kind: str, key: str) -> Any:
+        row = self.con.execute("SELECT value FROM gfs_record WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def set(self, kind: str, key: str, value: Any) -> None:
+        self.con.execute(
+            "INSERT OR REPLACE INTO gfs_record (kind, key, value) VALUES (?, ?, ?)",
+            (kind, key, json.dumps(value, separators=(",", ":"), default=str)),
+        )
+
+    def delete(self, kind: str, key: str) -> None:
+        self.con.execute("DELETE FROM gfs_record WHERE kind = ? AND key = ?", (kind, key))
+
+    def items(self, kind: str) -> list[tuple[str, Any]]:
+        rows = self.con.execute("SELECT key, value FROM gfs_record WHERE kind = ? ORDER BY key", (kind,)).fetchall()
+        return [(k, json.loads(v)) for k, v in rows]
+
+
+_OLD_SETTINGS: dict[str, Any] = {  # what glacierfs opened its diskcache with (no eviction, no side files)
+    "eviction_policy": "none",
+    "size_limit": 1 << 62,
+    "disk_min_file_size": 1 << 40,
+}
+
+
+def _migrate_diskcache(storage: Storage) -> int | None:
+    """Copy the records of a schema-1 catalog (diskcache keys) into ``gfs_record``; its version.
+
+    Read through diskcache's public API (``iterkeys``/``get``); only ``(kind, key)`` tuples of
+    the kinds glacierfs wrote are copied. The copy and the new schema mark commit together, so
+    an interrupted migration is simply done again at the next open.
+    """
+    import pickle
+
+    import diskcache
+
+    try:
+        old = diskcache.Cache(str(storage.directory), timeout=BUSY_TIMEOUT, **_OLD_SETTINGS)
+    except diskcache.Timeout:
+        raise StateError(f"the catalog in {storage.directory} is locked by another process; try again") from None
+    except (sqlite3.DatabaseError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise StateError(f"the catalog in {storage.directory} is unreadable ({exc}): {rebuild_hint(storage.directory)}") from None
+    try:
+        records: list[tuple[str, str, Any]] = []
+        for key in list(old.iterkeys()):
+            if isinstance(key, tuple) and len(key) == 2 and key[0] in ("meta", "upload", "job") and isinstance(key[1], str):
+                value = old.get(key)
+                if value is not None:
+                    records.append((key[0], key[1], value))
+    except (sqlite3.DatabaseError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise StateError(f"the catalog in {storage.directory} is unreadable ({exc}): {rebuild_hint(storage.directory)}") from None
+    finally:
+        old.close()
+    version = next((v for k, n, v in records if (k, n) == ("meta", "schema")), None)
+    with storage.transact():
+        for kind, key, value in records:
+            if (kind, key) != ("meta", "schema"):
+                storage.set(kind, key, value)
+        if version == 1:
+            storage.set("meta", "schema", SCHEMA_VERSION)
+    log.info("catalog in %s: %d records moved out of diskcache (schema %s -> %d)",
+             storage.directory, len(records), version, SCHEMA_VERSION)
+    return SCHEMA_VERSION if version == 1 else version if isinstance(version, int) else None

@@ -1,0 +1,184 @@
+"""Parts of a multipart upload: the part size, reading+hashing a part once, sending it, verifying what the service holds.
+
+Threading contract: :func:`send_part` runs on the engine's part worker threads; it reads the
+file with ``os.pread`` on the shared, read-only descriptor (no shared offset) and touches no
+shared state. :func:`verify_server_parts` runs its own short-lived pool of hashing threads,
+each reading its own range with its own descriptor. :class:`PartJob` is read-only once built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+from glacierfs.client import FileSlice, Glacier
+from glacierfs.errors import IntegrityError, ServiceError, UsageError
+from glacierfs.progress import Progress
+from glacierfs.treehash import (
+    MiB,
+    TreeHasher,
+    default_workers,
+    is_valid_part_size,
+    part_size_for,
+    tree_hash_file,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_PARTS = 10_000
+BUFFER_LIMIT = 8 * MiB  # parts up to this size are read into memory once; larger ones stream
+READ_CHUNK = 4 * MiB
+
+
+def choose_part_size(size: int, requested: int | None = None) -> int:
+    """The part size for ``size`` bytes: the smallest valid one, or ``requested`` if larger."""
+    if requested is not None and not is_valid_part_size(requested):
+        raise UsageError(
+            f"invalid part size {requested} bytes: it must be 1 MiB times a power of two, "
+            "from 1 MiB to 4 GiB (1M, 2M, 4M, ... 4096M)"
+        )
+    try:
+        needed = part_size_for(size, MiB, MAX_PARTS)
+    except ValueError:
+        raise UsageError(f"{size} bytes is larger than Glacier's largest archive (10,000 parts of 4 GiB)") from None
+    if requested is None:
+        return needed
+    if requested < needed:
+        log.warning(
+            "part size %d MiB would need more than %d parts for %d bytes; using %d MiB",
+            requested // MiB, MAX_PARTS, size, needed // MiB,
+        )
+        return needed
+    return requested
+
+
+class PartJob:
+    """The open file of one upload and the numbers every part needs."""
+
+    def __init__(self, key: str, source: Path, fd: int, size: int, part_size: int) -> None:
+        self.key = key
+        self.source = source
+        self.fd = fd
+        self.size = size
+        self.part_size = part_size
+        self.nparts = max(1, -(-size // part_size))
+        self.rechecked = False  # the parts were checked again after the service refused Complete
+
+    def bounds(self, index: int) -> tuple[int, int]:
+        start = index * self.part_size
+        return start, min(self.part_size, self.size - start)
+
+
+def send_part(glacier: Glacier, vault: str, upload_id: str, job: PartJob, index: int, attempts: int) -> tuple[str, int]:
+    """Read, hash and send one part (worker thread); returns (tree hash, retries used)."""
+    start, length = job.bounds(index)
+    end = start + length - 1
+    for attempt in range(attempts):
+        try:
+            hasher, body = hash_and_body(job.fd, start, length)
+            tree = hasher.hexdigest()
+            try:
+                echoed = glacier.upload_part(
+                    vault, upload_id, body, start, end, tree, content_sha256=hasher.linear_hexdigest()
+                )
+            finally:
+                if isinstance(body, FileSlice):
+                    body.close()
+            if echoed is not None and echoed.lower() != tree:
+                raise IntegrityError(
+                    f"part {index} of {job.source}: the service computed tree hash {echoed}, we sent {tree}"
+                )
+            return tree, attempt
+        except (ServiceError, IntegrityError) as exc:
+            if attempt + 1 >= attempts:
+                raise
+            log.warning("part %d of %s failed (%s); retrying", index, job.source, exc)
+            time.sleep(min(0.5 * 2**attempt, 4.0))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def verify_server_parts(
+    job: PartJob, parts: list[dict[str, Any]], progress: Progress, strict: bool = False
+) -> dict[int, str]:
+    """Parts the server holds whose hash equals the local file's: {index: tree hash}.
+
+    ``strict`` (adopting an upload not known to be ours): {} unless *every* part matches.
+    """
+    candidates: dict[int, str] = {}
+    for part in parts:
+        try:
+            a, b = (int(x) for x in str(part.get("RangeInBytes", "")).split("-"))
+        except ValueError:
+            if strict:
+                return {}
+            continue
+        index, rem = divmod(a, job.part_size)
+        if rem or index >= job.nparts or b - a + 1 != job.bounds(index)[1] or not part.get("SHA256TreeHash"):
+            if strict:
+                return {}
+            continue  # wrong place or length: re-send (overwrites it)
+        candidates[index] = str(part["SHA256TreeHash"]).lower()
+    if not candidates:
+        return {}
+    total = sum(job.bounds(i)[1] for i in candidates)
+    bar = progress.bar(f"verifying {job.source.name}", total)
+    done: dict[int, str] = {}
+    try:
+        workers = min(default_workers(), len(candidates))
+
+        def local_hash(index: int) -> str:
+            start, length = job.bounds(index)
+            h = tree_hash_file(job.source, start, length, workers=1, segment=max(job.part_size, MiB))
+            bar.update(length)
+            return h
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
+            for index, local in zip(candidates, pool.map(local_hash, candidates), strict=True):
+                if local == candidates[index]:
+                    done[index] = local
+                elif strict:
+                    return {}
+                else:
+                    log.warning("part %d on the server differs from the file; sending it again", index)
+    finally:
+        bar.close()
+    return done
+
+
+def hash_and_body(fd: int, start: int, length: int) -> tuple[TreeHasher, bytes | BinaryIO]:
+    """Tree hash + SHA-256 of a file range in one read, and the body to send it with.
+
+    Up to ``BUFFER_LIMIT`` the bytes read are the body (read once); larger ranges are
+    hashed in chunks and sent from a :class:`FileSlice` (memory stays bounded).
+    """
+    hasher = TreeHasher(linear=True)
+    if length <= BUFFER_LIMIT:
+        data = pread_exact(fd, start, length)
+        hasher.update(data)
+        return hasher, data
+    pos, end = start, start + length
+    while pos < end:
+        chunk = pread_exact(fd, pos, min(READ_CHUNK, end - pos))
+        hasher.update(chunk)
+        pos += len(chunk)
+    return hasher, cast(BinaryIO, FileSlice(fd, start, length))  # a RawIOBase, read like a BinaryIO
+
+
+def pread_exact(fd: int, offset: int, length: int) -> bytes:
+    """Read exactly ``length`` bytes at ``offset`` (IntegrityError if the file is shorter now)."""
+    data = os.pread(fd, length, offset)
+    if len(data) == length:
+        return data
+    chunks = [data]
+    got = len(data)
+    while got < length:
+        chunk = os.pread(fd, length - got, offset + got)
+        if not chunk:
+            raise IntegrityError(f"file shrank while being uploaded (ends before offset {offset + length})")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
