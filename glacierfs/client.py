@@ -422,6 +422,19 @@ class JobOutputStream:
         except Exception as exc:
             raise self._translate(exc) from None
 
+    def read1(self, amt: int = 1 << 16) -> bytes:
+        """Up to ``amt`` bytes, returning as soon as any arrive (one socket read): the caller sees a
+        trickling body byte by byte and can enforce its no-progress timeout (``read(amt)`` would
+        block until ``amt`` bytes arrived, however slowly)."""
+        raw = getattr(self._body, "_raw_stream", None)
+        reader = getattr(raw, "read1", None)
+        try:
+            return reader(amt) if reader is not None else self._body.read(amt)
+        except GlacierFSError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc) from None
+
     def iter_chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         while True:
             data = self.read(chunk_size)

@@ -408,21 +408,22 @@ class JobRunner:
         log.info("started %s job %s", kind, job_id)
         return rec
 
-    def wait_job(self, job_id: str, what: str, wait: bool = True) -> dict[str, Any]:
+    def wait_job(
+        self, job_id: str, what: str, wait: bool = True, known: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Poll DescribeJob until the job completes (backoff schedule ``self.poll``).
 
         ``wait=False`` returns the current description at once. Transient service errors
-        while polling are retried a few times, since jobs run for hours.
+        while polling are retried a few times, since jobs run for hours. ``known``: a
+        description just fetched (still running): say so and wait before the first poll.
         """
         delays = self.poll.delays()
         failures = 0
         give_up = time.monotonic() + self.deadlines.job_wait
+        if wait and known is not None and known.get("StatusCode") == IN_PROGRESS:
+            self.progress.status(f"waiting for {what} job {job_id[:12]}…{self._ago(known)}")
+            self.sleep(max(0.0, min(next(delays), give_up - time.monotonic())))
         while True:
-            if wait and time.monotonic() > give_up:
-                raise NotReadyError(
-                    f"gave up waiting for {what} job {job_id} after {self.deadlines.job_wait:g} s;"
-                    " re-run the command to reattach to it"
-                )
             try:
                 desc = self._describe(job_id)
                 failures = 0
@@ -436,10 +437,17 @@ class JobRunner:
             self._record(desc)
             if desc.get("Completed") or desc.get("StatusCode") in (SUCCEEDED, FAILED) or not wait:
                 return desc
-            started = parse_iso(desc.get("CreationDate"))
-            ago = f", started {fmt_duration(self.clock() - started)} ago" if started else ""
-            self.progress.status(f"waiting for {what} job {job_id[:12]}…{ago}")
-            self.sleep(next(delays))
+            if time.monotonic() >= give_up:
+                raise NotReadyError(
+                    f"gave up waiting for {what} job {job_id} after {self.deadlines.job_wait:g} s;"
+                    " re-run the command to reattach to it"
+                )
+            self.progress.status(f"waiting for {what} job {job_id[:12]}…{self._ago(desc)}")
+            self.sleep(max(0.0, min(next(delays), give_up - time.monotonic())))
+
+    def _ago(self, desc: dict[str, Any]) -> str:
+        started = parse_iso(desc.get("CreationDate"))
+        return f", started {fmt_duration(self.clock() - started)} ago" if started else ""
 
     # ------------------------------------------------------------------ inventory
 
@@ -723,7 +731,7 @@ class JobRunner:
             job_id = desc["JobId"]
             if desc.get("StatusCode") != SUCCEEDED:
                 try:
-                    desc = self.wait_job(job_id, f"{desc.get('Tier') or tier} retrieval", wait=wait)
+                    desc = self.wait_job(job_id, f"{desc.get('Tier') or tier} retrieval", wait=wait, known=desc)
                 except JobExpired:
                     continue
             status = desc.get("StatusCode")
