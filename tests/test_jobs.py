@@ -898,7 +898,7 @@ def test_inventory_spool_is_bounded_by_the_declared_size(env, monkeypatch) -> No
 
 
 def test_inventory_that_does_not_fit_the_free_space_is_refused(env, monkeypatch) -> None:
-    g, c, runner = env
+    g, _, runner = env
     g.inventory_archives = [inv_item(i) for i in range(5)]
     complete_on_poll(g, runner)
 
@@ -911,7 +911,7 @@ def test_inventory_that_does_not_fit_the_free_space_is_refused(env, monkeypatch)
 
 
 def test_job_wait_has_a_deadline(env) -> None:
-    g, c, runner = env
+    _, c, runner = env
     runner.deadlines = Deadlines(job_wait=0.0)
     with pytest.raises(NotReadyError, match="gave up waiting"):
         runner.inventory()
