@@ -36,11 +36,11 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, Protocol
 
 from glacierfs.client import JobNotFoundError, NoInventoryError, checked_id
 from glacierfs.download import (
@@ -99,6 +99,34 @@ INVENTORY_SLACK = 64 * 1024  # an inventory body may exceed its declared size by
 INVENTORY_CAP = 64 << 30  # an inventory whose size nothing declares is refused beyond this
 LOCK_BUCKETS = 256  # retrieval lock files per vault (archives hash into them)
 LOCK_WAIT = 600.0  # seconds to wait for another process's find-then-start of the same archive
+
+
+class JobsGlacier(Protocol):
+    """The part of :class:`glacierfs.client.Glacier` that jobs use (tests pass a double)."""
+
+    def list_jobs(self, vault: str) -> list[dict[str, Any]]: ...
+    def describe_job(self, vault: str, job_id: str) -> dict[str, Any]: ...
+    def initiate_inventory(self, vault: str, fmt: str = ...) -> str: ...
+    def initiate_retrieval(
+        self, vault: str, archive_id: str, tier: str = ..., byte_range: tuple[int, int] | str | None = ...
+    ) -> str: ...
+    def get_job_output(
+        self, vault: str, job_id: str, byte_range: tuple[int, int] | str | None = ...
+    ) -> tuple[Any, dict[str, Any]]: ...
+
+
+class JobsCatalog(Protocol):
+    """The part of :class:`glacierfs.catalog.Catalog` that jobs use: job records (dicts at this
+    seam, built from :class:`JobRecord`), archive lookups and the inventory import."""
+
+    @property
+    def inventory_date(self) -> str | None: ...
+    def get(self, archive_id: str) -> Any: ...
+    def put_job(self, job: Mapping[str, Any]) -> None: ...
+    def get_job(self, job_id: str) -> dict[str, Any] | None: ...
+    def list_jobs(self, kind: str | None = ..., archive_id: str | None = ...) -> list[dict[str, Any]]: ...
+    def remove_job(self, job_id: str) -> None: ...
+    def import_inventory(self, items: Iterable[Any], inventory_date: str) -> Any: ...
 
 
 class NoInventoryYet(NotReadyError):
@@ -290,8 +318,8 @@ class JobRunner:
 
     def __init__(
         self,
-        glacier: Any,
-        catalog: Any,
+        glacier: JobsGlacier,
+        catalog: JobsCatalog,
         vault: str,
         *,
         progress: Progress | None = None,
