@@ -6,6 +6,10 @@ traceback; every listing must follow every ``Marker``; optional response fields 
 read with ``.get()`` (the service sometimes leaves out null fields, reference §1); and
 credentials must never leak into a message or a log line.
 
+Nothing a server returns is used unchecked: every answer goes through :mod:`glacierfs.answers`
+(ids, markers, sizes, dates, tree hashes) and every listing is bounded (a repeated marker, pages
+that bring nothing new, more items than the service can hold end it with an error).
+
 Settings follow the standard AWS chain (environment, profile, instance roles). Explicit
 ``access_key``/``secret_key`` (the CLI's ``-k``/``-s``) are honoured when given. The region
 is the explicit one, else the profile's, else ``us-east-1``. Retries use botocore's
@@ -22,20 +26,32 @@ it is sent.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
-import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, BinaryIO
 
 import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
 
+from glacierfs.answers import (
+    ID_RE,
+    MAX_LISTED,
+    VAULT_NAME_RE,
+    check_job,
+    checked_count,
+    checked_date,
+    checked_hash,
+    checked_id,
+    checked_marker,
+    checked_range,
+    invalid,
+    item_key,
+    shown,
+)
 from glacierfs.errors import (
     ConflictError,
     CredentialsError,
@@ -46,8 +62,24 @@ from glacierfs.errors import (
     ServiceError,
     UsageError,
 )
+from glacierfs.streams import FileSlice, JobOutputStream
 
 log = logging.getLogger(__name__)
+
+__all__ = [  # answers.py (checks of server answers) and streams.py names are re-exported here
+    "ID_RE",
+    "VAULT_NAME_RE",
+    "FileSlice",
+    "JobOutputStream",
+    "check_job",
+    "checked_count",
+    "checked_date",
+    "checked_hash",
+    "checked_id",
+    "checked_marker",
+    "checked_range",
+    "shown",
+]
 
 
 class JobNotFoundError(NotFoundError):
@@ -59,7 +91,7 @@ class NoInventoryError(NotReadyError):
 
 
 DEFAULT_REGION = "us-east-1"
-VAULT_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
+Body = bytes | BinaryIO | FileSlice  # an upload body: in memory, a file object, or a file slice
 # Header botocore's add_glacier_checksums and the SigV4 signer both honour when present.
 _CONTENT_SHA256 = "x-amz-content-sha256"
 
@@ -249,7 +281,7 @@ def _reason(exc: BaseException) -> str:
     return text
 
 
-def _translate_client_error(exc: bce.ClientError, context: str | None, secrets: list) -> GlacierFSError:
+def _translate_client_error(exc: bce.ClientError, context: str | None, secrets: list[Any]) -> GlacierFSError:
     resp = getattr(exc, "response", None) or {}
     err = resp.get("Error") or {}
     code = str(err.get("Code") or "Unknown")
@@ -311,81 +343,10 @@ def _translate_client_error(exc: bce.ClientError, context: str | None, secrets: 
     return done(ServiceError, _prefix(context, f"{code}: {message}"))
 
 
-# --------------------------------------------------------------------------- bodies
-
-
-class FileSlice(io.RawIOBase):
-    """A seekable, read-only view of ``[start, start+length)`` of a file, for upload bodies.
-
-    Positions are relative to the slice (botocore rewinds a body with ``seek(0)`` before a
-    retry). Reads use ``os.pread`` on a private descriptor, so slices of the same file can
-    be sent from several threads. ``content_sha256`` (if set) is sent as the
-    ``x-amz-content-sha256`` header so nothing re-reads the slice to hash it.
-    """
-
-    def __init__(
-        self, path: str | os.PathLike[str] | int, start: int, length: int, content_sha256: str | None = None
-    ) -> None:
-        super().__init__()
-        # An int is an open descriptor (duplicated, so the slice reads the file already opened).
-        self._fd = os.dup(path) if isinstance(path, int) else os.open(os.fspath(path), os.O_RDONLY)
-        self._start = start
-        self._length = length
-        self._pos = 0
-        self.content_sha256 = content_sha256
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def __len__(self) -> int:
-        return self._length - self._pos
-
-    def __bool__(self) -> bool:  # an empty slice is still a body, not "no body"
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
-        self._pos = max(0, min(self._length, base + offset))
-        return self._pos
-
-    def read(self, size: int | None = -1) -> bytes:
-        remaining = self._length - self._pos
-        if size is None or size < 0 or size > remaining:
-            size = remaining
-        if size <= 0:
-            return b""
-        data = os.pread(self._fd, size, self._start + self._pos)
-        if not data:
-            raise IntegrityError(
-                f"file shrank while being uploaded (offset {self._start + self._pos} is past its end)"
-            )
-        self._pos += len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                os.close(self._fd)
-            finally:
-                super().close()
-
-
 _TLS = threading.local()  # the SHA-256 of an in-memory body, for the handler below (same thread)
 
 
-def _set_content_sha256(params: dict, **_: Any) -> None:
+def _set_content_sha256(params: dict[str, Any], **_: Any) -> None:
     """before-call handler, registered first: use the body's precomputed SHA-256 if it has one."""
     body = params.get("body")
     sha = getattr(body, "content_sha256", None) or getattr(_TLS, "content_sha256", None)
@@ -404,191 +365,11 @@ def _precomputed_sha256(sha: str | None) -> Iterator[None]:
         _TLS.content_sha256 = None
 
 
-# --------------------------------------------------------------------------- job output stream
-
-
-class JobOutputStream:
-    """The body of GetJobOutput, with transfer errors mapped to :class:`GlacierFSError`."""
-
-    def __init__(self, body: Any, translate: Callable[[BaseException], GlacierFSError]) -> None:
-        self._body = body
-        self._translate = translate
-
-    def read(self, amt: int | None = None) -> bytes:
-        try:
-            return self._body.read(amt)
-        except GlacierFSError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc) from None
-
-    def iter_chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        while True:
-            data = self.read(chunk_size)
-            if not data:
-                return
-            yield data
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self.iter_chunks()
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        try:
-            self._body.close()
-        except Exception:  # closing a broken connection must not mask the real error
-            log.debug("closing job output stream failed", exc_info=True)
-
-    def __enter__(self) -> JobOutputStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 # --------------------------------------------------------------------------- the wrapper
 
 
-def _strip(resp: dict) -> dict:
+def _strip(resp: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in resp.items() if k != "ResponseMetadata"}
-
-
-# --------------------------------------------------------------------------- validation
-#
-# Nothing a server returns is used before it is checked: ids become file and URL path parts
-# and are printed, sizes size spools and loops, dates are compared, tree hashes verified.
-# A bad value is one ServiceError line naming what was invalid (shown escaped, truncated).
-
-# Ids are opaque: AWS uses ~92-138 characters of URL-safe base64 (reference section 1); allow a
-# little more (padding, dots) for other implementations, never '/', spaces or control chars.
-ID_RE = re.compile(r"[A-Za-z0-9_\-.+=]{1,1024}")
-HASH_RE = re.compile(r"[0-9a-fA-F]{64}")
-RANGE_RE = re.compile(r"([0-9]{1,18})-([0-9]{1,18})")
-MAX_COUNT = 1 << 62  # sizes and counts beyond this are not real
-MAX_MARKER = 4096
-# Bounds of one listing, far beyond what the service allows (1,000 vaults per account,
-# 10,000 parts per upload): a server handing out new items forever cannot run us out of memory.
-MAX_LISTED = {"VaultList": 100_000, "Parts": 10_000, "UploadsList": 1_000_000, "JobList": 1_000_000}
-JOB_ACTIONS = ("ArchiveRetrieval", "InventoryRetrieval", "Select")
-JOB_STATUSES = ("InProgress", "Succeeded", "Failed")
-
-
-def shown(value: Any, limit: int = 80) -> str:
-    """``value`` for a message or a terminal: control and non-ASCII characters escaped, truncated."""
-    text = ascii(value) if not isinstance(value, str) else ascii(value)[1:-1]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _invalid(ctx: str | None, what: str, value: Any) -> ServiceError:
-    return ServiceError(_prefix(ctx, f"the server returned an invalid {what}: {shown(value)}"))
-
-
-def checked_id(value: Any, what: str, ctx: str | None = None) -> str:
-    """An archive, upload or job id: a non-empty string of the id alphabet (never '/')."""
-    if not isinstance(value, str) or not ID_RE.fullmatch(value):
-        raise _invalid(ctx, what, value)
-    return value
-
-
-def checked_count(value: Any, what: str, ctx: str | None = None, *, optional: bool = True) -> int | None:
-    """A size or count: a non-negative integer (or its decimal string); None if absent and ``optional``."""
-    if value is None and optional:
-        return None
-    if isinstance(value, bool):
-        raise _invalid(ctx, what, value)
-    if isinstance(value, str) and value.isdigit() and len(value) <= 19:
-        value = int(value)
-    if not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-        raise _invalid(ctx, what, value)
-    return value
-
-
-def checked_date(value: Any, what: str, ctx: str | None = None, *, optional: bool = True) -> str | None:
-    """An ISO-8601 date as the service writes them (``2012-03-20T17:03:43.221Z``)."""
-    if value is None and optional:
-        return None
-    if isinstance(value, str) and 10 <= len(value) <= 40 and value.isascii() and value[:4].isdigit():
-        try:
-            datetime.fromisoformat(value.replace("Z", "+00:00"))
-            return value
-        except ValueError:
-            pass
-    raise _invalid(ctx, what, value)
-
-
-def checked_hash(value: Any, what: str = "tree hash", ctx: str | None = None, *, optional: bool = True) -> str | None:
-    """A SHA-256 tree hash: 64 hex digits (returned lower-case)."""
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not HASH_RE.fullmatch(value):
-        raise _invalid(ctx, what, value)
-    return value.lower()
-
-
-def checked_marker(value: Any, ctx: str | None = None) -> str | None:
-    """A page marker: opaque, but a bounded string of printable ASCII (an ARN for ListVaults)."""
-    if value is None or value == "":
-        return None
-    if (
-        not isinstance(value, str)
-        or len(value) > MAX_MARKER
-        or not value.isascii()
-        or not value.isprintable()
-    ):
-        raise _invalid(ctx, "page marker", value)
-    return value
-
-
-def checked_range(value: Any, what: str, ctx: str | None = None) -> tuple[int, int]:
-    """``"start-end"`` (inclusive, start <= end)."""
-    m = RANGE_RE.fullmatch(value) if isinstance(value, str) else None
-    if m is None or int(m.group(1)) > int(m.group(2)):
-        raise _invalid(ctx, what, value)
-    return int(m.group(1)), int(m.group(2))
-
-
-def check_job(desc: dict[str, Any], ctx: str | None = None) -> dict[str, Any]:
-    """Validate a DescribeJob / ListJobs entry in place; returns it."""
-    checked_id(desc.get("JobId"), "job id", ctx)
-    ctx = ctx or f"job {desc['JobId']}"
-    action = desc.get("Action")
-    if action is not None and action not in JOB_ACTIONS:
-        raise _invalid(ctx, "job action", action)
-    status = desc.get("StatusCode")
-    if status is not None and status not in JOB_STATUSES:
-        raise _invalid(ctx, "job status", status)
-    if desc.get("ArchiveId") is not None:
-        checked_id(desc["ArchiveId"], "archive id", ctx)
-    for key in ("ArchiveSizeInBytes", "InventorySizeInBytes"):
-        checked_count(desc.get(key), key, ctx)
-    for key in ("CreationDate", "CompletionDate"):
-        checked_date(desc.get(key), key, ctx)
-    for key in ("SHA256TreeHash", "ArchiveSHA256TreeHash"):
-        if desc.get(key) is not None:
-            desc[key] = checked_hash(desc[key], key, ctx)
-    rng = desc.get("RetrievalByteRange")
-    if rng is not None:
-        checked_range(rng, "RetrievalByteRange", ctx)
-    msg = desc.get("StatusMessage")
-    if msg is not None and not isinstance(msg, str):
-        raise _invalid(ctx, "StatusMessage", msg)
-    if isinstance(msg, str):
-        desc["StatusMessage"] = shown(msg, 300)
-    return desc
-
-
-def _item_key(key: str, item: Any) -> Any:
-    """What identifies one item of a listing (to see whether a page brought anything new)."""
-    if not isinstance(item, dict):
-        return repr(item)
-    field_name = {"VaultList": "VaultARN", "Parts": "RangeInBytes", "UploadsList": "MultipartUploadId",
-                  "JobList": "JobId"}.get(key)
-    value = item.get(field_name) if field_name else None
-    if key == "VaultList" and value is None:
-        value = item.get("VaultName")
-    return value if isinstance(value, str) else repr(sorted(item.items(), key=str))
 
 
 class Glacier:
@@ -620,9 +401,10 @@ class Glacier:
     def translate(self, exc: BaseException, context: str | None = None) -> GlacierFSError:
         return translate_error(exc, context, endpoint=self.endpoint, secrets=self._secrets)
 
-    def _call(self, op: str, context: str | None, **params: Any) -> dict:
+    def _call(self, op: str, context: str | None, **params: Any) -> dict[str, Any]:
         try:
-            return getattr(self.client, op)(**params)
+            resp: dict[str, Any] = getattr(self.client, op)(**params)
+            return resp
         except GlacierFSError:
             raise
         except Exception as exc:
@@ -630,15 +412,15 @@ class Glacier:
             log.debug("%s failed: %s", op, err)
             raise err from None
 
-    def _pages(self, op: str, context: str, key: str, **params: Any) -> tuple[dict, list]:
+    def _pages(self, op: str, context: str, key: str, **params: Any) -> tuple[dict[str, Any], list[Any]]:
         """Call a List* operation until ``Marker`` is empty; returns (first page, all items).
 
         A repeated marker, a page that brings no item not seen before, or more items than
         the service could hold (:data:`MAX_LISTED`) end the listing with a ServiceError: a
         broken or hostile server cannot keep us paging forever.
         """
-        items: list = []
-        first: dict | None = None
+        items: list[Any] = []
+        first: dict[str, Any] | None = None
         marker: str | None = None
         seen: set[str] = set()
         keys: set[Any] = set()
@@ -650,10 +432,10 @@ class Glacier:
                 first = page
             got = page.get(key) or []
             if not isinstance(got, list):
-                raise _invalid(context, f"{key} list", type(got).__name__)
+                raise invalid(context, f"{key} list", type(got).__name__)
             new = 0
             for item in got:
-                k = _item_key(key, item)
+                k = item_key(key, item)
                 if k not in keys:
                     keys.add(k)
                     new += 1
@@ -676,7 +458,7 @@ class Glacier:
 
     # -- vaults
 
-    def list_vaults(self, *, page_size: int | None = None) -> list[dict]:
+    def list_vaults(self, *, page_size: int | None = None) -> list[dict[str, Any]]:
         """Every vault (all pages). A name the service could not have accepted (a lying or broken
         endpoint: '/', control characters...) is left out with a warning: callers print names one
         per line and the mount makes directories of them."""
@@ -695,7 +477,7 @@ class Glacier:
                         len(bad), ", ".join(ascii(b)[:80] for b in bad[:5]))
         return good
 
-    def describe_vault(self, vault: str) -> dict:
+    def describe_vault(self, vault: str) -> dict[str, Any]:
         ctx = self._vctx(vault)
         desc = _strip(self._call("describe_vault", ctx, vaultName=vault))
         checked_count(desc.get("NumberOfArchives"), "NumberOfArchives", ctx)
@@ -715,7 +497,7 @@ class Glacier:
     def upload_archive(
         self,
         vault: str,
-        body: bytes | BinaryIO,
+        body: Body,
         tree_hash: str,
         description: str | None = None,
         *,
@@ -759,7 +541,7 @@ class Glacier:
         self,
         vault: str,
         upload_id: str,
-        body: bytes | BinaryIO,
+        body: Body,
         start: int,
         end: int,
         tree_hash: str,
@@ -805,7 +587,7 @@ class Glacier:
             uploadId=upload_id,
         )
 
-    def list_parts(self, vault: str, upload_id: str, *, page_size: int | None = None) -> dict:
+    def list_parts(self, vault: str, upload_id: str, *, page_size: int | None = None) -> dict[str, Any]:
         """All pages of ListParts: the first page's fields with ``Parts`` from every page."""
         first, parts = self._pages(
             "list_parts",
@@ -818,7 +600,7 @@ class Glacier:
         ctx = f"upload {upload_id[:16]}..."
         for part in parts:
             if not isinstance(part, dict):
-                raise _invalid(ctx, "part", part)
+                raise invalid(ctx, "part", part)
             checked_range(part.get("RangeInBytes"), "part range", ctx)
             part["SHA256TreeHash"] = checked_hash(part.get("SHA256TreeHash"), "part tree hash", ctx, optional=False)
         checked_count(first.get("PartSizeInBytes"), "PartSizeInBytes", ctx)
@@ -829,12 +611,12 @@ class Glacier:
         first.pop("Marker", None)
         return first
 
-    def list_uploads(self, vault: str, *, page_size: int | None = None) -> list[dict]:
+    def list_uploads(self, vault: str, *, page_size: int | None = None) -> list[dict[str, Any]]:
         ctx = self._vctx(vault)
         uploads = self._pages("list_multipart_uploads", ctx, "UploadsList", vaultName=vault, **_limit(page_size))[1]
         for up in uploads:
             if not isinstance(up, dict):
-                raise _invalid(ctx, "upload", up)
+                raise invalid(ctx, "upload", up)
             checked_id(up.get("MultipartUploadId"), "upload id", ctx)
             checked_count(up.get("PartSizeInBytes"), "PartSizeInBytes", ctx)
             checked_date(up.get("CreationDate"), "CreationDate", ctx)
@@ -882,7 +664,7 @@ class Glacier:
             )
         return self._initiate_job(vault, params, description, sns_topic, f"retrieval of archive {archive_id}")
 
-    def _initiate_job(self, vault: str, params: dict, description: str | None, sns: str | None, what: str) -> str:
+    def _initiate_job(self, vault: str, params: dict[str, Any], description: str | None, sns: str | None, what: str) -> str:
         if description is not None:
             params["Description"] = description
         if sns is not None:
@@ -893,11 +675,11 @@ class Glacier:
             raise ServiceError("the service returned no job id")
         return checked_id(job_id, "job id", f"{what} in {self._vctx(vault)}")
 
-    def describe_job(self, vault: str, job_id: str) -> dict:
+    def describe_job(self, vault: str, job_id: str) -> dict[str, Any]:
         ctx = f"job {job_id} in {self._vctx(vault)}"
         desc = check_job(_strip(self._call("describe_job", ctx, vaultName=vault, jobId=job_id)), ctx)
         if desc["JobId"] != job_id:
-            raise _invalid(ctx, "job id (another job's)", desc["JobId"])
+            raise invalid(ctx, "job id (another job's)", desc["JobId"])
         return desc
 
     def list_jobs(
@@ -907,7 +689,7 @@ class Glacier:
         statuscode: str | None = None,
         completed: bool | None = None,
         page_size: int | None = None,
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"vaultName": vault, **_limit(page_size)}
         if statuscode is not None:
             params["statuscode"] = statuscode
@@ -917,13 +699,13 @@ class Glacier:
         jobs = self._pages("list_jobs", ctx, "JobList", **params)[1]
         for desc in jobs:
             if not isinstance(desc, dict):
-                raise _invalid(ctx, "job", desc)
+                raise invalid(ctx, "job", desc)
             check_job(desc, ctx)
         return jobs
 
     def get_job_output(
         self, vault: str, job_id: str, byte_range: tuple[int, int] | str | None = None
-    ) -> tuple[JobOutputStream, dict]:
+    ) -> tuple[JobOutputStream, dict[str, Any]]:
         """Open the output of a job (``byte_range`` inclusive, relative to the output).
 
         Returns ``(stream, headers)``: ``headers`` has botocore's parsed fields
@@ -949,7 +731,7 @@ def _limit(page_size: int | None) -> dict[str, str]:
     return {} if page_size is None else {"limit": str(page_size)}
 
 
-def _body(body: bytes | BinaryIO, content_sha256: str | None) -> Any:
+def _body(body: Body, content_sha256: str | None) -> Any:
     if isinstance(body, bytes | bytearray | memoryview):
         return bytes(body)  # sent in one piece; the SHA-256 goes through _precomputed_sha256
     if content_sha256 and getattr(body, "content_sha256", None) is None:

@@ -112,6 +112,8 @@ class Downloaded:
 
 
 class Readable(Protocol):
+    """A response body; one with ``read1`` (returns what has arrived) is read with it."""
+
     def read(self, amt: int | None = ...) -> bytes: ...
     def close(self) -> None: ...
 
@@ -209,9 +211,10 @@ def read_body(
     start = mark_time = clock()
     overall = deadlines.transfer(expected if expected is not None else limit)
     total = mark = 0
+    read = getattr(stream, "read1", None) or stream.read  # read1: return as soon as bytes arrive
     while True:
         want = min(1 << 20, limit + 1 - total)
-        data = stream.read(max(1, want))
+        data = read(max(1, want))
         now = clock()
         if not data:
             return total

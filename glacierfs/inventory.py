@@ -35,7 +35,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from glacierfs.errors import IntegrityError
+from glacierfs.answers import ID_RE, checked_date, shown
+from glacierfs.errors import GlacierFSError, IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ CSV_COLUMNS = ("ArchiveId", "ArchiveDescription", "CreationDate", "Size", "SHA25
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 # Glacier's ids are 138 base64url characters; accept any printable ASCII without spaces, bounded.
-_ARCHIVE_ID = re.compile(r"[\x21-\x7e]{1,1024}")
+_ARCHIVE_ID = ID_RE  # the id alphabet of every answer: never '/', spaces or control characters
 MAX_ARCHIVE_SIZE = 10_000 * 4096 * 1024 * 1024  # 10,000 parts of 4 GiB: Glacier's largest archive
 _WS = " \t\r\n"
 
@@ -61,6 +62,23 @@ class InventoryItem:
     tree_hash: str
 
 
+_ISO_DATE = re.compile(
+    r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:?[0-9]{2})?"
+)
+
+
+def _is_date(text: str) -> bool:
+    """An ISO-8601 date (the service's shape checked by one regex: ~0.3 us, 1M archives per import)."""
+    if _ISO_DATE.fullmatch(text):
+        return True
+    try:
+        checked_date(text, "CreationDate")
+    except GlacierFSError:
+        return False
+    return True
+
+
 def _item(
     archive_id: Any, description: Any, creation_date: Any, size: Any, tree_hash: Any, where: str
 ) -> InventoryItem:
@@ -74,6 +92,8 @@ def _item(
         raise IntegrityError(f"inventory {where}: ArchiveDescription of {archive_id} is not a string")
     if not isinstance(creation_date, str) or not creation_date:
         raise IntegrityError(f"inventory {where}: missing CreationDate for {archive_id}")
+    if not _is_date(creation_date):
+        raise IntegrityError(f"inventory {where}: invalid CreationDate {shown(creation_date)} for {archive_id}")
     if isinstance(size, str) and size.isdigit():
         size = int(size)
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_ARCHIVE_SIZE:

@@ -35,11 +35,11 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, Protocol
 
 from glacierfs.catalog.records import JobRecord
 from glacierfs.client import JobNotFoundError, NoInventoryError, checked_id
@@ -99,6 +99,34 @@ INVENTORY_SLACK = 64 * 1024  # an inventory body may exceed its declared size by
 INVENTORY_CAP = 64 << 30  # an inventory whose size nothing declares is refused beyond this
 LOCK_BUCKETS = 256  # retrieval lock files per vault (archives hash into them)
 LOCK_WAIT = 600.0  # seconds to wait for another process's find-then-start of the same archive
+
+
+class JobsGlacier(Protocol):
+    """The part of :class:`glacierfs.client.Glacier` that jobs use (tests pass a double)."""
+
+    def list_jobs(self, vault: str) -> list[dict[str, Any]]: ...
+    def describe_job(self, vault: str, job_id: str) -> dict[str, Any]: ...
+    def initiate_inventory(self, vault: str, fmt: str = ...) -> str: ...
+    def initiate_retrieval(
+        self, vault: str, archive_id: str, tier: str = ..., byte_range: tuple[int, int] | str | None = ...
+    ) -> str: ...
+    def get_job_output(
+        self, vault: str, job_id: str, byte_range: tuple[int, int] | str | None = ...
+    ) -> tuple[Any, dict[str, Any]]: ...
+
+
+class JobsCatalog(Protocol):
+    """The part of :class:`glacierfs.catalog.Catalog` that jobs use: job records (dicts at this
+    seam, built from :class:`JobRecord`), archive lookups and the inventory import."""
+
+    @property
+    def inventory_date(self) -> str | None: ...
+    def get(self, archive_id: str) -> Any: ...
+    def put_job(self, job: Mapping[str, Any]) -> None: ...
+    def get_job(self, job_id: str) -> dict[str, Any] | None: ...
+    def list_jobs(self, kind: str | None = ..., archive_id: str | None = ...) -> list[dict[str, Any]]: ...
+    def remove_job(self, job_id: str) -> None: ...
+    def import_inventory(self, items: Iterable[Any], inventory_date: str) -> Any: ...
 
 
 class NoInventoryYet(NotReadyError):
@@ -264,8 +292,8 @@ class JobRunner:
 
     def __init__(
         self,
-        glacier: Any,
-        catalog: Any,
+        glacier: JobsGlacier,
+        catalog: JobsCatalog,
         vault: str,
         *,
         progress: Progress | None = None,
@@ -382,21 +410,22 @@ class JobRunner:
         log.info("started %s job %s", kind, job_id)
         return rec
 
-    def wait_job(self, job_id: str, what: str, wait: bool = True) -> dict[str, Any]:
+    def wait_job(
+        self, job_id: str, what: str, wait: bool = True, known: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Poll DescribeJob until the job completes (backoff schedule ``self.poll``).
 
         ``wait=False`` returns the current description at once. Transient service errors
-        while polling are retried a few times, since jobs run for hours.
+        while polling are retried a few times, since jobs run for hours. ``known``: a
+        description just fetched (still running): say so and wait before the first poll.
         """
         delays = self.poll.delays()
         failures = 0
         give_up = time.monotonic() + self.deadlines.job_wait
+        if wait and known is not None and known.get("StatusCode") == IN_PROGRESS:
+            self.progress.status(f"waiting for {what} job {job_id[:12]}…{self._ago(known)}")
+            self.sleep(max(0.0, min(next(delays), give_up - time.monotonic())))
         while True:
-            if wait and time.monotonic() > give_up:
-                raise NotReadyError(
-                    f"gave up waiting for {what} job {job_id} after {self.deadlines.job_wait:g} s;"
-                    " re-run the command to reattach to it"
-                )
             try:
                 desc = self._describe(job_id)
                 failures = 0
@@ -410,10 +439,17 @@ class JobRunner:
             self._record(desc)
             if desc.get("Completed") or desc.get("StatusCode") in (SUCCEEDED, FAILED) or not wait:
                 return desc
-            started = parse_iso(desc.get("CreationDate"))
-            ago = f", started {fmt_duration(self.clock() - started)} ago" if started else ""
-            self.progress.status(f"waiting for {what} job {job_id[:12]}…{ago}")
-            self.sleep(next(delays))
+            if time.monotonic() >= give_up:
+                raise NotReadyError(
+                    f"gave up waiting for {what} job {job_id} after {self.deadlines.job_wait:g} s;"
+                    " re-run the command to reattach to it"
+                )
+            self.progress.status(f"waiting for {what} job {job_id[:12]}…{self._ago(desc)}")
+            self.sleep(max(0.0, min(next(delays), give_up - time.monotonic())))
+
+    def _ago(self, desc: dict[str, Any]) -> str:
+        started = parse_iso(desc.get("CreationDate"))
+        return f", started {fmt_duration(self.clock() - started)} ago" if started else ""
 
     # ------------------------------------------------------------------ inventory
 
@@ -711,7 +747,7 @@ class JobRunner:
             job_id = desc["JobId"]
             if desc.get("StatusCode") != SUCCEEDED:
                 try:
-                    desc = self.wait_job(job_id, f"{desc.get('Tier') or tier} retrieval", wait=wait)
+                    desc = self.wait_job(job_id, f"{desc.get('Tier') or tier} retrieval", wait=wait, known=desc)
                 except JobExpired:
                     continue
             status = desc.get("StatusCode")

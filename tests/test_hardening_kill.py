@@ -220,6 +220,14 @@ def read(self, amt=None):
     return data
 
 c.JobOutputStream.read = read
+_real1 = c.JobOutputStream.read1
+
+def read1(self, amt=1 << 16):
+    data = _real1(self, min(amt, 256 * 1024))
+    time.sleep(0.05)
+    return data
+
+c.JobOutputStream.read1 = read1
 
 def _linger(name, seconds):
     real = getattr(c.Glacier, name)

@@ -800,3 +800,121 @@ def test_setfattr_retrieve_and_cli_download_at_once_start_one_job(glacier_server
             m.proc.kill()
             m.proc.wait(10)
         tm.unmount(m.mnt)
+
+
+# --------------------------------------------------------------------------- bounded bodies and waits
+
+from glacierfs.download import Deadlines, TransferTimeout, read_body  # noqa: E402
+
+
+class _Trickle:
+    """A body giving one byte per read1 while a fake clock advances ``step`` seconds each time."""
+
+    def __init__(self, data: bytes, step: float, now: list[float]) -> None:
+        self.data, self.step, self.now = data, step, now
+
+    def read1(self, amt: int) -> bytes:
+        self.now[0] += self.step
+        out, self.data = self.data[:1], self.data[1:]
+        return out
+
+    read = read1
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_trickling_body_is_given_up_after_the_stall_timeout() -> None:
+    now = [0.0]
+    got = bytearray()
+    with pytest.raises(TransferTimeout, match="stalled"):
+        read_body(_Trickle(b"x" * 1000, 5.0, now), got.extend, limit=1000, what="body",
+                  deadlines=Deadlines(stall=60), expected=1000, clock=lambda: now[0])
+    assert now[0] <= 70 and len(got) < 20
+
+
+def test_a_slow_body_is_given_up_at_the_overall_deadline() -> None:
+    now = [0.0]
+    data = b"y" * (10 << 20)
+
+    class Steady(_Trickle):
+        def read1(self, amt: int) -> bytes:
+            self.now[0] += self.step
+            out, self.data = self.data[: 64 * 1024], self.data[64 * 1024 :]
+            return out
+
+    with pytest.raises(TransferTimeout, match="longer than"):
+        read_body(Steady(data, 1.0, now), lambda b: None, limit=len(data), what="body",
+                  deadlines=Deadlines(transfer_base=10, min_rate=1 << 20, stall=60), expected=len(data),
+                  clock=lambda: now[0])
+
+
+def test_a_body_longer_than_its_limit_stops_at_the_limit() -> None:
+    got = bytearray()
+    with pytest.raises(IntegrityError, match="longer than 100 bytes"):
+        read_body(io.BytesIO(b"z" * 10_000), got.extend, limit=100, what="body", deadlines=Deadlines())
+    assert len(got) <= 100
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf")])
+def test_timeout_option_must_be_a_positive_number(bad: float) -> None:
+    with pytest.raises(UsageError):
+        Deadlines.capped(bad)
+    assert Deadlines.capped(5).job_wait == 5 and Deadlines.capped(5).stall == 5
+
+
+def test_inventory_spool_is_bounded_by_the_declared_size(env, monkeypatch) -> None:
+    """An output far longer than the job declared is cut off near the declared size, never spooled whole."""
+    g, c, runner = env
+    g.inventory_archives = [inv_item(i) for i in range(5)]
+    real_complete = g.complete
+
+    def complete(job_id: str, status: str = "Succeeded") -> None:
+        real_complete(job_id, status)
+        g.jobs[job_id]["_output"] = b" " * (8 << 20)  # 8 MiB for a job that declared ~1 KB
+
+    g.complete = complete  # type: ignore[method-assign]
+    complete_on_poll(g, runner)
+    written: list[int] = []
+    import tempfile
+
+    real_tf = tempfile.TemporaryFile
+
+    def spy(*a: Any, **k: Any) -> Any:
+        f = real_tf(*a, **k)
+        written.append(0)
+        orig = f.write
+
+        def write(b: bytes) -> int:
+            written[-1] += len(b)
+            return orig(b)
+
+        f.write = write
+        return f
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", spy)
+    with pytest.raises(IntegrityError, match="longer than"):
+        runner.inventory()
+    assert written and max(written) < 200_000, written
+    assert c.inventory_date is None
+
+
+def test_inventory_that_does_not_fit_the_free_space_is_refused(env, monkeypatch) -> None:
+    g, _, runner = env
+    g.inventory_archives = [inv_item(i) for i in range(5)]
+    complete_on_poll(g, runner)
+
+    class Tiny:
+        f_bavail, f_frsize = 1, 512
+
+    monkeypatch.setattr(os, "fstatvfs", lambda fd: Tiny)
+    with pytest.raises(StateError, match="do not fit"):
+        runner.inventory()
+
+
+def test_job_wait_has_a_deadline(env) -> None:
+    _, c, runner = env
+    runner.deadlines = Deadlines(job_wait=0.0)
+    with pytest.raises(NotReadyError, match="gave up waiting"):
+        runner.inventory()
+    assert len(c.jobs) == 1  # the job stays recorded: a re-run reattaches
