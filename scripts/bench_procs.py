@@ -120,7 +120,7 @@ class Server:
     def _command(self) -> list[str]:
         # like the test helper, minus --verbose: an access-log line per request costs time
         return [sys.executable, "-m", "glacierfs", "serve", "--port", "0", "--data-dir", str(self._srv.data_dir),
-                "--job-delay", "0", "--inventory-interval", "86400", *self._srv.extra_args]
+                "--job-delay", "0", "--inventory-interval", "86400", "--admin", *self._srv.extra_args]
 
     @property
     def pid(self) -> int:

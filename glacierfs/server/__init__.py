@@ -1,10 +1,20 @@
 """The local Glacier-compatible server (``glacierfs serve``).
 
+Threading contract: :class:`ServerHandle` starts two daemon threads, ``glacierfs-serve``
+(``serve_forever``, which spawns one thread per connection, see :mod:`.httpd`) and
+``glacierfs-ticker`` (``store.periodic()`` every ``TICK`` s, until ``_stop`` is set).
+``_stop`` (an Event) is set by ``shutdown()`` only; poll it lock-free with ``stopped``
+(never call ``Event`` methods from a signal handler). ``shutdown()`` is called by one thread
+(the owner). Lock order of the store: see :mod:`.store`.
+
 It shares nothing with the client side of glacierfs but :mod:`glacierfs.treehash`.
 
 Modules, one concern each: :mod:`.store` (state rules, SQLite metadata), :mod:`.bodies`
-(byte files), :mod:`.inventory` (inventory output rendering), :mod:`.app` (HTTP and wire
-format), :mod:`.ids`, :mod:`.clock`, :mod:`.faults`, :mod:`.sigv4`, :mod:`.command` (CLI).
+(byte files), :mod:`.inventory` (inventory output rendering), :mod:`.httpd` (server and
+router), :mod:`.request` (request plumbing), :mod:`.wire` (wire format and parsers),
+:mod:`.ops_vaults`, :mod:`.ops_archives`, :mod:`.ops_jobs` (operations), :mod:`.admin`
+(``--admin`` hooks), :mod:`.pacing` (``--bandwidth``), :mod:`.ids`, :mod:`.clock`,
+:mod:`.faults`, :mod:`.sigv4`, :mod:`.command` (CLI).
 
 :func:`start_server` runs it in-process: it takes an exclusive ``flock`` on
 ``DATA_DIR/.lock`` (a second server on the same dir gets :class:`DataDirInUse`), writes
@@ -24,10 +34,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .app import GlacierHTTPServer, Options
 from .faults import FaultPlan, parse_spec
+from .httpd import GlacierHTTPServer
 from .sigv4 import SigV4Verifier
 from .store import Settings, Store, is_disk_full
+from .wire import Options
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, Protocol
 
 from glacierfs.treehash import MiB, TreeHasher
 
@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+
+
+class Readable(Protocol):
+    """A request body stream (the connection's rfile, possibly paced)."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
 
 
 class IncompleteBody(Exception):
@@ -86,7 +92,7 @@ class BodyStore:
             log.info("removed %d partial bodies left by a previous run", count)
         return count
 
-    def receive(self, stream: BinaryIO, length: int, chunk: int = MiB) -> Received:
+    def receive(self, stream: Readable, length: int, chunk: int = MiB) -> Received:
         """Copy exactly ``length`` bytes from ``stream`` to a temp file, hashing as it goes."""
         path = self.root / "tmp" / f"{secrets.token_hex(12)}.part"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
@@ -158,7 +164,7 @@ class BodyStore:
             except OSError:
                 pass
 
-    def remove_body(self, body: dict) -> None:
+    def remove_body(self, body: dict[str, Any]) -> None:
         if "file" in body:
             self.remove_rel(body["file"])
         for rel, _size in body.get("parts", ()):
@@ -172,7 +178,7 @@ class BodyStore:
                     yield os.path.relpath(os.path.join(dirpath, name), self.root)
 
     # -- reading -----------------------------------------------------------------------
-    def iter_range(self, body: dict, start: int, end: int, chunk: int = MiB) -> Iterator[bytes]:
+    def iter_range(self, body: dict[str, Any], start: int, end: int, chunk: int = MiB) -> Iterator[bytes]:
         """Bytes ``[start, end)`` of a body reference, in ≤ ``chunk`` pieces."""
         if "gen" in body:
             yield from gen_bytes(body["gen"], start, end)
@@ -201,7 +207,7 @@ class BodyStore:
     def iter_file(self, rel: str, start: int, end: int, chunk: int = MiB) -> Iterator[bytes]:
         yield from self.iter_range({"file": rel}, start, end, chunk)
 
-    def tree_hash_range(self, body: dict, start: int, end: int) -> str:
+    def tree_hash_range(self, body: dict[str, Any], start: int, end: int) -> str:
         hasher = TreeHasher()
         for data in self.iter_range(body, start, end):
             hasher.update(data)

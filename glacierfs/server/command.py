@@ -1,5 +1,10 @@
 """``glacierfs serve``: run the local Glacier-compatible server until SIGINT/SIGTERM.
 
+Threading contract: the main thread owns the signals. Their handler only sets a flag (the
+wakeup fd makes the main loop's ``select`` return at once); the main loop then calls
+``ServerHandle.shutdown()``. The handler takes no lock, so any number of signals, however
+close together, end the server within a few seconds.
+
 The first line on stdout (flushed) is ``listening on http://HOST:PORT``; the access log
 goes to stderr (INFO with ``--verbose``). Bad input - a bad port, an unusable data dir, a
 bad fault spec, a data dir held by another server - is one line on stderr and exit
@@ -74,7 +79,7 @@ def _rate(text: str) -> float:
     return value
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "serve",
         help="run the local Glacier-compatible server",

@@ -1,5 +1,11 @@
 """Persistent state of the server: SQLite metadata (WAL) plus the body files of :mod:`bodies`.
 
+Threading contract: called from every request thread and from the ticker. ``_lock`` (RLock)
+guards the one SQLite connection (every query and transaction); ``_complete_lock`` serializes
+job completion (an output file is written once); ``_periodic_lock`` serializes the periodic
+run. Order: ``_periodic_lock`` -> ``_complete_lock`` -> ``_lock``; never the reverse. Body
+files are written outside ``_lock`` (into private temp files) and renamed before the commit.
+
 One place owns every rule that is about *state* (reference §5 items 2, 3, 5, 8, 12); the
 HTTP layer owns the wire format and request validation.
 
@@ -161,13 +167,14 @@ class Store:
                         self._db.execute("ROLLBACK")
                 raise
 
-    def _q(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    def _one(self, sql: str, args: tuple = ()) -> sqlite3.Row | None:
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Row | None:
         with self._lock:
-            return self._db.execute(sql, args).fetchone()
+            row: sqlite3.Row | None = self._db.execute(sql, args).fetchone()
+            return row
 
     def _meta(self, key: str, default: str) -> str:
         row = self._one("SELECT value FROM meta WHERE key=?", (key,))
@@ -288,7 +295,7 @@ class Store:
         while True:
             ident = make()
             if not self._one(f"SELECT 1 FROM {table} WHERE id=?", (ident,)):
-                return ident
+                return str(ident)
 
     def archive(self, archive_id: str) -> dict[str, Any] | None:
         row = self._one("SELECT * FROM archives WHERE id=?", (archive_id,))
@@ -391,7 +398,7 @@ class Store:
             self.sweep()
 
     # -- multipart ---------------------------------------------------------------------
-    def initiate_upload(self, vault: str, part_size: int, description: str) -> str:
+    def initiate_upload(self, vault: str, part_size: int, description: str | None) -> str:
         self._vault(vault)
         upload_id = self._unique_id("uploads", self.ids.upload_id)
         now = self.now()
@@ -496,7 +503,7 @@ class Store:
         for rel in files:
             self.bodies.remove_rel(rel)
 
-    def list_parts(self, vault: str, upload_id: str, after: int, limit: int) -> tuple[dict, list[dict], int | None]:
+    def list_parts(self, vault: str, upload_id: str, after: int, limit: int) -> tuple[dict[str, Any], list[dict[str, Any]], int | None]:
         """Parts with start ≥ ``after`` in range order; returns (upload, page, next start or None)."""
         up = self.open_upload(vault, upload_id)
         rows = self._q(
@@ -506,7 +513,7 @@ class Store:
         page = [dict(r) for r in rows[:limit]]
         return up, page, (rows[limit]["start"] if len(rows) > limit else None)
 
-    def list_uploads(self, vault: str, after: str, limit: int) -> tuple[list[dict], str | None]:
+    def list_uploads(self, vault: str, after: str, limit: int) -> tuple[list[dict[str, Any]], str | None]:
         """Open uploads ordered by id, i.e. in no meaningful order (reference §4.4)."""
         self._vault(vault)
         rows = self._q(
@@ -549,7 +556,7 @@ class Store:
 
     def list_jobs(
         self, vault: str, status: str | None, completed: bool | None, after_seq: int, limit: int
-    ) -> tuple[list[dict], int | None]:
+    ) -> tuple[list[dict[str, Any]], int | None]:
         self._vault(vault)
         self.complete_jobs()
         self.maybe_sweep()
@@ -659,7 +666,7 @@ class Store:
 
     def sns_messages(self, topic: str | None = None) -> list[dict[str, Any]]:
         """Recorded SNS notifications, oldest first: ``{"Topic", "Date", "Message"}`` (Message is JSON text)."""
-        sql, args = "SELECT * FROM sns", ()
+        sql, args = "SELECT * FROM sns", tuple[str, ...]()
         if topic:
             sql, args = sql + " WHERE topic=?", (topic,)
         return [{"Topic": r["topic"], "Date": iso_ms(r["created"]), "Message": r["message"]}
@@ -708,14 +715,15 @@ class Store:
         arch = self.archive(archive_id)
         if arch is None:
             raise not_found(f"The archive ID was not found: {archive_id}")
-        return json.loads(arch["body"])
+        body: dict[str, Any] = json.loads(arch["body"])
+        return body
 
     # -- retention ---------------------------------------------------------------------
     def sweep(self) -> None:
         """Forget expired jobs, idle uploads, old idempotency records and unreferenced deleted archives."""
         now = self.now()
         files: list[str] = []
-        bodies: list[dict] = []
+        bodies: list[dict[str, Any]] = []
         with self._tx() as db:
             for r in db.execute(
                 "SELECT output_file FROM jobs WHERE completed IS NOT NULL AND completed<=? AND output_file IS NOT NULL",
