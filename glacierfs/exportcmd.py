@@ -145,7 +145,7 @@ def _run(args: argparse.Namespace, ctx: Any, vault: str, catalog: Any, runner: A
     return 0
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     from glacierfs.export.plan import TIERS
     from glacierfs.export.s3 import STORAGE_CLASSES
 

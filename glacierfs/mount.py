@@ -97,7 +97,7 @@ def default_local_dir() -> str:
     return os.path.expanduser(DEFAULT_DATA_DIR)
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     # a private copy of the common options: "resolve" below edits the parent's --local action,
     # which must not leak into the other commands sharing ``common``
     p = sub.add_parser(

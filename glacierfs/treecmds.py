@@ -233,7 +233,7 @@ def _vault_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--vault", required=True, help="vault name")
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """Add sync, check, restore, import-journal and wait to the top-level sub-parsers."""
     p = sub.add_parser(
         "sync",

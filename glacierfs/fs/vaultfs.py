@@ -378,7 +378,7 @@ class VaultFS:
             log.error("%s: the cached bytes of archive %s are damaged (size or tree hash differs); "
                       "dropped from the cache", path, archive_id)
             self.cache.discard(archive_id)
-        return ok
+        return bool(ok)
 
     def _intact_add(self, archive_id: str) -> None:
         with self._lock:

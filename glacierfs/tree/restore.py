@@ -71,7 +71,7 @@ class RestoreCatalog(Protocol):
 
 
 class Lister(Protocol):
-    def list_jobs(self, vault: str) -> list[dict]: ...
+    def list_jobs(self, vault: str) -> list[dict[str, Any]]: ...
 
 
 class Runner(Protocol):

@@ -32,7 +32,7 @@ class WaitCatalog(Protocol):
 
 
 class JobLister(Protocol):
-    def list_jobs(self, vault: str) -> list[dict]: ...
+    def list_jobs(self, vault: str) -> list[dict[str, Any]]: ...
 
 
 @dataclass
@@ -68,9 +68,9 @@ def pending(catalog: WaitCatalog, glacier: JobLister, vault: str, paths: list[st
         if job.get("Action") != "ArchiveRetrieval" or job.get("StatusCode") != "InProgress":
             continue
         archive = catalog.get(job.get("ArchiveId") or "")
-        path = getattr(archive, "path", None)
-        if _under(path, roots):
-            retrievals.append(path or str(job.get("ArchiveId")))
+        where: str | None = getattr(archive, "path", None)
+        if _under(where, roots):
+            retrievals.append(where or str(job.get("ArchiveId")))
     return Pending(sorted(uploads), sorted(retrievals))
 
 
