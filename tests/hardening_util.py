@@ -80,9 +80,15 @@ def open_uploads(server: Any, vault: str, attempts: int = 10) -> list[dict]:
     return server.client(max_attempts=attempts).list_multipart_uploads(vaultName=vault)["UploadsList"]
 
 
-def assert_exactly_once(server: Any, vault: str, files: dict[str, bytes], ctx: str = "") -> dict[str, str]:
+def assert_exactly_once(
+    server: Any, vault: str, files: dict[str, bytes], ctx: str = "", empty_uploads_allowed: int = 0
+) -> dict[str, str]:
     """The server holds exactly one archive per file (path and tree hash), nothing else, no open upload.
 
+    ``empty_uploads_allowed``: after kills, an Initiate whose answer the killed process never
+    recorded leaves an open upload with no part. Nothing proves it ours (another file with the
+    same path and mtime may be starting), so the engine leaves it alone and the service drops it
+    after a day idle: up to that many such uploads, each holding no part, are accepted.
     Returns ``{path: archive id}``.
     """
     archives = server_archives(server, vault)
@@ -92,7 +98,11 @@ def assert_exactly_once(server: Any, vault: str, files: dict[str, bytes], ctx: s
     want = sorted((p, tree_hash(d), len(d)) for p, d in files.items())
     assert got == want, f"{ctx}: archives on the server differ from the files (got {len(got)}, want {len(want)})"
     uploads = open_uploads(server, vault)
-    assert uploads == [], f"{ctx}: leftover multipart uploads: {uploads}"
+    if empty_uploads_allowed and len(uploads) <= empty_uploads_allowed:
+        client = server.client(max_attempts=10)
+        uploads = [u for u in uploads
+                   if client.list_parts(vaultName=vault, uploadId=u["MultipartUploadId"])["Parts"]]
+    assert uploads == [], f"{ctx}: leftover multipart uploads (holding parts): {uploads}"
     return {decode_description(a["ArchiveDescription"]).path or "": a["ArchiveId"] for a in archives}
 
 

@@ -401,9 +401,10 @@ def _linger(cls, name, seconds):
     setattr(cls, name, wrapper)
 
 
-for _name, _s in (("create_multipart", 0.1), ("upload_part", 0.15), ("complete_multipart", 0.1), ("put_object", 0.03)):
+# slow enough that a whole export takes well over the latest kill point (6 s) on any machine
+for _name, _s in (("create_multipart", 0.3), ("upload_part", 0.5), ("complete_multipart", 0.3), ("put_object", 0.3)):
     _linger(s.S3, _name, _s)
-_linger(c.Glacier, "initiate_retrieval", 0.03)
+_linger(c.Glacier, "initiate_retrieval", 0.1)
 """
 
 
@@ -437,7 +438,7 @@ def test_sigkill_at_random_points_then_rerun_exports_each_archive_once(
     for _ in range(KILL_TRIALS):
         proc = subprocess.Popen(cli.argv(args), cwd=cli.cwd, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        delay = rng.uniform(1.0, 6.0)
+        delay = rng.uniform(0.5, 6.0)
         try:
             proc.wait(delay)
             killed = False
@@ -691,7 +692,7 @@ def test_bad_input_gives_one_clear_line(glacier_server: Any, s3_server: S3Server
     assert s3.get_object(Bucket=bucket, Key="x/a.txt")["Body"].read() == b"mine"
 
 
-def test_progress_line_shows_done_ready_bytes_rate_and_eta() -> None:
+def test_progress_line_shows_done_ready_bytes_rate_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
     import io
     import threading
 
@@ -700,6 +701,7 @@ def test_progress_line_shows_done_ready_bytes_rate_and_eta() -> None:
     from glacierfs.export.stream import ArchiveStreamer, Counters
     from glacierfs.progress import Progress
 
+    monkeypatch.setenv("COLUMNS", "200")  # the status line is cut to the terminal's width
     stream = io.StringIO()
     now = [1000.0]
     streamer = ArchiveStreamer(None, "v", None, "bkt", None, storage_class="STANDARD",  # type: ignore[arg-type]
