@@ -80,6 +80,13 @@ def open_uploads(server: Any, vault: str, attempts: int = 10) -> list[dict]:
     return server.client(max_attempts=attempts).list_multipart_uploads(vaultName=vault)["UploadsList"]
 
 
+def uploads_holding_parts(server: Any, vault: str) -> list[dict]:
+    """Open uploads that hold at least one part (an empty one may be left by a killed Initiate)."""
+    client = server.client(max_attempts=10)
+    return [u for u in open_uploads(server, vault)
+            if client.list_parts(vaultName=vault, uploadId=u["MultipartUploadId"])["Parts"]]
+
+
 def assert_exactly_once(
     server: Any, vault: str, files: dict[str, bytes], ctx: str = "", empty_uploads_allowed: int = 0
 ) -> dict[str, str]:

@@ -20,7 +20,7 @@ import pytest
 from glacierfs.codec import decode_description
 from glacierfs.treehash import MiB, tree_hash_file
 from tests import test_mount as tm
-from tests.hardening_util import open_uploads, server_archives
+from tests.hardening_util import server_archives, uploads_holding_parts
 
 VAULT = "commit"
 # issue 8 asks for 50 trials; each costs a mount start, a copy and a kill (about 3 s on two
@@ -93,7 +93,8 @@ def test_mv_then_sigkill_never_loses_a_file(glacier_server, tmp_path: Path) -> N
     archives = server_archives(glacier_server, VAULT)
     got = sorted((decode_description(a["ArchiveDescription"]).path or "", a["SHA256TreeHash"]) for a in archives)
     assert got == sorted(expected.items()), f"seed {SEED}: archives differ from the files whose mv returned 0"
-    assert open_uploads(glacier_server, VAULT) == []
+    # a kill between Initiate and its record leaves an empty upload, never provably ours (issue 8)
+    assert uploads_holding_parts(glacier_server, VAULT) == []
     assert "Traceback" not in log_text
     assert not failed_mv, f"mv failed in trials {failed_mv} (the mount was alive during each mv)"
 
