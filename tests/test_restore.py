@@ -219,6 +219,7 @@ def test_wait_returns_when_the_retrievals_and_uploads_under_the_paths_are_done(
     glacier_server_factory, tmp_path: Path
 ) -> None:
     from glacierfs.catalog import Catalog
+    from glacierfs.upload.state import Identity, UploadState
 
     server = glacier_server_factory("--job-delay", "3600")
     cli = make_cli(server, tmp_path)
@@ -244,7 +245,9 @@ def test_wait_returns_when_the_retrievals_and_uploads_under_the_paths_are_done(
 
     url = server.url.rstrip("/")
     with Catalog.open(tmp_path / "cache", url, "us-east-1", "w") as cat:
-        cat.put_upload("sync:docs/new.txt", {"archive_path": "docs/new.txt"})
+        cat.put_upload("sync:docs/new.txt", UploadState(
+            source="/src/new.txt", archive_path="docs/new.txt", description="d", mtime=1.0,
+            identity=Identity(1, 1, 1, 1, 1), size=1, part_size=2**20))
     assert "1 upload(s)" in cli("wait", "-v", "w", "docs", "--timeout", "0.3", code=8).stderr
     cli("wait", "-v", "w", "photos")  # the pending upload is not under photos
     with Catalog.open(tmp_path / "cache", url, "us-east-1", "w") as cat:

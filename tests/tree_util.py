@@ -153,5 +153,9 @@ def assert_vault_equals(server, vault: str, files: dict[str, bytes], prefix: str
     assert set(inv) == set(expected), (sorted(set(inv) ^ set(expected)))[:10]
     wrong = [p for p, h in expected.items() if inv[p][0]["SHA256TreeHash"] != h]
     assert not wrong, wrong[:10]
-    uploads = server.client().list_multipart_uploads(vaultName=vault)["UploadsList"]
-    assert uploads == [], uploads
+    client = server.client()
+    uploads = client.list_multipart_uploads(vaultName=vault)["UploadsList"]
+    # an Initiate whose answer a killed run never recorded leaves an empty upload: nothing proves
+    # it ours, so it is left alone (the service drops it after a day idle); none may hold a part
+    holding = [u for u in uploads if client.list_parts(vaultName=vault, uploadId=u["MultipartUploadId"])["Parts"]]
+    assert holding == [], holding
