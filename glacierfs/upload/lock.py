@@ -12,9 +12,29 @@ import fcntl
 import hashlib
 import os
 import socket
+import time
 from pathlib import Path
 
 from glacierfs.errors import ConflictError, StateError
+
+
+def _owner_of(fd: int) -> str:
+    """The holder's "process PID on HOST" line, for the refusal message.
+
+    The holder writes it just after its flock succeeds, so a refusal that races that write
+    looks again for up to a quarter second before it says "another process".
+    """
+    deadline = time.monotonic() + 0.25
+    while True:
+        try:
+            text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        except OSError:
+            text = ""
+        if text.startswith("process ") and " on " in text:
+            return text
+        if time.monotonic() >= deadline:
+            return text or "another process"
+        time.sleep(0.01)
 
 
 class UploadLock:
@@ -50,7 +70,7 @@ class UploadLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                owner = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                owner = _owner_of(fd)
                 os.close(fd)
                 raise ConflictError(
                     f"{what} is being uploaded by {owner}; wait for it to finish (or stop it), then run the upload again"
@@ -66,8 +86,9 @@ class UploadLock:
                 os.close(fd)
                 continue
             with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+                owner_line = f"process {os.getpid()} on {socket.gethostname()}\n".encode()
+                os.pwrite(fd, owner_line, 0)  # write, then cut: a reader never sees an empty file
+                os.ftruncate(fd, len(owner_line))
             self._fd = fd
             return
 
