@@ -46,7 +46,7 @@ from glacierfs.errors import (
     StateError,
     UsageError,
 )
-from glacierfs.fsutil import fsync_dir, write_json_atomic
+from glacierfs.fsutil import fsync_dir, remove_stale_temps, write_json_atomic
 from glacierfs.progress import NULL_PROGRESS, Progress
 from glacierfs.treehash import MiB, TreeHasher, combine, tree_hash_file
 
@@ -312,10 +312,13 @@ class Downloader:
             except OSError as exc:  # local disk trouble (full, read-only, removed directory)
                 raise StateError(f"writing {out}: {exc.strerror or exc}") from None
             fsync_dir(out.parent)
+            # Still under the part file's lock: the sidecar and any temporary copy of it
+            # that a kill left behind are ours to remove.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(state_path)
+            remove_stale_temps(state_path)
         finally:
             os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(state_path)
         log.info("downloaded archive %s to %s (%d bytes, %s)", archive_id, out, size, expected)
         return Downloaded(path=out, archive_id=archive_id, size=size, tree_hash=expected, job_id=job_id)
 

@@ -5,6 +5,8 @@
 * :func:`write_json_atomic`: write JSON to a unique 0600 temporary file in the same directory
   (several threads or processes may write the same file), fsync, rename over the target, fsync
   the directory, so a crash leaves the old or the new file, never a torn one;
+* :func:`remove_stale_temps`: delete the temporary files of :func:`write_json_atomic` that a
+  kill left behind (call it only while owning the target, e.g. under its lock);
 * :func:`check_regular_file`: refuse a FIFO, socket or device with one line before anything
   opens it (opening a FIFO for reading blocks until a writer comes, maybe forever).
 """
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -42,10 +45,23 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
             os.close(fd)
 
 
+_TEMP_SUFFIX = ".tmp"
+_RANDOM_LEN = 8  # tempfile.mkstemp's random part
+
+
+def _temp_prefix(target: Path) -> str:
+    """``.NAME.``, or a hashed stand-in when NAME leaves no room within the 255-byte limit."""
+    prefix = f".{target.name}."
+    if len(prefix.encode("utf-8", "surrogateescape")) + _RANDOM_LEN + len(_TEMP_SUFFIX) > 255:
+        digest = hashlib.sha256(target.name.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        prefix = f".glacierfs-tmp-{digest}."
+    return prefix
+
+
 def write_json_atomic(path: str | os.PathLike[str], data: Any, *, mode: int = 0o600) -> None:
     """Write ``data`` as JSON to ``path`` atomically and durably (file ``mode``, default 0600)."""
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=_TEMP_SUFFIX, dir=target.parent)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as f:
@@ -58,6 +74,30 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any, *, mode: int = 0o
             os.unlink(tmp)
         raise
     fsync_dir(target.parent)
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> int:
+    """Delete the temporary files of :func:`write_json_atomic` for ``path`` (a kill between
+    create and rename leaves one); returns how many. Only for a caller that owns ``path``:
+    another writer's live temporary file would be taken from under it."""
+    target = Path(path)
+    prefix = _temp_prefix(target)
+    removed = 0
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return 0
+    for entry in entries:
+        name = entry.name
+        if (
+            name.startswith(prefix)
+            and name.endswith(_TEMP_SUFFIX)
+            and len(name) == len(prefix) + _RANDOM_LEN + len(_TEMP_SUFFIX)
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
 
 
 def check_regular_file(name: str) -> os.stat_result:
