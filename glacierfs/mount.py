@@ -531,7 +531,7 @@ def build_vaultfs(
     from glacierfs.jobs import Backoff, JobRunner
     from glacierfs.upload import UploadEngine
 
-    catalog = ctx.catalog(vault)
+    catalog = ctx.catalog(vault, exists=True)  # the mount checked (or created) it, or listed it
     state_dir = vault_state_dir(ctx.cache_root, ctx.endpoint_id, ctx.region, vault)
     stack.enter_context(_mount_lock(state_dir))
     cache = DataCache(state_dir, args.cache_size_bytes)

@@ -42,6 +42,7 @@ from typing import Any, Literal
 from glacierfs.catalog import naming, reconcile
 from glacierfs.catalog.records import Archive, ImportStats, JobRecord
 from glacierfs.catalog.storage import (
+    DBNAME,
     SCHEMA_VERSION,
     Storage,
     create_archive_table,
@@ -113,6 +114,11 @@ class Catalog:
     def open(cls, cache_root: Path | str, endpoint_id: str, region: str, vault: str) -> Catalog:
         """The catalog of ``vault`` at ``endpoint_id``/``region`` under ``cache_root`` (created if new)."""
         return cls.open_dir(vault_dir(cache_root, endpoint_id, region, vault) / "catalog")
+
+    @classmethod
+    def exists(cls, cache_root: Path | str, endpoint_id: str, region: str, vault: str) -> bool:
+        """Whether :meth:`open` would open an existing catalog (False: it would create one)."""
+        return (vault_dir(cache_root, endpoint_id, region, vault) / "catalog" / DBNAME).exists()
 
     @classmethod
     def open_dir(cls, directory: Path | str) -> Catalog:
