@@ -153,6 +153,34 @@ def test_an_upload_completed_earlier_is_told_how_to_check_and_never_sent_twice(e
     assert inv.describe_vault(vaultName=vault)["NumberOfArchives"] == 1
 
 
+def test_a_part_the_service_keeps_dropping_names_the_abort_that_works(env) -> None:
+    """A proxy answers part 0 with success but never stores it: Complete is refused, the part is sent
+    again once, then one error naming the abort (with the proxy's --endpoint-url); it works."""
+    from tests.hardening_util import LyingProxy
+
+    sh, _, vault, server = env
+    _, data = _file(sh, "f.bin", 2 * MiB + 3)
+    dropping = {"on": True}
+
+    def swallow(op: str, headers: dict[str, str]) -> tuple[int, dict[str, str]] | None:
+        if dropping["on"] and op == "UploadMultipartPart" and headers.get("content-range", "").startswith("bytes 0-"):
+            return 204, {"x-amz-sha256-tree-hash": headers["x-amz-sha256-tree-hash"]}
+        return None
+
+    with LyingProxy(server.url, lambda answer: False, swallow) as proxy:
+        g = f"glacierfs --endpoint-url {proxy.url} --cache-dir 'my cache'"
+        res = sh.run(f"{g} upload -v {vault} --part-size 1M --concurrency 1 f.bin")
+        assert res.returncode == 6 and "still fails" in res.stderr, res.stderr
+        [abort] = commands_in(res)
+        assert f"--endpoint-url {proxy.url}" in abort and "--upload-id=" in abort, abort
+        dropping["on"] = False
+        done = sh.run(abort)
+        assert done.returncode == 0 and done.stdout.startswith("aborted upload "), done.stderr
+        assert _open_uploads(server, vault) == set()
+        again = sh.run(f"{g} upload -v {vault} --part-size 1M f.bin")
+        assert again.returncode == 0 and again.stdout.endswith(f"  {len(data)}  f.bin\n"), again.stderr
+
+
 # --------------------------------------------------------------------------- abort
 
 
