@@ -104,3 +104,42 @@ def test_mount_of_a_missing_vault_says_so_and_leaves_no_state(glacier_server_mod
         assert os.listdir(tmp_path / "mnt") == []
     finally:
         mounts.cleanup()
+
+
+def _state(path: Path) -> str:
+    res = subprocess.run(["getfattr", "--only-values", "-n", "user.glacier.state", str(path)],
+                         capture_output=True, text=True, timeout=30)
+    return res.stdout.strip() if res.returncode == 0 else f"error: {res.stderr.strip()}"
+
+
+def test_cache_size_holds_from_the_mount_start(glacier_server_module, tmp_path: Path) -> None:
+    """Issue 13 item 9, first half: 3 cached archives and a remount with a bound that fits one: at
+    most one stays cached once the mount is up, before any write (was: all until the next write)."""
+    from tests.helpers.mounts import MountSet, cli, wait_until
+
+    _skip_without_fuse()
+    vault = "cache-bound"
+    opts = ["--local", str(glacier_server_module.data_dir), "--cache-dir", str(tmp_path / "cache")]
+    names = [f"f{i}.bin" for i in range(3)]
+    for i, name in enumerate(names):
+        (tmp_path / name).write_bytes(bytes([i]) * 60_000)
+    assert cli("vaults", "create", vault, *opts).returncode == 0
+    up = cli("upload", "-q", "-v", vault, *opts, *names, cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    mnt = tmp_path / "mnt"
+    mounts = MountSet()
+    try:
+        mounts.mount(*opts, vault, mnt=mnt)
+        for name in names:
+            res = subprocess.run(["setfattr", "-n", "user.glacier.retrieve", "-v", "Standard", str(mnt / name)],
+                                 capture_output=True, text=True, timeout=30)
+            assert res.returncode == 0, res.stderr
+        wait_until(lambda: all(_state(mnt / n) == "cached" for n in names), 120, "the three retrievals")
+        assert cli("umount", str(mnt)).returncode == 0
+        mounts.mount(*opts, "--cache-size", "100K", vault, mnt=mnt)
+        wait_until(lambda: sum(_state(mnt / n) == "cached" for n in names) <= 1, 60, "the bound at mount start")
+        states = [_state(mnt / n) for n in names]
+        assert states.count("cached") == 1 and all(not s.startswith("error") for s in states), states
+        assert cli("umount", str(mnt)).returncode == 0
+    finally:
+        mounts.cleanup()
