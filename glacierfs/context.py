@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from glacierfs.errors import NotFoundError, UsageError
+from glacierfs.errors import CredentialsError, NotFoundError, UsageError
 from glacierfs.progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,9 +97,17 @@ class Context:
         return self._catalogs[vault]
 
     def check_vault(self, vault: str) -> None:
-        """NotFoundError (with the command that lists the vaults) unless the service has ``vault``."""
+        """NotFoundError (with the command that lists the vaults) unless the service has ``vault``.
+
+        A policy that denies DescribeVault alone (an upload-only IAM user) does not stop the
+        command: its own requests tell whether it may use the vault.
+        """
         try:
             self.glacier.describe_vault(vault)
+        except CredentialsError as exc:
+            if exc.code != "AccessDeniedException":
+                raise
+            log.debug("DescribeVault of %s denied (%s); the command's own requests will tell", vault, exc)
         except NotFoundError as exc:
             where = self.endpoint_url or "AWS"
             if self.endpoint_id.startswith("local:"):

@@ -81,6 +81,27 @@ def test_an_existing_vault_without_a_catalog_still_gets_one(glacier_server_modul
     assert "vault fresh-vault:" in res.stdout, res.stderr
 
 
+def test_a_policy_denying_describe_vault_alone_does_not_stop_an_upload(glacier_server_module, tmp_path: Path) -> None:
+    """An upload-only IAM user may not describe vaults: the check before the first catalog steps aside."""
+    from tests.hardening_util import LyingProxy
+
+    def deny(op: str, headers: dict[str, str]) -> tuple[int, dict[str, str]] | None:
+        if op != "VaultGET":  # DescribeVault, as the proxy names it
+            return None
+        return 403, {"x-amzn-errortype": "AccessDeniedException:", "content-type": "application/json"}
+
+    glacier_server_module.client().create_vault(vaultName="upload-only")
+    (tmp_path / "a.txt").write_bytes(b"hello")
+    with LyingProxy(glacier_server_module.url, lambda answer: False, deny) as proxy:
+        sh = Shell(tmp_path, glacier_server_module)
+        g = f"glacierfs --endpoint-url {proxy.url} --cache-dir cache"
+        res = sh.run(f"{g} upload -v upload-only a.txt")
+        assert res.returncode == 0 and res.stdout.endswith("  5  a.txt\n"), res.stderr
+        assert "VaultGET" in proxy.seen  # DescribeVault was asked, and denied
+        res = sh.run(f"{g} upload -v {VAULT} a.txt")  # a missing vault still fails with one line
+        assert res.returncode == 3 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
 def _skip_without_fuse() -> None:
     if not os.path.exists("/dev/fuse") or subprocess.run(["which", "fusermount3"], capture_output=True).returncode:
         pytest.skip("FUSE is not available")
