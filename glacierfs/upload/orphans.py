@@ -80,7 +80,10 @@ def _judge(glacier: Glacier, vault: str, source: Path, upload_id: str, progress:
     part_size = int(listing.get("PartSizeInBytes") or 0)
     if not is_valid_part_size(part_size):
         return OpenUpload(upload_id, False, f"its part size {part_size} is not a valid one")
-    fd = os.open(source, os.O_RDONLY)
+    try:
+        fd = os.open(source, os.O_RDONLY)
+    except OSError as exc:
+        return OpenUpload(upload_id, False, f"{source} cannot be read to compare ({exc.strerror or exc})")
     try:
         job = PartJob(f"abort:{upload_id}", source, fd, os.fstat(fd).st_size, part_size)
         done = verify_server_parts(job, parts, progress, strict=True)
