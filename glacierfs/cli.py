@@ -89,10 +89,10 @@ def setup_logging(debug: bool, quiet: bool = False) -> None:
 
 
 def error_line(exc: GlacierFSError, args: argparse.Namespace | None) -> str:
-    """``error: <message>`` plus, when the error names a helpful command, ``; run: <command>``."""
+    """``error: <message>`` plus the commands the error names: ``; run: <command>[, then: <command>]``."""
     line = f"error: {exc}"
-    if exc.hint:
-        line += f"; run: {hints.command(args, *exc.hint)}"
+    for i, words in enumerate(exc.hints):
+        line += f"{'; run' if i == 0 else ', then'}: {hints.command(args, *words)}"
     return line
 
 

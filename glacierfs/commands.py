@@ -147,43 +147,82 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_abort(args: argparse.Namespace) -> int:
-    """Abort FILE's pending upload (found by the file's real path) and forget it."""
+    """Abort FILE's pending upload (found by the file's real path) and forget it; or one upload by id.
+
+    Without local state, FILE's open uploads on the service are aborted only when provably its
+    (:mod:`glacierfs.upload.orphans`); each one left gets one line with the command that aborts
+    it by id. ``--upload-id ID`` aborts that upload (the user's explicit choice) and forgets every
+    local state naming it.
+    """
     from glacierfs.upload import UploadEngine
 
     vault = check_vault_name(args.vault)
-    key = os.path.realpath(args.file)
+    if (args.file is None) == (args.upload_id is None):
+        raise UsageError("give either FILE or --upload-id ID")
     with open_context(args) as ctx:
-        engine = UploadEngine(ctx.glacier, ctx.catalog(vault), vault, progress=ctx.progress)
-        if not engine.abort(key) and not _abort_on_service(ctx, vault, args.file):
-            raise NotFoundError(f"no pending upload of {args.file} to vault {vault}")
+        catalog = ctx.catalog(vault)
+        engine = UploadEngine(ctx.glacier, catalog, vault, progress=ctx.progress)
+        if args.upload_id is not None:
+            _abort_by_id(ctx, engine, vault, args.upload_id)
+            _out(f"aborted upload {shown(args.upload_id)}")
+            return 0
+        key = os.path.realpath(args.file)
+        if not engine.abort(key):
+            aborted, left = _abort_on_service(ctx, vault, args.file, key)
+            if not aborted:
+                why = f" ({left} open upload(s) with its description left alone, named above)" if left else ""
+                raise NotFoundError(f"no pending upload of {args.file} to vault {vault}{why}")
         _out(f"aborted {shown(args.file)}")
     return 0
 
 
-def _abort_on_service(ctx: Context, vault: str, name: str) -> int:
-    """Abort the open uploads of FILE that the service holds although no local state knows them.
+def _abort_by_id(ctx: Context, engine: Any, vault: str, upload_id: str) -> None:
+    """Abort ``upload_id``: through each local state naming it (its owner lock), else on the service."""
+    keys = [k for k, st in engine.pending().items() if st.upload_id == upload_id]
+    for key in keys:
+        engine.abort(key)
+    if keys:
+        return
+    try:  # Glacier accepts an abort of an upload aborted a while ago: ask whether it is open first
+        ctx.glacier.list_parts(vault, upload_id)
+        ctx.glacier.abort_multipart(vault, upload_id)
+    except NotFoundError:
+        raise NotFoundError(f"no open upload {shown(upload_id)} in vault {vault}") from None
+
+
+def _abort_on_service(ctx: Context, vault: str, name: str, key: str) -> tuple[int, int]:
+    """Abort FILE's open uploads that the service holds although no local state knows them.
 
     The local state of a pending upload can be lost (cache directory deleted or rebuilt); the
-    service keeps the upload (and its parts) until it expires. They are recognized by the
-    description ``upload`` gives FILE (archive path and mtime). Returns how many were aborted.
+    service keeps the upload (and its parts) until it expires. They are found by the
+    description ``upload`` gives FILE (archive path and mtime), which does not prove they are
+    FILE's: only those provably FILE's are aborted; for each other one, one line says why it
+    was left and how to abort it by id. Returns how many were aborted and how many left.
     """
     from glacierfs.codec import encode_description
+    from glacierfs.upload.orphans import open_uploads_of
 
     try:
         description = encode_description(normalize_archive_path(name), os.stat(name).st_mtime).lstrip(" ")
     except (OSError, UsageError):
-        return 0
-    aborted = 0
-    for up in ctx.glacier.list_uploads(vault):
-        if up.get("ArchiveDescription") == description and up.get("MultipartUploadId"):
-            try:
-                ctx.glacier.abort_multipart(vault, up["MultipartUploadId"])
-            except NotFoundError:
-                continue
-            log.warning("aborted upload %s of %s found on the service (no local state knew it)",
-                        shown(up["MultipartUploadId"][:16]), shown(name))
-            aborted += 1
-    return aborted
+        return 0, 0
+    owned = {st.upload_id for k, st in ctx.catalog(vault).list_uploads().items() if k != key and st.upload_id}
+    aborted = left = 0
+    for up in open_uploads_of(ctx.glacier, vault, Path(name), description, owned, ctx.progress):
+        if not up.ours:
+            again = hints.command(ctx.args, "abort", "-v", vault, f"--upload-id={up.upload_id}")
+            log.warning("left open upload %s alone: it has the description of %s, but %s; if it is yours, run: %s",
+                        shown(up.upload_id), shown(name), up.why, shown(again))
+            left += 1
+            continue
+        try:
+            ctx.glacier.abort_multipart(vault, up.upload_id)
+        except NotFoundError:
+            continue
+        log.warning("aborted upload %s of %s found on the service (no local state knew it; %s)",
+                    shown(up.upload_id[:16]), shown(name), up.why)
+        aborted += 1
+    return aborted, left
 
 
 # --------------------------------------------------------------------------- inventory
@@ -628,11 +667,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p = add(
         "abort",
         "abort a file's pending upload and forget it",
-        "Abort the pending upload of FILE (found by its real path, or on the service by its "
-        "description) and forget its local state.",
+        "Abort the pending upload of FILE (found by its real path) and forget its local state. When "
+        "no local state knows it, the open uploads on the service with FILE's description are aborted "
+        "only if provably FILE's (every part they hold is FILE's bytes); each other one is named with "
+        "the command that aborts it by id. --upload-id ID aborts that one upload.",
     )
     _vault_arg(p)
-    p.add_argument("file", metavar="FILE", help="the file whose upload to abort, as given to `upload`")
+    p.add_argument("file", nargs="?", metavar="FILE", help="the file whose upload to abort, as given to `upload`")
+    p.add_argument(
+        "--upload-id",
+        metavar="ID",
+        help="abort this open upload instead (whoever started it), and forget any local state naming it;"
+        " ids that start with '-' need '=': --upload-id=-xyz (default: none, give it or FILE)",
+    )
     p.set_defaults(func=cmd_abort)
 
     p = add(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from glacierfs.errors import UsageError
+from glacierfs.errors import CredentialsError, NotFoundError, UsageError
 from glacierfs.progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,13 +81,40 @@ class Context:
 
         return self.endpoint_id.startswith("local:") or is_local_endpoint(self.endpoint_url)
 
-    def catalog(self, vault: str) -> Catalog:
-        """The vault's catalog, opened once per context."""
+    def catalog(self, vault: str, *, exists: bool = False) -> Catalog:
+        """The vault's catalog, opened once per context.
+
+        A catalog is created only for a vault the service has: the first time a vault is used
+        from this cache dir it is described first (``exists``: the caller just saw it), so a
+        command on a vault that does not exist fails with one line and leaves no folder behind.
+        """
         if vault not in self._catalogs:
             from glacierfs.catalog import Catalog
 
+            if not exists and not Catalog.exists(self.cache_root, self.endpoint_id, self.region, vault):
+                self.check_vault(vault)
             self._catalogs[vault] = Catalog.open(self.cache_root, self.endpoint_id, self.region, vault)
         return self._catalogs[vault]
+
+    def check_vault(self, vault: str) -> None:
+        """NotFoundError (with the command that lists the vaults) unless the service has ``vault``.
+
+        A policy that denies DescribeVault alone (an upload-only IAM user) does not stop the
+        command: its own requests tell whether it may use the vault.
+        """
+        try:
+            self.glacier.describe_vault(vault)
+        except CredentialsError as exc:
+            if exc.code != "AccessDeniedException":
+                raise
+            log.debug("DescribeVault of %s denied (%s); the command's own requests will tell", vault, exc)
+        except NotFoundError as exc:
+            where = self.endpoint_url or "AWS"
+            if self.endpoint_id.startswith("local:"):
+                where = f"the local server of {self.endpoint_id.removeprefix('local:')}"
+            raise NotFoundError(
+                f"vault {vault} does not exist in {self.region} at {where}", code=exc.code, hint=("vaults",)
+            ) from None
 
     def known_vaults(self) -> list[str]:
         """The vaults that have a catalog here for this endpoint and region (no request)."""

@@ -12,9 +12,13 @@ Three class attributes make an error typed, so nothing is ever patched onto an i
 * ``errno``: what a filesystem call returns (:func:`errno_for` is the one errno table);
 * ``code``: the service's error code (``ResourceNotFoundException``...) when the error came
   from the service, else None; set through the constructor: ``NotFoundError(msg, code=...)``;
-* ``hint``: the words of a ``glacierfs`` command that would help (``("abort", "-v", vault,
-  path)``), or empty; library code does not know the options in use, so the CLI renders it
-  with :func:`glacierfs.hints.command` and appends ``; run: <command>`` to the message.
+* ``hints``: the ``glacierfs`` commands that would help, in the order to run them, each as its
+  words (``(("abort", "-v", vault, "--upload-id", upload_id),)``), or empty; set through the
+  constructor (``hint=`` one command, ``hints=`` several). Library code does not know the
+  options in use (``--local``, ``--endpoint-url``, ``--cache-dir``...), so it never writes a
+  command into its message: the CLI renders each with :func:`glacierfs.hints.command` and
+  appends ``; run: <command>`` (``, then: <command>`` for the next ones) to the message.
+  ``hint`` is the first of them.
 """
 
 from __future__ import annotations
@@ -31,14 +35,27 @@ class GlacierFSError(Exception):
     exit_code: int = 1
     errno: int = _errno.EIO
     code: str | None = None
-    hint: tuple[str, ...] = ()
+    hints: tuple[tuple[str, ...], ...] = ()
 
-    def __init__(self, message: str = "", *, code: str | None = None, hint: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: str | None = None,
+        hint: tuple[str, ...] = (),
+        hints: tuple[tuple[str, ...], ...] = (),
+    ) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
-        if hint:
-            self.hint = tuple(hint)
+        commands = ((tuple(hint),) if hint else ()) + tuple(tuple(h) for h in hints if h)
+        if commands:
+            self.hints = commands
+
+    @property
+    def hint(self) -> tuple[str, ...]:
+        """The first command of :attr:`hints` (empty if none)."""
+        return self.hints[0] if self.hints else ()
 
 
 class UsageError(GlacierFSError):

@@ -187,18 +187,13 @@ def hint_options(args: argparse.Namespace) -> str:
     """The common options in use, shell-quoted, for hints that must work as printed.
 
     ``glacierfs download -v V PATH`` without the mount's ``--local``/``--cache-dir``/
-    ``--endpoint-url`` would address another catalog (or a real AWS vault).
+    ``--endpoint-url`` would address another catalog (or a real AWS vault). Rendered by
+    :mod:`glacierfs.hints` (the one renderer); ``--cache-dir`` also when it came from
+    ``GLACIERFS_CACHE_DIR``: logs outlive shells.
     """
-    parts: list[str] = []
-    if getattr(args, "local", None):
-        parts += ["--local", str(Path(args.local).expanduser().absolute())]
-    for opt in ("endpoint_url", "region", "profile"):
-        value = getattr(args, opt, None)
-        if value:
-            parts += [f"--{opt.replace('_', '-')}", str(value)]
-    if getattr(args, "cache_dir", None):  # also when it came from GLACIERFS_CACHE_DIR: logs outlive shells
-        parts += ["--cache-dir", str(Path(args.cache_dir).expanduser().absolute())]
-    return " ".join(shlex.quote(p) for p in parts)
+    from glacierfs.hints import CommonOptions
+
+    return shlex.join(CommonOptions.from_args(args).argv())
 
 
 def mount_state(mnt: Path) -> str:
@@ -531,7 +526,7 @@ def build_vaultfs(
     from glacierfs.jobs import Backoff, JobRunner
     from glacierfs.upload import UploadEngine
 
-    catalog = ctx.catalog(vault)
+    catalog = ctx.catalog(vault, exists=True)  # the mount checked (or created) it, or listed it
     state_dir = vault_state_dir(ctx.cache_root, ctx.endpoint_id, ctx.region, vault)
     stack.enter_context(_mount_lock(state_dir))
     cache = DataCache(state_dir, args.cache_size_bytes)

@@ -115,8 +115,8 @@ def test_corrupt_catalog_is_a_state_error_saying_how_to_rebuild(tmp_path: Path) 
     (directory / "cache.db").write_bytes(b"this is not a database at all" * 100)
     with pytest.raises(StateError) as info:
         Catalog.open(tmp_path, "aws", "r", "v")
-    assert "glacierfs inventory" in str(info.value)
-    assert str(directory) in str(info.value)
+    assert info.value.hint == ("inventory", "-v", "v")  # rendered by the CLI with the options in use
+    assert str(directory) in str(info.value) and "glacierfs" not in str(info.value)
 
 
 def test_corrupt_pages_are_a_state_error(tmp_path: Path) -> None:
@@ -137,7 +137,7 @@ def test_corrupt_pages_are_a_state_error(tmp_path: Path) -> None:
             list(c2.iter_archives())
         finally:
             c2.close()
-    assert "glacierfs inventory" in str(info.value)
+    assert "delete " in str(info.value) and info.value.hint == ("inventory", "-v", "v")
 
 
 # ------------------------------------------------------------------------------ listing and lookup

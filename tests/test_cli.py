@@ -291,7 +291,7 @@ def test_upload_errors(cli: Cli, vault: str, work: Path) -> None:
     cli.error(
         2, "upload", "-v", vault, "--concurrency", "0", "a.txt", match="--concurrency must be at least 1"
     )
-    cli.error(3, "upload", "-v", "novault", "a.txt", match="Vault not found")
+    cli.error(3, "upload", "-v", "novault", "a.txt", match="vault novault does not exist")
     cli.error(2, "upload", "-v", "bad/vault", "a.txt", match="invalid vault name")
     (work / "empty").write_bytes(b"")
     cli.error(2, "upload", "-v", vault, "empty", match="empty file")
@@ -393,7 +393,7 @@ def test_inventory_lists_from_catalog_without_a_job(cli: Cli, vault: str, glacie
 
 
 def test_inventory_errors(cli: Cli) -> None:
-    cli.error(3, "inventory", "-v", "nope", match="Vault not found")
+    cli.error(3, "inventory", "-v", "nope", match="vault nope does not exist")
     cli.error(2, "inventory", "-v", "no such", match="invalid vault name")
 
 
@@ -432,7 +432,7 @@ def test_delete_errors(cli: Cli, vault: str, glacier_server) -> None:
     cli.error(2, "delete", "-v", vault, "dir", match="is a directory")
     cli.error(2, "delete", "-v", vault, match="give either -a ARCHIVE_ID or PATH")
     cli.error(2, "delete", "-v", vault, "-a=x", "dir/f", match="give either -a ARCHIVE_ID or PATH")
-    cli.error(3, "delete", "-v", "novault", "-a=x", match="Vault not found")
+    cli.error(3, "delete", "-v", "novault", "-a=x", match="vault novault does not exist")
     res = cli("delete", "-v", vault, "-a", "-xyz", code=2)  # argparse: '-xyz' looks like an option
     assert "expected one argument" in res.stderr
 

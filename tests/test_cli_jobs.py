@@ -106,7 +106,7 @@ def test_download_errors(cli: Cli, glacier_server, tmp_path: Path) -> None:
         2, "download", "-v", "v", "f.txt", "-o", str(tmp_path / "no" / "dir" / "x"), match="does not exist"
     )
     cli.error(2, "download", "-v", "v", match="give either -a ARCHIVE_ID or PATH")
-    cli.error(3, "download", "-v", "novault", "-a=x", match="Vault not found")
+    cli.error(3, "download", "-v", "novault", "-a=x", match="vault novault does not exist")
     res = cli("download", "-v", "v", "f.txt", "--tier", "Fast", code=2)
     assert "invalid tier 'Fast'" in res.stderr
 

@@ -327,7 +327,7 @@ def test_delete_of_an_unknown_id_never_says_deleted(cli: Cli, glacier_server) ->
     assert sent.lines == ["delete sent NOSUCHARCHIVE  -"]
     assert "Glacier accepted the delete, which it does for any id" in sent.stderr and "error" not in sent.stderr
     assert [ln.split("\t")[0] for ln in cli("inventory", "-v", "v").lines] == ["kept"]
-    cli.error(3, "delete", "-v", "nosuchvault", "-a=X", match="Vault not found")
+    cli.error(3, "delete", "-v", "nosuchvault", "-a=X", match="vault nosuchvault does not exist")
 
 
 # --------------------------------------------------------------------------- escaping

@@ -25,7 +25,7 @@ Threading contract
 Queries: ``lookup`` is one or two indexed point queries (~10 us), ``listdir`` two indexed range
 queries (100,000 entries in ~0.3 s; ``listdir_entries``, the same names without Archive
 objects, ~0.06 s). Corruption of the files raises :class:`StateError` telling the user to delete
-the directory and run ``glacierfs inventory`` to rebuild it.
+the directory and rebuild it from an inventory (the error's hint: ``glacierfs inventory``).
 """
 
 from __future__ import annotations
@@ -42,15 +42,16 @@ from typing import Any, Literal
 from glacierfs.catalog import naming, reconcile
 from glacierfs.catalog.records import Archive, ImportStats, JobRecord
 from glacierfs.catalog.storage import (
+    DBNAME,
     SCHEMA_VERSION,
     Storage,
     create_archive_table,
     create_dir_table,
-    rebuild_hint,
+    unusable,
     vault_dir,
 )
 from glacierfs.codec import decode_description, safe_relpath
-from glacierfs.errors import ConflictError, NotFoundError, StateError, UsageError
+from glacierfs.errors import ConflictError, NotFoundError, UsageError
 from glacierfs.inventory import InventoryItem
 from glacierfs.timeutil import iso_epoch, now_iso
 from glacierfs.upload.state import UnreadableState, UploadState
@@ -115,6 +116,11 @@ class Catalog:
         return cls.open_dir(vault_dir(cache_root, endpoint_id, region, vault) / "catalog")
 
     @classmethod
+    def exists(cls, cache_root: Path | str, endpoint_id: str, region: str, vault: str) -> bool:
+        """Whether :meth:`open` would open an existing catalog (False: it would create one)."""
+        return (vault_dir(cache_root, endpoint_id, region, vault) / "catalog" / DBNAME).exists()
+
+    @classmethod
     def open_dir(cls, directory: Path | str) -> Catalog:
         """The catalog stored in ``directory`` (created 0700 if missing; an old one is migrated)."""
         directory = Path(directory)
@@ -133,10 +139,7 @@ class Catalog:
         with storage.guard():
             version = storage.setup_records()
             if version is not None and version != SCHEMA_VERSION:
-                raise StateError(
-                    f"the catalog in {self.directory} has format {version}, this glacierfs reads"
-                    f" {SCHEMA_VERSION}: {rebuild_hint(self.directory)}"
-                )
+                raise unusable(self.directory, f"has format {version}, this glacierfs reads {SCHEMA_VERSION}")
             con = storage.con
             exists = con.execute(
                 "SELECT count(*) FROM sqlite_master WHERE name IN ('gfs_archive', 'gfs_dir')"

@@ -92,11 +92,21 @@ def makedirs_private(path: Path) -> None:
         os.chmod(d, DIR_MODE)
 
 
-def rebuild_hint(directory: Path) -> str:
-    # The catalog also held the states of pending uploads: say what becomes of them.
-    return (
-        f"delete {directory} and run `glacierfs inventory` to rebuild it (pending uploads it recorded"
-        " are found again on the service: re-run their upload to resume, or `glacierfs abort` them)"
+def unusable(directory: Path, what: str) -> StateError:
+    """The StateError for a catalog that cannot be used: delete it, rebuild it from an inventory.
+
+    The command to rebuild names the vault (the directory is ``<vault dir>/catalog``); the CLI
+    renders it with the options in use. The catalog also held the states of pending uploads:
+    the message says what becomes of them.
+    """
+    hint: tuple[str, ...] = ()
+    if directory.name == "catalog" and directory.parent.name:
+        hint = ("inventory", "-v", unquote(directory.parent.name))
+    return StateError(
+        f"the catalog in {directory} {what}: delete {directory} and run an inventory to rebuild it"
+        " (pending uploads it recorded are found again on the service: re-run their upload to resume,"
+        " or abort them)",
+        hint=hint,
     )
 
 
@@ -214,11 +224,9 @@ class Storage:
                 raise StateError(
                     f"the catalog in {self.directory} stayed locked by another process ({exc}); try again"
                 ) from None
-            raise StateError(f"the catalog in {self.directory} failed ({exc}): {rebuild_hint(self.directory)}") from None
+            raise unusable(self.directory, f"failed ({exc})") from None
         except (sqlite3.DatabaseError, ValueError) as exc:  # ValueError: a record that is not JSON
-            raise StateError(
-                f"the catalog in {self.directory} is corrupt ({exc}): {rebuild_hint(self.directory)}"
-            ) from None
+            raise unusable(self.directory, f"is corrupt ({exc})") from None
 
     @contextlib.contextmanager
     def transact(self) -> Iterator[sqlite3.Connection]:
@@ -291,7 +299,7 @@ def _migrate_diskcache(storage: Storage) -> int | None:
     except diskcache.Timeout:
         raise StateError(f"the catalog in {storage.directory} is locked by another process; try again") from None
     except (sqlite3.DatabaseError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise StateError(f"the catalog in {storage.directory} is unreadable ({exc}): {rebuild_hint(storage.directory)}") from None
+        raise unusable(storage.directory, f"is unreadable ({exc})") from None
     try:
         records: list[tuple[str, str, Any]] = []
         for key in list(old.iterkeys()):
@@ -300,7 +308,7 @@ def _migrate_diskcache(storage: Storage) -> int | None:
                 if value is not None:
                     records.append((key[0], key[1], value))
     except (sqlite3.DatabaseError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise StateError(f"the catalog in {storage.directory} is unreadable ({exc}): {rebuild_hint(storage.directory)}") from None
+        raise unusable(storage.directory, f"is unreadable ({exc})") from None
     finally:
         old.close()
     version = next((v for k, n, v in records if (k, n) == ("meta", "schema")), None)

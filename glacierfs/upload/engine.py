@@ -72,8 +72,8 @@ is recorded in the catalog            service no longer knows the upload id (com
                                       ago, or expired): the catalog is searched for an
                                       inventory archive with the same tree hash, size and
                                       description and adopted; otherwise StateError: we
-                                      never upload again on a guess (``glacierfs abort``
-                                      forgets the state, after checking an inventory).
+                                      never upload again on a guess (its hint: a fresh
+                                      inventory, then ``abort --upload-id``).
 after the archive is recorded, before The archive id from Complete is already in the
 the state is removed                  catalog: it is reused, not added twice.
 after the state is removed, before    Nothing to resume: the lock file is stale but unlocked
@@ -647,7 +647,10 @@ class UploadEngine:
             hashes = [state.parts.get(i) for i in range(job.nparts)]
             present = [h for h in hashes if h is not None]
             if len(present) != len(hashes):
-                raise StateError(f"upload state of {job.source} lost part hashes; run `glacierfs abort` and upload again")
+                raise StateError(
+                    f"upload state of {job.source} lost part hashes; abort the upload, then upload the file again",
+                    hint=self._abort_hint(upload_id),
+                )
             tree = combine(present)
             self._check_unchanged(job, state, stats, tree)
             state.tree_hash, state.status = tree, "completing"
@@ -662,8 +665,9 @@ class UploadEngine:
             # the parts it really holds against the file and send what is missing, once.
             if job.rechecked:
                 raise IntegrityError(
-                    f"{exc}; the parts were checked and sent again and it still fails: run "
-                    f"`glacierfs abort` on {job.source} and upload it again"
+                    f"{exc}; the parts were checked and sent again and it still fails: abort the upload"
+                    f" of {job.source}, then upload it again",
+                    hint=self._abort_hint(upload_id),
                 ) from None
             job.rechecked = True
             log.warning("%s; checking the parts the service holds and sending the missing ones", exc)
@@ -680,10 +684,15 @@ class UploadEngine:
             raise StateError(
                 f"the upload of {job.source} was completed earlier or has expired (upload id "
                 f"{upload_id[:16]}... unknown to the service); Glacier cannot tell which until "
-                "its next inventory. Check an inventory, then `glacierfs abort` the file to forget it "
-                "before uploading it again"
+                "its next inventory: fetch one, forget the upload, then upload the file again (an "
+                "archive the inventory lists is not uploaded twice)",
+                hints=(("inventory", "-f", "-v", self.vault), self._abort_hint(upload_id)),
             ) from None
         return self._record(job.key, state, archive_id, tree)
+
+    def _abort_hint(self, upload_id: str) -> tuple[str, ...]:
+        """``glacierfs abort`` of this upload by id: it works for any key (a CLI file, sync, mount)."""
+        return ("abort", "-v", self.vault, f"--upload-id={upload_id}")
 
     # ------------------------------------------------------------------ single request (opt-in)
 
