@@ -32,7 +32,7 @@ from glacierfs import cli as cli_mod
 from glacierfs import hints
 from glacierfs.errors import EXIT_CODES, GlacierFSError
 from glacierfs.text import shown
-from tests.test_cli import REPO, Cli, write
+from tests.helpers.cli import REPO, Cli, write
 
 VENV_BIN = Path(sys.executable).parent
 COMMAND_TIMEOUT = 120.0  # one CLI command of these tests (they finish in seconds)
@@ -86,18 +86,6 @@ def one_hint(res: subprocess.CompletedProcess[str]) -> str:
     assert len(found) == 1, f"$ {res.args}\n{res.stderr}"
     assert found[0].startswith("glacierfs "), found[0]
     return found[0]
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    d = tmp_path / "work"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def cli(glacier_server, tmp_path: Path, work: Path) -> Cli:
-    return Cli(glacier_server.url, tmp_path / "cache", work)
 
 
 # --------------------------------------------------------------------------- hints

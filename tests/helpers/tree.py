@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glacierfs.treehash import tree_hash
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO
 
 # nested, non-ASCII names (NFC and NFD spellings, CJK, emoji, spaces)
 NAMES = ["été", "naïve file", "日本語", "Ünïcödé", "emoji-😀", "e\u0301cole", "plain", "a b c", "Ωmega", "данные"]
