@@ -140,6 +140,9 @@ class _PosixAnswer(FSError):
     def __init__(self, message: str | None = None) -> None:
         super().__init__(FS_ERRNOS[type(self)], message)
 
+    def __reduce__(self) -> tuple[type[_PosixAnswer], tuple[str | None]]:
+        return type(self), (self.strerror,)  # copy/pickle: OSError's default would pass (errno, text)
+
 
 class NoEntry(_PosixAnswer):
     """No such file or directory."""

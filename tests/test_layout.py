@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import pickle
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,8 @@ def test_every_posix_answer_has_its_one_errno() -> None:
         exc = cls("why")
         assert (exc.errno, exc.strerror, errors.errno_for(exc)) == (errors.FS_ERRNOS[cls], "why", exc.errno)
         assert cls().strerror  # without a message, the errno's own text
+        again = pickle.loads(pickle.dumps(exc))
+        assert (type(again), again.errno, again.strerror) == (cls, exc.errno, "why")
 
 
 def test_the_mount_core_names_its_errnos_instead_of_building_them() -> None:
