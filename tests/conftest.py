@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.helpers.cli import Cli
-from tests.helpers.mounts import VAULT, Mount, MountSet, skip_without_fuse
 from tests.helpers.vectors import VECTORS
+
+if TYPE_CHECKING:
+    from tests.helpers.mounts import Mount
 
 
 @pytest.fixture(scope="session")
@@ -117,6 +119,9 @@ def mount_factory(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     The vault is created on the server first. All mounts are closed at teardown (stopped, else
     killed, and detached), even when the test failed.
     """
+    # imported here: glacierfs.mount is loaded only by tests that mount
+    from tests.helpers.mounts import VAULT, Mount, MountSet, skip_without_fuse
+
     skip_without_fuse()
     mounts = MountSet()
 
