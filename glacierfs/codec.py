@@ -1,7 +1,7 @@
 """Archive description <-> path and mtime: write one format, read every dialect, make names safe.
 
 Glacier archives have no names, only a description of at most 1,024 printable ASCII characters
-(see ../shared/reference/description-formats.md). This module is the one place that knows how
+(README "Choices worth knowing", Names, lists the dialects read). This module is the one place that knows how
 tools encode file names into descriptions.
 
 Writing (:func:`encode_description`) uses mt-aws-glacier's ``mt2`` format::

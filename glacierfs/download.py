@@ -46,7 +46,7 @@ from glacierfs.errors import (
     StateError,
     UsageError,
 )
-from glacierfs.fsutil import fsync_dir, remove_stale_temps, write_json_atomic
+from glacierfs.fsutil import fsync_dir_best_effort, remove_stale_temps, write_json_atomic
 from glacierfs.progress import NULL_PROGRESS, Progress
 from glacierfs.treehash import MiB, TreeHasher, combine, tree_hash_file
 
@@ -311,7 +311,7 @@ class Downloader:
                 os.replace(part, out)
             except OSError as exc:  # local disk trouble (full, read-only, removed directory)
                 raise StateError(f"writing {out}: {exc.strerror or exc}") from None
-            fsync_dir(out.parent)
+            fsync_dir_best_effort(out.parent)
             # Still under the part file's lock: the sidecar and any temporary copy of it
             # that a kill left behind are ours to remove.
             with contextlib.suppress(FileNotFoundError):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno as _errno
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +136,121 @@ EXIT_CODES: dict[int, str] = {
 }
 
 
+# --------------------------------------------------------------------------- POSIX answers of the mount core
+
+
+class FSError(OSError):
+    """A POSIX answer of the mount core: ``errno`` is what the FUSE call returns.
+
+    The core raises a named subclass (``NoEntry()``, ``NotPermitted("archives are immutable")``):
+    it says what happened, :data:`FS_ERRNOS` says which errno that is. ``FSError(number)`` is
+    left for errnos passed through from the OS (a failed fsync keeps its own errno).
+    """
+
+    def __init__(self, err: int, message: str | None = None) -> None:
+        super().__init__(err, message or os.strerror(err))
+
+
+class _PosixAnswer(FSError):
+    """An :class:`FSError` whose errno comes from :data:`FS_ERRNOS` by its class."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(FS_ERRNOS[type(self)], message)
+
+    def __reduce__(self) -> tuple[type[_PosixAnswer], tuple[str | None]]:
+        return type(self), (self.strerror,)  # copy/pickle: OSError's default would pass (errno, text)
+
+
+class NoEntry(_PosixAnswer):
+    """No such file or directory."""
+
+
+class Exists(_PosixAnswer):
+    """The name is taken."""
+
+
+class NotPermitted(_PosixAnswer):
+    """Refused by the mount's rules (archives are immutable, no links, no moves between vaults)."""
+
+
+class Busy(_PosixAnswer):
+    """In use: open for writing, being uploaded, or a vault with a live mount."""
+
+
+class TryAgain(_PosixAnswer):
+    """Not yet: the archive is not retrieved, the vault is still being opened."""
+
+
+class IOFailure(_PosixAnswer):
+    """The bytes could not be written or uploaded (unmounting, upload failed or cancelled)."""
+
+
+class InvalidArgument(_PosixAnswer):
+    """A bad value: a name with control characters, a bad xattr value, renaming into itself."""
+
+
+class NoAttribute(_PosixAnswer):
+    """No such extended attribute."""
+
+
+class NotSupported(_PosixAnswer):
+    """The operation or attribute namespace is not supported here."""
+
+
+class NotADirectory(_PosixAnswer):
+    """A path component or target is a file."""
+
+
+class IsADirectory(_PosixAnswer):
+    """A file operation on a directory."""
+
+
+class NotEmpty(_PosixAnswer):
+    """The directory (or vault) still holds entries."""
+
+
+class BadHandle(_PosixAnswer):
+    """The file handle is unknown or closed."""
+
+
+class ReadOnly(_PosixAnswer):
+    """The place is read-only (the root of an all-vaults mount)."""
+
+
+class NameTooLong(_PosixAnswer):
+    """The path does not fit in an archive description."""
+
+
+class BadName(_PosixAnswer):
+    """The name is not valid UTF-8."""
+
+
+#: Which errno each POSIX answer of the mount core is (EOPNOTSUPP is ENOTSUP on Linux).
+FS_ERRNOS: dict[type[FSError], int] = {
+    NoEntry: _errno.ENOENT,
+    Exists: _errno.EEXIST,
+    NotPermitted: _errno.EPERM,
+    Busy: _errno.EBUSY,
+    TryAgain: _errno.EAGAIN,
+    IOFailure: _errno.EIO,
+    InvalidArgument: _errno.EINVAL,
+    NoAttribute: _errno.ENODATA,
+    NotSupported: _errno.EOPNOTSUPP,
+    NotADirectory: _errno.ENOTDIR,
+    IsADirectory: _errno.EISDIR,
+    NotEmpty: _errno.ENOTEMPTY,
+    BadHandle: _errno.EBADF,
+    ReadOnly: _errno.EROFS,
+    NameTooLong: _errno.ENAMETOOLONG,
+    BadName: _errno.EILSEQ,
+}
+
+
 def errno_for(exc: BaseException) -> int:
     """The errno a filesystem call returns for ``exc``: THE errno table.
 
-    A :class:`GlacierFSError` gives its class's ``errno``; an ``OSError`` (the core's FSError
-    included) keeps its own; anything else is unexpected and EIO.
+    A :class:`GlacierFSError` gives its class's ``errno``; an ``OSError`` keeps its own (a
+    :class:`FSError` got its own from :data:`FS_ERRNOS`); anything else is unexpected and EIO.
     """
     if isinstance(exc, GlacierFSError):
         return exc.errno

@@ -1,7 +1,11 @@
-"""Durable local files: directory fsync, atomic private JSON writes, regular-file checks. One owner.
+"""Durable local files: directory fsync, unique temporary names, atomic private JSON writes,
+regular-file checks. One owner (the mount core and the CLI both use these).
 
-* :func:`fsync_dir`: make a rename/unlink in a directory durable (best effort: some
-  filesystems refuse a directory fsync);
+* :func:`fsync_dir`: make a rename/unlink in a directory durable; errors propagate (a commit of
+  the mount core that cannot be made durable must say so);
+* :func:`fsync_dir_best_effort`: the same, errors ignored (some filesystems refuse a directory
+  fsync; a finished download or a JSON state file is still right without it);
+* :func:`unique_tmp`: a temporary name next to a file that no other thread or process uses;
 * :func:`write_json_atomic`: write JSON to a unique 0600 temporary file in the same directory
   (several threads or processes may write the same file), fsync, rename over the target, fsync
   the directory, so a crash leaves the old or the new file, never a torn one;
@@ -20,6 +24,7 @@ import logging
 import os
 import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +40,33 @@ _KINDS = (
 )
 
 
+_counter = iter(range(1 << 62))
+_counter_lock = threading.Lock()
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename or unlink in ``path`` durable (needed to survive a crash or reboot).
+
+    Errors propagate: a commit that cannot be made durable must say so.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir_best_effort(path: str | os.PathLike[str]) -> None:
     """fsync a directory (a rename or create in it survives a crash); errors are ignored."""
     with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(path)
+
+
+def unique_tmp(final: Path) -> Path:
+    """A temporary name next to ``final`` that no other thread or process uses at the same time."""
+    with _counter_lock:
+        n = next(_counter)
+    return final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.{n}.tmp")
 
 
 _TEMP_SUFFIX = ".tmp"
@@ -73,7 +97,7 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any, *, mode: int = 0o
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(target.parent)
+    fsync_dir_best_effort(target.parent)
 
 
 def remove_stale_temps(path: str | os.PathLike[str]) -> int:

@@ -109,7 +109,7 @@ class Server:
     """``glacierfs serve`` on ``data_dir`` (job delay 0, no periodic inventory)."""
 
     def __init__(self, data_dir: Path, *extra: str) -> None:
-        from tests.glacier_server import GlacierServer
+        from tests.helpers.glacier_server import GlacierServer
 
         isolate_aws()
         self._srv = GlacierServer(data_dir, *extra, start=False)

@@ -1,27 +1,27 @@
-"""Shared fixtures. Feature-specific fixtures live next to their tests."""
+"""The fixtures more than one test module uses, each defined once here (the helpers they are built
+on live in tests/helpers/). Fixtures only one module uses live next to its tests."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).resolve().parent / "data"
+from tests.helpers.cli import Cli
+from tests.helpers.vectors import VECTORS
+
+if TYPE_CHECKING:
+    from tests.helpers.mounts import Mount
 
 
 @pytest.fixture(scope="session")
 def treehash_vectors() -> list[dict]:
-    path = DATA / "treehash_vectors.json"
-    if not path.exists():
-        pytest.fail(f"tree-hash vectors missing: {path}")
-    return json.loads(path.read_text())["vectors"]
-
-
-def vector_bytes(size: int) -> bytes:
-    """The generator of tests/data/treehash_vectors.json (copied from the project's shared test data)."""
-    return bytes((i * 7 + i // 4096) % 256 for i in range(size))
+    if not VECTORS.exists():
+        pytest.fail(f"tree-hash vectors missing: {VECTORS}")
+    return json.loads(VECTORS.read_text())["vectors"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -54,7 +54,7 @@ def isolated_aws_config(tmp_path_factory: pytest.TempPathFactory):
 def glacier_server_factory(tmp_path: Path):
     """``factory(*extra_args, data_dir=None, admin=True)`` -> a started :class:`GlacierServer` (with the
     ``--admin`` hooks unless ``admin=False``); all stopped at teardown."""
-    from tests.glacier_server import GlacierServer
+    from tests.helpers.glacier_server import GlacierServer
 
     servers: list[GlacierServer] = []
 
@@ -82,7 +82,7 @@ def glacier_server(glacier_server_factory):
 @pytest.fixture(scope="module")
 def glacier_server_module(tmp_path_factory: pytest.TempPathFactory):
     """One server shared by a test module (seed 7); tests must use their own vault names."""
-    from tests.glacier_server import GlacierServer
+    from tests.helpers.glacier_server import GlacierServer
 
     server = GlacierServer(tmp_path_factory.mktemp("glacier-module") / "data", "--seed", "7", start=False)
     try:
@@ -90,3 +90,50 @@ def glacier_server_module(tmp_path_factory: pytest.TempPathFactory):
         yield server
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """The working directory the CLI runs in (relative paths are relative to it)."""
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def cli(glacier_server, tmp_path: Path, work: Path) -> Cli:
+    """The real ``glacierfs`` command against :func:`glacier_server`, run in :func:`work`."""
+    return Cli(glacier_server.url, tmp_path / "cache", work)
+
+
+# --------------------------------------------------------------------------- FUSE mounts
+
+
+@pytest.fixture
+def mount_factory(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
+    """``factory(server, *extra, vault=VAULT, cache=None, name="mnt")`` -> a started :class:`Mount`.
+
+    The vault is created on the server first. All mounts are closed at teardown (stopped, else
+    killed, and detached), even when the test failed.
+    """
+    # imported here: glacierfs.mount is loaded only by tests that mount
+    from tests.helpers.mounts import VAULT, Mount, MountSet, skip_without_fuse
+
+    skip_without_fuse()
+    mounts = MountSet()
+
+    def factory(server: Any, *extra: str, vault: str | None = VAULT, cache: Path | None = None,
+                name: str = "mnt") -> Mount:
+        if vault and server is not None:
+            server.client(max_attempts=3).create_vault(vaultName=vault)
+        m = Mount(tmp_path / name, cache or tmp_path / "cache", server.url if server is not None else None, vault,
+                  *extra)
+        return mounts.add(m).start()
+
+    try:
+        yield factory
+    finally:
+        mounts.cleanup()

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from tests.tree_util import Cli, make_tree
+from tests.helpers.tree import Cli, make_tree
 
 
 def test_check_reports_exactly_changed_missing_new(glacier_server, tmp_path: Path) -> None:

@@ -16,21 +16,9 @@ from pathlib import Path
 import pytest
 
 from glacierfs.treehash import MiB, tree_hash
-from tests.test_cli import Cli, write
+from tests.helpers.cli import Cli, write
 
 POLL_LIMIT = 60.0  # seconds to wait for something a background process must do (never asserted)
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    d = tmp_path / "work"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def cli(glacier_server, tmp_path: Path, work: Path) -> Cli:
-    return Cli(glacier_server.url, tmp_path / "cache", work)
 
 
 def upload_raw(server, vault: str, data: bytes, description: str) -> str:

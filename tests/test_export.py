@@ -1,6 +1,6 @@
 """``glacierfs export`` (issue 12) against our real ``glacierfs serve`` and moto's S3 server.
 
-S3 is moto in server mode behind :class:`tests.s3_server.ChecksumGate`, which checks every
+S3 is moto in server mode behind :class:`tests.helpers.s3_server.ChecksumGate`, which checks every
 ``x-amz-checksum-sha256`` like AWS S3 does (moto does not) and can corrupt chosen part bodies.
 All S3 traffic of the command goes through boto3's ``s3`` client with ``--s3-endpoint-url``;
 results are checked with boto3: keys, bytes, checksums, metadata, storage class.
@@ -47,8 +47,8 @@ from glacierfs.export.plan import (
 )
 from glacierfs.export.run import EXPIRY_MARGIN, OUTPUT_LIFETIME, output_expiring, parse_iso
 from glacierfs.treehash import MiB, tree_hash
-from tests.s3_server import S3Server
-from tests.test_cli import Cli
+from tests.helpers.cli import Cli
+from tests.helpers.s3_server import S3Server
 
 LARGE_SIZE = int(os.environ.get("GLACIERFS_EXPORT_LARGE", 40 * MiB + 12_345))
 RSS_SIZE = int(os.environ.get("GLACIERFS_EXPORT_RSS_SIZE", 192 * MiB + 777))
@@ -544,7 +544,7 @@ def test_peak_rss_stays_bounded_while_exporting_a_large_archive(
 def test_delete_source_select_and_the_hourly_budget(
     glacier_server: Any, s3_server: S3Server, bucket: str, tmp_path: Path
 ) -> None:
-    from tests.hardening_util import server_archives
+    from tests.helpers.hardening import server_archives
 
     g = glacier_server.client(max_attempts=5)
     g.create_vault(vaultName="dv")
@@ -572,7 +572,7 @@ def test_delete_source_select_and_the_hourly_budget(
         assert first.startswith("exported  "), first
         assert len(retrieval_jobs(glacier_server, "dv")) == 2 + 1  # the two deleted ones had theirs
         # A second run to the same destination on the same cache dir is refused while this one runs.
-        from tests.hardening_util import assert_one_error
+        from tests.helpers.hardening import assert_one_error
 
         second = fresh("export", "-v", "dv", f"s3://{bucket}/b", *s3_args(s3_server), code=None)
         assert_one_error(second, codes=[7], match="another glacierfs export")
@@ -665,7 +665,7 @@ def test_expired_job_is_started_again_and_the_upload_resumes_from_its_parts(
 
 @pytest.mark.timeout(120)
 def test_bad_input_gives_one_clear_line(glacier_server: Any, s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
-    from tests.hardening_util import assert_one_error
+    from tests.helpers.hardening import assert_one_error
 
     g = glacier_server.client(max_attempts=5)
     g.create_vault(vaultName="xv")

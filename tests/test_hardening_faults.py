@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from glacierfs.treehash import MiB
-from tests.hardening_util import Cli, Result, assert_exactly_once, assert_one_error, listing, random_files
+from tests.helpers.hardening import Cli, Result, assert_exactly_once, assert_one_error, listing, random_files
 
 FAULTS = "500=0.06,throttle=0.04,408=0.03,reset=0.05,corrupt=0.25"
 UPLOAD_OPS = "InitiateMultipartUpload,UploadMultipartPart,CompleteMultipartUpload,ListParts,ListMultipartUploads"

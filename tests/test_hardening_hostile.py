@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from glacierfs.treehash import MiB, tree_hash
-from tests.hardening_util import (
+from tests.helpers.hardening import (
     Answer,
     Cli,
     LyingProxy,
@@ -162,7 +162,7 @@ def test_hostile_inventory_gives_safe_distinct_names_and_confined_downloads(glac
 
 def _check_mount_names(server, tmp_path: Path, expected: set[str], ctx: str) -> None:
     """The mount shows the same safe names (skipped with the reason when the mount cannot run)."""
-    from tests import test_mount as tm
+    from tests.helpers import mounts as tm
 
     if tm.fuse_available():
         pytest.skip(f"inventory and downloads checked; mount part skipped: {tm.fuse_available()}")
@@ -179,11 +179,7 @@ def _check_mount_names(server, tmp_path: Path, expected: set[str], ctx: str) -> 
         deep = {p for p in expected if p.count("/") > 100}  # 401 levels: fine on the CLI, too deep to walk
         assert shown - deep == expected - deep, f"{ctx}: mount shows {sorted(shown ^ expected)[:10]}\n{m.log()}"
     finally:
-        m.stop()
-        if m.proc is not None and m.proc.poll() is None:
-            m.proc.kill()
-            m.proc.wait(10)
-        tm.unmount(m.mnt)
+        m.close()
 
 
 # --------------------------------------------------------------------------- lying server
@@ -499,7 +495,7 @@ def test_lying_vault_list_names_are_left_out(glacier_server, tmp_path: Path) -> 
         assert [line.split("\t")[0] for line in res.lines] == ["real"], str(res)
         assert "invalid names" in res.stderr, str(res)
         assert [v["VaultName"] for v in json.loads(cli("vaults", "--json").stdout)] == ["real"]
-        from tests import test_mount as tm
+        from tests.helpers import mounts as tm
 
         if tm.fuse_available():
             return
@@ -508,18 +504,14 @@ def test_lying_vault_list_names_are_left_out(glacier_server, tmp_path: Path) -> 
             m.start()
             assert sorted(os.listdir(m.mnt)) == ["real"], m.log()
         finally:
-            m.stop()
-            if m.proc is not None and m.proc.poll() is None:
-                m.proc.kill()
-                m.proc.wait(10)
-            tm.unmount(m.mnt)
+            m.close()
 
 
 @pytest.mark.timeout(180)
 def test_mount_keeps_a_file_through_a_lying_server_then_uploads_it_once(glacier_server, tmp_path: Path) -> None:
     """The mount's uploads meet a service lying about part tree hashes: the file stays staged (listed,
     readable), nothing is archived; once the service is honest, sync uploads it exactly once."""
-    from tests import test_mount as tm
+    from tests.helpers import mounts as tm
 
     tm.skip_without_fuse()
     rng = random.Random(SEED)
@@ -543,11 +535,7 @@ def test_mount_keeps_a_file_through_a_lying_server_then_uploads_it_once(glacier_
             assert res.returncode == 0, res.stderr + m.log()
             log_text = m.log()
         finally:
-            m.stop()
-            if m.proc is not None and m.proc.poll() is None:
-                m.proc.kill()
-                m.proc.wait(10)
-            tm.unmount(m.mnt)
+            m.close()
     assert "tree hash" in log_text, log_text
     assert_exactly_once(glacier_server, "mv", {"kept.bin": data}, f"seed {SEED} mount")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from glacierfs.treehash import MiB
-from tests.hardening_util import Cli, assert_exactly_once, open_uploads, random_files
+from tests.helpers.hardening import Cli, assert_exactly_once, open_uploads, random_files
 
 SEED = 20261125
 SIZES = [900, MiB - 100, MiB + 200, 2 * MiB + 300, 3 * MiB - 5000]
@@ -111,9 +111,9 @@ def test_cli_sigkilled_at_random_points_of_20_uploads_then_rerun(glacier_server,
 
 
 def _mount_helpers():
-    from tests import test_mount
+    from tests.helpers import mounts
 
-    return test_mount
+    return mounts
 
 
 @pytest.mark.timeout(300)
@@ -133,11 +133,10 @@ def test_mount_sigkilled_at_random_points_of_20_uploads_then_remounted(
     files = random_files(src, rng, 20, SIZES[:4], prefix="d")
     cache = tmp_path / "cache"
     mnt = tmp_path / "mnt"
-    mounts: list = []
+    mounts = tm.MountSet()
 
     def mount() -> object:
-        m = tm.Mount(mnt, cache, glacier_server.url, "mv", "--part-size", "1M", "--concurrency", "2")
-        mounts.append(m)
+        m = mounts.add(tm.Mount(mnt, cache, glacier_server.url, "mv", "--part-size", "1M", "--concurrency", "2"))
         return m.start()
 
     def copy_all(m, rel_paths: list[str], deadline: float) -> None:
@@ -189,14 +188,7 @@ def test_mount_sigkilled_at_random_points_of_20_uploads_then_remounted(
         assert any(open_n for _, open_n in rounds), f"{ctx}: no kill landed during an upload: {rounds}"
         print(f"{ctx}: killed at {kills} s; (files copied, uploads open) at each kill: {rounds}")
     finally:
-        for mt in mounts:
-            try:
-                mt.stop()
-            finally:
-                if mt.proc is not None and mt.proc.poll() is None:
-                    mt.proc.kill()
-                    mt.proc.wait(10)
-                tm.unmount(mt.mnt)
+        mounts.cleanup()
 
 
 def _complete(path: Path, data: bytes) -> bool:

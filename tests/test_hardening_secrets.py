@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from glacierfs.treehash import MiB
-from tests.hardening_util import Cli, Result, assert_one_error, bad_modes, find_secrets, random_files
+from tests.helpers.hardening import Cli, Result, assert_one_error, bad_modes, find_secrets, random_files
 
 KEY, SECRET = "AKIDSECRETTEST", "SuperSecretKey123"
 ENV_KEY, ENV_SECRET, ENV_TOKEN = "AKIDENVKEYTEST", "EnvSecretValue456", "SessionTokenSecret789"
@@ -101,7 +101,7 @@ def test_keys_never_leak_and_state_is_private(glacier_server_factory, tmp_path: 
 @pytest.mark.timeout(180)
 def test_mount_log_and_process_keep_keys_private(glacier_server_factory, tmp_path: Path, loose_umask) -> None:
     """``glacierfs mount`` (daemon mode) with -k/-s: its log and the child's command line hold no key."""
-    from tests import test_mount as tm
+    from tests.helpers import mounts as tm
 
     tm.skip_without_fuse()
     signed = glacier_server_factory("--verify-sigv4", "--access-key", KEY, "--secret-key", SECRET)
@@ -114,7 +114,7 @@ def test_mount_log_and_process_keep_keys_private(glacier_server_factory, tmp_pat
     pid = None
     try:
         assert res.returncode == 0, str(res)
-        assert tm._mounted(mnt), str(res)
+        assert tm.mounted(mnt), str(res)
         (mnt / "f.txt").write_bytes(b"private")
         synced = subprocess.run(["sync", str(mnt / "f.txt")], capture_output=True, text=True, timeout=60, check=False)
         assert synced.returncode == 0, f"the mount could not upload with the handed-over keys: {synced.stderr}"

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from glacierfs.treehash import MiB
-from tests.hardening_util import (
+from tests.helpers.hardening import (
     Cli,
     Result,
     assert_exactly_once,
@@ -167,7 +167,7 @@ def test_damaged_catalog_never_loses_a_pending_upload(how: str, glacier_server, 
 
 def _mount_refuses_clearly(server, cache: Path, tmp_path: Path, ctx: str) -> None:
     """``glacierfs mount`` on the damaged catalog: one clear error and exit 7, nothing left mounted."""
-    from tests import test_mount as tm
+    from tests.helpers import mounts as tm
 
     if tm.fuse_available():
         return
@@ -177,7 +177,7 @@ def _mount_refuses_clearly(server, cache: Path, tmp_path: Path, ctx: str) -> Non
     try:
         res = cli("mount", "v", str(mnt), "--region", "us-east-1", code=None, timeout=90)
         assert_one_error(res, codes=(7,), match="rebuild", ctx=f"{ctx}: mount")
-        assert not tm._mounted(mnt), ctx
+        assert not tm.mounted(mnt), ctx
     finally:
         tm.unmount(mnt)
 
@@ -234,7 +234,7 @@ def test_mount_staged_file_with_a_damaged_manifest_is_not_lost(
 ) -> None:
     """A file closed in the mount but not uploaded yet lives only in staging: damaging its manifest
     must not make the next mount delete those bytes (the only copy) as if the copy had been cut off."""
-    from tests import test_mount as tm
+    from tests.helpers import mounts as tm
 
     tm.skip_without_fuse()
     rng = random.Random(SEED)
@@ -256,11 +256,7 @@ def test_mount_staged_file_with_a_damaged_manifest_is_not_lost(
         assert manifests, f"no manifest after close\n{m.log()}"
         m.kill()
     finally:
-        m.stop()
-        if m.proc is not None and m.proc.poll() is None:
-            m.proc.kill()
-            m.proc.wait(10)
-        tm.unmount(m.mnt)
+        m.close()
     failing.stop()
     glacier_server_factory("--port", port, data_dir=data_dir)
     [manifest] = manifests
@@ -272,11 +268,7 @@ def test_mount_staged_file_with_a_damaged_manifest_is_not_lost(
         listed = sorted(os.listdir(m2.mnt))
         log_text = m2.log()
     finally:
-        m2.stop()
-        if m2.proc is not None and m2.proc.poll() is None:
-            m2.proc.kill()
-            m2.proc.wait(10)
-        tm.unmount(m2.mnt)
+        m2.close()
     assert "Traceback" not in log_text, log_text
     assert listed == ["after.txt"], f"{listed}\n{log_text}"
     kept = [p for p in cache.rglob("*") if p.is_file() and p.read_bytes() == data]
@@ -291,7 +283,7 @@ def test_mount_staged_file_with_a_damaged_manifest_is_not_lost(
 def test_mount_never_serves_damaged_cached_bytes_silently(how: str, glacier_server, tmp_path: Path) -> None:
     """The mount's cache of archive bytes (data/<archive id>) is damaged between two mounts: reading
     the file must give the archive's bytes or an error, never the damaged bytes as if they were it."""
-    from tests import test_mount as tm
+    from tests.helpers import mounts as tm
 
     tm.skip_without_fuse()
     rng = random.Random(SEED)
@@ -305,11 +297,7 @@ def test_mount_never_serves_damaged_cached_bytes_silently(how: str, glacier_serv
         res = subprocess.run(["sync", str(m.mnt / "f.bin")], capture_output=True, text=True, timeout=60, check=False)
         assert res.returncode == 0, res.stderr + m.log()
     finally:
-        m.stop()
-        if m.proc is not None and m.proc.poll() is None:
-            m.proc.kill()
-            m.proc.wait(10)
-        tm.unmount(m.mnt)
+        m.close()
     [cached] = [p for p in cache.rglob("data/*") if p.is_file()]
     assert cached.read_bytes() == data
     if how == "truncate":
@@ -326,11 +314,7 @@ def test_mount_never_serves_damaged_cached_bytes_silently(how: str, glacier_serv
         except OSError as exc:
             got = exc
     finally:
-        m2.stop()
-        if m2.proc is not None and m2.proc.poll() is None:
-            m2.proc.kill()
-            m2.proc.wait(10)
-        tm.unmount(m2.mnt)
+        m2.close()
     assert isinstance(got, OSError) or got == data, (
         f"seed {SEED}: the mount served {len(got)} damaged bytes ({how}) as the archive\n{m2.log()}"
     )

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from glacierfs.treehash import tree_hash
-from tests.hardening_util import Cli, Result, assert_one_error
+from tests.helpers.hardening import Cli, Result, assert_one_error
 
 BOUND = 30.0  # seconds any one hostile case may take
 DATA = bytes(range(256)) * 2  # the one archive's bytes (512)
@@ -468,7 +468,7 @@ def test_all_vaults_mount_ls_ends_on_an_endless_marker(tmp_path: Path) -> None:
     returns (an error), promptly; the mount stays alive."""
     import subprocess
 
-    from tests import test_mount as tm
+    from tests.helpers import mounts as tm
 
     tm.skip_without_fuse()
     with Hostile({"ListVaults": _counter_marker}) as server:
@@ -482,8 +482,4 @@ def test_all_vaults_mount_ls_ends_on_an_endless_marker(tmp_path: Path) -> None:
             assert server.calls.get("ListVaults", 0) < 100, server.calls
             assert m.proc is not None and m.proc.poll() is None, m.log()
         finally:
-            m.stop()
-            if m.proc is not None and m.proc.poll() is None:
-                m.proc.kill()
-                m.proc.wait(10)
-            tm.unmount(m.mnt)
+            m.close()

@@ -754,7 +754,7 @@ def test_setfattr_retrieve_and_cli_download_at_once_start_one_job(glacier_server
     import subprocess
     import sys
 
-    from tests import test_mount as tm
+    from tests.helpers import mounts as tm
 
     tm.skip_without_fuse()
     server = glacier_server_factory("--job-delay", "1")
@@ -795,11 +795,7 @@ def test_setfattr_retrieve_and_cli_download_at_once_start_one_job(glacier_server
             jobs = _server_retrieval_jobs(server, vault, aid)
             assert len(jobs) == 1, f"{name}: {len(jobs)} retrieval jobs for one archive\n{m.log()}"
     finally:
-        m.stop()
-        if m.proc is not None and m.proc.poll() is None:
-            m.proc.kill()
-            m.proc.wait(10)
-        tm.unmount(m.mnt)
+        m.close()
 
 
 # --------------------------------------------------------------------------- bounded bodies and waits

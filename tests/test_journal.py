@@ -7,7 +7,7 @@ from pathlib import Path
 
 from glacierfs.codec import encode_description
 from glacierfs.treehash import tree_hash
-from tests.tree_util import Cli
+from tests.helpers.tree import Cli
 
 GHOST = "g" * 138  # in the journal only: deleted elsewhere since; the next inventory drops it
 TREE0 = "0" * 64
@@ -96,10 +96,10 @@ def test_journal_archives_are_visible_at_once_and_reconciled_by_the_next_invento
 
 
 def test_journal_files_are_visible_in_a_running_mount_before_any_inventory(glacier_server, tmp_path: Path) -> None:
-    from tests import test_mount
+    from tests.helpers import mounts as tm
 
-    test_mount.skip_without_fuse()
-    vault = test_mount.VAULT
+    tm.skip_without_fuse()
+    vault = tm.VAULT
     glacier_server.client().create_vault(vaultName=vault)
     data = {"été/plage.jpg": (b"sand" * 10, 1_560_000_000), "docs/a b.txt": (b"words", 1_500_000_000)}
     ids = {name: upload(glacier_server, vault, name, body, mtime) for name, (body, mtime) in data.items()}
@@ -108,7 +108,7 @@ def test_journal_files_are_visible_in_a_running_mount_before_any_inventory(glaci
         f"B\t{mtime + 5}\tCREATED\t{ids[name]}\t{len(body)}\t{mtime}\t{tree_hash(body)}\t{name}\n"
         for name, (body, mtime) in data.items()
     ), encoding="utf-8")
-    m = test_mount.Mount(tmp_path / "mnt", tmp_path / "cache", glacier_server.url, vault)
+    m = tm.Mount(tmp_path / "mnt", tmp_path / "cache", glacier_server.url, vault)
     try:
         m.start()
         assert os.listdir(m.mnt) == []
@@ -117,13 +117,7 @@ def test_journal_files_are_visible_in_a_running_mount_before_any_inventory(glaci
         for name, (body, mtime) in data.items():
             st = (m.mnt / name).stat()
             assert (st.st_size, int(st.st_mtime)) == (len(body), mtime), m.log()
-            assert test_mount.getfattr(m.mnt / name, "user.glacier.archive_id") == ids[name]
+            assert tm.getfattr(m.mnt / name, "user.glacier.archive_id") == ids[name]
         assert sorted(os.listdir(m.mnt)) == ["docs", "été"], m.log()
     finally:
-        try:
-            m.stop()
-        finally:
-            if m.proc is not None and m.proc.poll() is None:
-                m.proc.kill()
-                m.proc.wait(10)
-            test_mount.unmount(m.mnt)
+        m.close()

@@ -32,72 +32,12 @@ from glacierfs import cli as cli_mod
 from glacierfs import hints
 from glacierfs.errors import EXIT_CODES, GlacierFSError
 from glacierfs.text import shown
-from tests.test_cli import REPO, Cli, write
+from tests.helpers.cli import REPO, Cli, write
+from tests.helpers.shell import COMMAND_TIMEOUT, Shell, hints_in, one_hint
 
 VENV_BIN = Path(sys.executable).parent
-COMMAND_TIMEOUT = 120.0  # one CLI command of these tests (they finish in seconds)
 FIFO_TIMEOUT = 30.0  # a refused FIFO must answer well within this
 CLIENT_COMMANDS = ("treehash", "upload", "abort", "inventory", "delete", "download", "vaults", "status")
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-class Shell:
-    """Runs command lines through ``bash -c`` in one directory and environment (a user's shell)."""
-
-    def __init__(self, cwd: Path, server=None) -> None:
-        self.cwd = cwd
-        self.server = server
-        env = Cli.env()
-        env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-        self.env = env
-
-    def run(self, line: str, complete_jobs: bool = False) -> subprocess.CompletedProcess[str]:
-        """Run ``line``; with ``complete_jobs``, complete the server's jobs while it runs (it waits on them)."""
-        proc = subprocess.Popen(
-            ["bash", "-c", line], cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        try:
-            if complete_jobs:
-                deadline = time.monotonic() + COMMAND_TIMEOUT
-                while proc.poll() is None and time.monotonic() < deadline:
-                    self.server.complete_jobs()
-                    try:
-                        proc.wait(timeout=0.2)
-                    except subprocess.TimeoutExpired:
-                        pass
-            out, err = proc.communicate(timeout=COMMAND_TIMEOUT)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-        assert "Traceback" not in err, f"$ {line}\n{err}"
-        return subprocess.CompletedProcess(line, proc.returncode, out, err)
-
-
-def hints_in(stderr: str) -> list[str]:
-    """The commands the CLI told the user to run: whatever follows ``run: `` up to the end of its line."""
-    return [line.split("run: ", 1)[1] for line in stderr.splitlines() if "run: " in line]
-
-
-def one_hint(res: subprocess.CompletedProcess[str]) -> str:
-    found = hints_in(res.stderr)
-    assert len(found) == 1, f"$ {res.args}\n{res.stderr}"
-    assert found[0].startswith("glacierfs "), found[0]
-    return found[0]
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    d = tmp_path / "work"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def cli(glacier_server, tmp_path: Path, work: Path) -> Cli:
-    return Cli(glacier_server.url, tmp_path / "cache", work)
 
 
 # --------------------------------------------------------------------------- hints

@@ -23,7 +23,7 @@ from glacierfs.catalog import Catalog
 from glacierfs.codec import encode_description
 from glacierfs.treehash import MiB, tree_hash
 from glacierfs.upload.state import Identity, UploadState
-from tests.test_messages import Shell, hints_in
+from tests.helpers.shell import Shell, hints_in
 
 MTIME = 1_600_000_000
 
@@ -156,7 +156,7 @@ def test_an_upload_completed_earlier_is_told_how_to_check_and_never_sent_twice(e
 def test_a_part_the_service_keeps_dropping_names_the_abort_that_works(env) -> None:
     """A proxy answers part 0 with success but never stores it: Complete is refused, the part is sent
     again once, then one error naming the abort (with the proxy's --endpoint-url); it works."""
-    from tests.hardening_util import LyingProxy
+    from tests.helpers.hardening import LyingProxy
 
     sh, _, vault, server = env
     _, data = _file(sh, "f.bin", 2 * MiB + 3)

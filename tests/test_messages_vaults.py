@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_messages import Shell, one_hint
+from tests.helpers.shell import Shell, one_hint
 
 VAULT = "no-such-vault"
 #: every command that takes one vault (-v), with the arguments it needs to reach the vault
@@ -83,7 +83,7 @@ def test_an_existing_vault_without_a_catalog_still_gets_one(glacier_server_modul
 
 def test_a_policy_denying_describe_vault_alone_does_not_stop_an_upload(glacier_server_module, tmp_path: Path) -> None:
     """An upload-only IAM user may not describe vaults: the check before the first catalog steps aside."""
-    from tests.hardening_util import LyingProxy
+    from tests.helpers.hardening import LyingProxy
 
     def deny(op: str, headers: dict[str, str]) -> tuple[int, dict[str, str]] | None:
         if op != "VaultGET":  # DescribeVault, as the proxy names it

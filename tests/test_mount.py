@@ -1,15 +1,13 @@
 """FUSE mount tests: real mounts against a real `glacierfs serve`, driven by real cp, ls, rm, sync, cat, getfattr, setfattr.
 
-Helpers and fixtures here are shared with test_mount_slow.py. Every fixture unmounts (lazily if needed)
-and kills the mount process at teardown, even when the test failed.
+The helpers are in tests/helpers/mounts.py and the ``mount_factory`` fixture in tests/conftest.py: it
+unmounts (lazily if needed) and kills the mount process at teardown, even when the test failed.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,178 +18,18 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-READY_TIMEOUT = 30.0
-
-
-def fuse_available() -> str | None:
-    """None when FUSE mounts can run here, else the reason to skip."""
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is missing"
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 is not installed"
-    return None
-
-
-def skip_without_fuse() -> None:
-    reason = fuse_available()
-    if reason:
-        pytest.skip(reason)
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
-def glacierfs(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in a subprocess."""
-    res = subprocess.run(
-        [sys.executable, "-m", "glacierfs", *args], capture_output=True, text=True, timeout=timeout, env=env(), cwd=REPO
-    )
-    if check and res.returncode != 0:
-        raise AssertionError(f"glacierfs {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
-    return res
-
-
-def unmount(mnt: Path) -> None:
-    """Unmount, lazily if busy; never raises."""
-    for cmd in (["fusermount3", "-u", str(mnt)], ["fusermount3", "-u", "-z", str(mnt)]):
-        if not _mounted(mnt):
-            return
-        subprocess.run(cmd, capture_output=True, timeout=30, check=False)
-        for _ in range(50):
-            if not _mounted(mnt):
-                return
-            time.sleep(0.1)
-
-
-def _mounted(mnt: Path) -> bool:
-    target = str(mnt)
-    try:
-        with open("/proc/mounts") as f:
-            return any(line.split()[1] == target for line in f if len(line.split()) > 1)
-    except OSError:
-        return False
-
-
-class Mount:
-    """``glacierfs mount --foreground`` in a subprocess owned by the test."""
-
-    def __init__(self, mnt: Path, cache_dir: Path, endpoint: str | None, vault: str | None, *extra: str) -> None:
-        self.mnt = mnt
-        self.cache_dir = cache_dir
-        self.endpoint = endpoint
-        self.vault = vault
-        self.extra = list(extra)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = mnt.parent / f"{mnt.name}.mount.log"
-
-    def start(self) -> Mount:
-        self.mnt.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-m", "glacierfs", "mount", "--foreground", "--cache-dir", str(self.cache_dir)]
-        if self.endpoint:
-            args += ["--endpoint-url", self.endpoint, "--region", "us-east-1"]
-        args += self.extra
-        if self.vault:
-            args.append(self.vault)
-        args.append(str(self.mnt))
-        logf = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env(), cwd=REPO)
-        logf.close()
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not _mounted(self.mnt):
-            if self.proc.poll() is not None:
-                raise AssertionError(f"mount exited with {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"mount not ready:\n{self.log()}")
-            time.sleep(0.05)
-        return self
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-6000:]
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        """SIGKILL the mount process (the mount point stays, dead, until unmounted)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
-        unmount(self.mnt)
-
-    def stop(self) -> None:
-        """Unmount cleanly, then make sure the process is gone."""
-        unmount(self.mnt)
-        if self.proc is not None:
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
-def server_inventory(server: Any, vault: str) -> list[dict]:
-    """The vault's archives as the server's next inventory lists them."""
-    server.snapshot(vault)
-    c = server.client(max_attempts=3)
-    job = c.initiate_job(vaultName=vault, jobParameters={"Type": "inventory-retrieval", "Format": "JSON"})
-    for _ in range(100):
-        desc = c.describe_job(vaultName=vault, jobId=job["jobId"])
-        if desc["Completed"]:
-            break
-        server.complete_jobs(job["jobId"])
-        time.sleep(0.1)
-    out = c.get_job_output(vaultName=vault, jobId=job["jobId"])
-    return json.loads(out["body"].read())["ArchiveList"]
-
-
-def open_uploads(server: Any, vault: str) -> list[dict]:
-    return server.client(max_attempts=3).list_multipart_uploads(vaultName=vault)["UploadsList"]
-
-
-def run(*cmd: str, timeout: float = 120, check: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=check, cwd=cwd)
-
-
-def getfattr(path: Path, name: str) -> str | None:
-    res = run("getfattr", "--only-values", "-n", name, str(path))
-    return res.stdout if res.returncode == 0 else None
-
-
-# --------------------------------------------------------------------------- fixtures
-
-VAULT = "mnt-vault"
-
-
-@pytest.fixture
-def mount_factory(tmp_path: Path):
-    """``factory(server, *extra, vault=VAULT, cache=None, name="mnt")`` -> a started :class:`Mount`.
-
-    The vault is created on the server first. All mounts are stopped at teardown.
-    """
-    skip_without_fuse()
-    mounts: list[Mount] = []
-
-    def factory(server: Any, *extra: str, vault: str | None = VAULT, cache: Path | None = None,
-                name: str = "mnt") -> Mount:
-        if vault and server is not None:
-            server.client(max_attempts=3).create_vault(vaultName=vault)
-        m = Mount(tmp_path / name, cache or tmp_path / "cache", server.url if server is not None else None, vault,
-                  *extra)
-        mounts.append(m)
-        return m.start()
-
-    yield factory
-    for m in mounts:
-        try:
-            m.stop()
-        finally:
-            if m.proc is not None and m.proc.poll() is None:
-                m.proc.kill()
-                m.proc.wait(10)
-            unmount(m.mnt)
+from tests.helpers.mounts import (
+    VAULT,
+    env,
+    getfattr,
+    glacierfs,
+    mounted,
+    open_uploads,
+    run,
+    server_inventory,
+    skip_without_fuse,
+    unmount,
+)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -355,7 +193,7 @@ def test_daemon_mode_local_and_umount(tmp_path):
     pid = None
     try:
         res = glacierfs("mount", *common, "localvault", str(mnt), timeout=60)
-        assert _mounted(mnt), res.stderr
+        assert mounted(mnt), res.stderr
         found = re.search(r"pid (\d+)", res.stderr)
         assert found, res.stderr
         pid = int(found.group(1))
@@ -370,7 +208,7 @@ def test_daemon_mode_local_and_umount(tmp_path):
         again = glacierfs("mount", *common, "localvault", str(mnt), check=False)
         assert again.returncode != 0 and "already" in again.stderr
         glacierfs("umount", str(mnt))
-        assert not _mounted(mnt)
+        assert not mounted(mnt)
     finally:
         unmount(mnt)
         if pid is None:  # the daemon's pid is also in its vault's mount.lock
@@ -551,6 +389,6 @@ def test_daemon_mount_failure_is_one_line(glacier_server, tmp_path):
         assert res.returncode != 0
         assert res.stderr.startswith("glacierfs: error: mount failed:"), res.stderr
         assert "missing-vault" in res.stderr and len(res.stderr.strip().splitlines()) == 1
-        assert not _mounted(mnt)
+        assert not mounted(mnt)
     finally:
         unmount(mnt)

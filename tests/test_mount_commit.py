@@ -19,8 +19,8 @@ import pytest
 
 from glacierfs.codec import decode_description
 from glacierfs.treehash import MiB, tree_hash_file
-from tests import test_mount as tm
-from tests.hardening_util import server_archives, uploads_holding_parts
+from tests.helpers import mounts as tm
+from tests.helpers.hardening import server_archives, uploads_holding_parts
 
 VAULT = "commit"
 # issue 8 asks for 50 trials; each costs a mount start, a copy and a kill (about 3 s on two
@@ -49,7 +49,7 @@ def test_mv_then_sigkill_never_loses_a_file(glacier_server, tmp_path: Path) -> N
     src.mkdir()
     expected: dict[str, str] = {}  # archive path -> tree hash, for every mv that returned 0
     failed_mv: list[str] = []
-    mounts: list[tm.Mount] = []
+    mounts = tm.MountSet()
     try:
         for i in range(KILL_TRIALS):
             delay = KILL_DELAYS_MS[i % len(KILL_DELAYS_MS)] / 1000
@@ -58,8 +58,7 @@ def test_mv_then_sigkill_never_loses_a_file(glacier_server, tmp_path: Path) -> N
             source = src / name
             _write_random(source, size, rng)
             want = tree_hash_file(source)
-            m = tm.Mount(mnt, cache, glacier_server.url, VAULT)
-            mounts.append(m)
+            m = mounts.add(tm.Mount(mnt, cache, glacier_server.url, VAULT))
             m.start()
             res = subprocess.run(["mv", str(source), str(mnt / name)], capture_output=True, text=True,
                                  timeout=120, check=False)
@@ -72,8 +71,7 @@ def test_mv_then_sigkill_never_loses_a_file(glacier_server, tmp_path: Path) -> N
             else:
                 failed_mv.append(name)
                 assert source.exists(), f"trial {i}: mv failed ({res.stderr.strip()}) and the source is gone"
-        m = tm.Mount(mnt, cache, glacier_server.url, VAULT)
-        mounts.append(m)
+        m = mounts.add(tm.Mount(mnt, cache, glacier_server.url, VAULT))
         m.start()
         listed = sorted(os.listdir(mnt))
         assert listed == sorted(expected), f"seed {SEED}: after the kills the mount lists {listed}\n{m.log()}"
@@ -84,12 +82,7 @@ def test_mv_then_sigkill_never_loses_a_file(glacier_server, tmp_path: Path) -> N
             assert tm.getfattr(mnt / n, "user.glacier.treehash") == want, n
         log_text = m.log()
     finally:
-        for mt in mounts:
-            mt.stop()
-            if mt.proc is not None and mt.proc.poll() is None:
-                mt.proc.kill()
-                mt.proc.wait(10)
-            tm.unmount(mt.mnt)
+        mounts.cleanup()
     archives = server_archives(glacier_server, VAULT)
     got = sorted((decode_description(a["ArchiveDescription"]).path or "", a["SHA256TreeHash"]) for a in archives)
     assert got == sorted(expected.items()), f"seed {SEED}: archives differ from the files whose mv returned 0"
@@ -152,11 +145,9 @@ def test_no_room_for_the_commit_record_fails_close_and_keeps_the_source(glacier_
         assert subprocess.run(["sync", str(mnt / "small.bin")], timeout=60, check=False).returncode == 0, m2.log()
         log_text = m2.log()
     finally:
-        m2.stop()
-        if m2.proc is not None and m2.proc.poll() is None:
-            m2.proc.kill()
-            m2.proc.wait(10)
-        tm.unmount(mnt)
-        _umount_tmpfs(staging)
+        try:
+            m2.close()
+        finally:
+            _umount_tmpfs(staging)
     assert "Traceback" not in log_text, log_text
     assert "No space left on device" in log_text

@@ -8,14 +8,14 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests import test_mount as tm
-from tests.hardening_util import LyingProxy
-from tests.test_mount import mount_factory  # noqa: F401 - the fixture
+from tests.helpers import mounts as tm
+from tests.helpers.hardening import LyingProxy
 
 VAULT = "core"
 RETRIEVED = 5  # archives retrieved, then evicted by a tiny cache
@@ -24,7 +24,7 @@ REMOUNTS = 3
 
 def _cli(server_url: str, cache: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [tm.sys.executable, "-m", "glacierfs", *args, "--endpoint-url", server_url, "--region", "us-east-1",
+        [sys.executable, "-m", "glacierfs", *args, "--endpoint-url", server_url, "--region", "us-east-1",
          "--cache-dir", str(cache)],
         capture_output=True, text=True, timeout=120, env=tm.env(), cwd=cwd, check=False,
     )
@@ -35,14 +35,6 @@ def _wait(cond, what: str, m: tm.Mount, timeout: float = 60) -> None:
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}\n{m.log()}"
         time.sleep(0.05)
-
-
-def _stop(m: tm.Mount) -> None:
-    m.stop()
-    if m.proc is not None and m.proc.poll() is None:
-        m.proc.kill()
-        m.proc.wait(10)
-    tm.unmount(m.mnt)
 
 
 @pytest.mark.timeout(300)
@@ -80,7 +72,7 @@ def test_evicted_retrievals_are_not_downloaded_again_at_remount(glacier_server, 
             base = downloads()
             assert base >= RETRIEVED
         finally:
-            _stop(m)
+            m.close()
         for r in range(REMOUNTS):
             m = mount()
             try:
@@ -91,7 +83,7 @@ def test_evicted_retrievals_are_not_downloaded_again_at_remount(glacier_server, 
                 assert res.returncode == 0, res.stderr
                 _wait(lambda a=again: tm.getfattr(a, "user.glacier.state") == "cached", "cached", m)
             finally:
-                _stop(m)
+                m.close()
             base += 1
             assert downloads() == base, f"remount {r}: {downloads() - base} evicted archive(s) downloaded again"
         assert retrieval_jobs() == RETRIEVED, "a live retrieval job was started again"
@@ -99,7 +91,7 @@ def test_evicted_retrievals_are_not_downloaded_again_at_remount(glacier_server, 
 
 @pytest.mark.timeout(180)
 def test_read_only_mount_keeps_retrieval_and_refuses_writes(
-    glacier_server, mount_factory, tmp_path: Path  # noqa: F811 - the fixture imported above
+    glacier_server, mount_factory, tmp_path: Path
 ) -> None:
     glacier_server.client().create_vault(vaultName=tm.VAULT)
     src = tmp_path / "src"
@@ -121,7 +113,7 @@ def test_read_only_mount_keeps_retrieval_and_refuses_writes(
 
 
 @pytest.mark.timeout(180)
-def test_latin1_names_fail_one_by_one(glacier_server, mount_factory, tmp_path: Path) -> None:  # noqa: F811
+def test_latin1_names_fail_one_by_one(glacier_server, mount_factory, tmp_path: Path) -> None:
     src = tmp_path / "old"
     src.mkdir()
     bad_file = os.fsdecode(b"caf\xe9.txt")
@@ -151,7 +143,7 @@ def test_latin1_names_fail_one_by_one(glacier_server, mount_factory, tmp_path: P
 
 @pytest.mark.timeout(180)
 def test_cli_delete_disappears_from_a_running_mount(
-    glacier_server, mount_factory, tmp_path: Path  # noqa: F811 - the fixture imported above
+    glacier_server, mount_factory, tmp_path: Path
 ) -> None:
     m = mount_factory(glacier_server)
     (m.mnt / "keep.txt").write_bytes(b"keep")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from glacierfs.codec import encode_description
-from tests.tree_util import Cli, kill_after_lines, make_tree, read_tree
+from tests.helpers.tree import Cli, kill_after_lines, make_tree, read_tree
 
 RESTORE_FILES = 300
 KILL_TRIALS = 2

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from glacierfs.treehash import tree_hash
-from tests.glacier_server import REPO, GlacierServer
+from tests.helpers.glacier_server import REPO, GlacierServer
 
 AWS = REPO / ".venv" / "bin" / "aws"
 

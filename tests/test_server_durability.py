@@ -17,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from glacierfs.treehash import MiB, tree_hash
-from tests.glacier_server import REPO, error_of
+from tests.helpers.glacier_server import REPO, error_of
 
 
 def _wait_for(predicate, timeout: float = 30.0) -> None:

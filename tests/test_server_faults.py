@@ -15,7 +15,7 @@ import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
 from glacierfs.treehash import MiB, tree_hash
-from tests.glacier_server import error_of
+from tests.helpers.glacier_server import error_of
 
 
 def outcomes(server, n: int = 25) -> list[str]:

@@ -24,7 +24,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from glacierfs.treehash import MiB, tree_hash
-from tests.glacier_server import GlacierServer, error_of
+from tests.helpers.glacier_server import GlacierServer, error_of
 
 VERSION = {"x-amz-glacier-version": "2012-06-01"}
 WAIT = 30.0

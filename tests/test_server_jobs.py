@@ -10,7 +10,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from glacierfs.treehash import MiB, tree_hash
-from tests.glacier_server import error_of
+from tests.helpers.glacier_server import error_of
 
 ACCT = "012345678901"
 ARN = f"arn:aws:glacier:us-east-1:{ACCT}:vaults/"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.glacier_server import REPO
+from tests.helpers.glacier_server import REPO
 
 TRIALS = 20  # the old handler deadlocked in about 1 run in 6
 EXIT_WITHIN = 5.0

@@ -13,7 +13,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from glacierfs.treehash import MiB, tree_hash
-from tests.glacier_server import error_of
+from tests.helpers.glacier_server import error_of
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from glacierfs.server import start_server
 from glacierfs.treehash import MiB
-from tests.glacier_server import REPO
+from tests.helpers.glacier_server import REPO
 
 REQUESTS = 5
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tree_util import Cli, assert_vault_equals, content, kill_after_lines, make_tree
+from tests.helpers.tree import Cli, assert_vault_equals, content, kill_after_lines, make_tree
 
 TREE_FILES = 500
 KILL_TRIALS = 3  # each trial kills an initial sync and a replacing sync at random points

@@ -10,7 +10,7 @@ import pytest
 from botocore.utils import calculate_tree_hash
 
 from glacierfs import treehash as th
-from tests.conftest import vector_bytes
+from tests.helpers.vectors import vector_bytes
 
 MiB = th.MiB
 

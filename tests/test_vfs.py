@@ -256,7 +256,7 @@ def test_unlink_deletes_archive_and_aborts_pending(env):
 
 
 def _inventory(server: Any) -> list[dict]:
-    from tests.test_mount import server_inventory
+    from tests.helpers.mounts import server_inventory
 
     return server_inventory(server, VAULT)
 

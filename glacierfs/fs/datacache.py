@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from glacierfs.fs.fsutil import fsync_dir
+from glacierfs.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 
 import mfusepy
 
-from glacierfs.errors import GlacierFSError, errno_for
+from glacierfs.errors import GlacierFSError, InvalidArgument, NotPermitted, errno_for
 from glacierfs.fs.listing_cache import BLKSIZE, Listings, StatPacker
-from glacierfs.fs.types import DIR_MODE, FILE_MODE, Attr, FSCore, FSError
+from glacierfs.fs.types import DIR_MODE, FILE_MODE, Attr, FSCore
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +195,11 @@ class GlacierOperations(mfusepy.Operations):
     @_errors
     def readlink(self, path: str) -> str:
         self._core.getattr(path)
-        raise FSError(errno.EINVAL)
+        raise InvalidArgument()
 
     @_errors
     def mknod(self, path: str, mode: int, dev: int) -> int:
-        raise FSError(errno.EPERM)
+        raise NotPermitted()
 
     @_errors
     def chmod(self, path: str, mode: int) -> int:

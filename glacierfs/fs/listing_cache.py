@@ -19,7 +19,6 @@ second reader waits for that build instead of doing its own.
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
 import stat
 import struct
@@ -28,7 +27,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from glacierfs.fs.types import DIR_MODE, FILE_MODE, Attr, FSCore, FSError
+from glacierfs.errors import BadHandle, NotADirectory
+from glacierfs.fs.types import DIR_MODE, FILE_MODE, Attr, FSCore
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Listings:
     def opendir(self, path: str) -> int:
         if not self._core.getattr(path).is_dir:
 
-            raise FSError(errno.ENOTDIR)
+            raise NotADirectory()
         with self._lock:
             fh = self._next
             self._next += 1
@@ -127,7 +127,7 @@ class Listings:
         with self._lock:
             path, entries = self._dirs.get(fh, (None, None))
         if path is None:
-            raise FSError(errno.EBADF)
+            raise BadHandle()
         if entries is None or offset == 0:
             entries = self.build(path)
             with self._lock:

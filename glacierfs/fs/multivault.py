@@ -17,7 +17,6 @@ Lock order: ``_lock`` is a leaf here (VaultFS methods are called without it).
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import os
@@ -26,8 +25,23 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from glacierfs.errors import GlacierFSError, NotFoundError, UsageError
-from glacierfs.fs.types import Attr, FSError, statfs_answer
+from glacierfs.errors import (
+    BadHandle,
+    Busy,
+    Exists,
+    GlacierFSError,
+    InvalidArgument,
+    NoAttribute,
+    NoEntry,
+    NotEmpty,
+    NotFoundError,
+    NotPermitted,
+    NotSupported,
+    ReadOnly,
+    TryAgain,
+    UsageError,
+)
+from glacierfs.fs.types import Attr, statfs_answer
 from glacierfs.fs.vaultfs import VaultFS
 from glacierfs.names import check_vault_name
 
@@ -138,10 +152,10 @@ class MultiVaultFS:
                     opening = self._opening[vault] = threading.Event()
                     break
             if not opening.wait(OPEN_TIMEOUT):
-                raise FSError(errno.EAGAIN, f"vault {vault} is still being opened")
+                raise TryAgain(f"vault {vault} is still being opened")
         try:
             if vault not in self._vault_names() and vault not in self._vault_names(refresh=True):
-                raise FSError(errno.ENOENT)
+                raise NoEntry()
             fs = self._factory(vault)
             with self._lock:
                 self._vaults[vault] = fs
@@ -160,7 +174,7 @@ class MultiVaultFS:
     def _route(self, path: str) -> tuple[VaultFS, str]:
         vault, rest = self._split(path)
         if vault is None:
-            raise FSError(errno.EPERM)
+            raise NotPermitted()
         return self._fs(vault), rest
 
     def _wrap(self, fs: VaultFS, fh: int) -> int:
@@ -173,7 +187,7 @@ class MultiVaultFS:
         with self._lock:
             found = self._handles.get(n)
         if found is None:
-            raise FSError(errno.EBADF)
+            raise BadHandle()
         return found
 
     def _in_vault(self, path: str) -> tuple[VaultFS, str] | None:
@@ -203,13 +217,13 @@ class MultiVaultFS:
         vault, rest = self._split(path)
         if vault is not None and rest == "/":
             if self.read_only:
-                raise FSError(errno.EROFS)
+                raise ReadOnly()
             if vault in self._vault_names(refresh=True):
-                raise FSError(errno.EEXIST)
+                raise Exists()
             try:
                 check_vault_name(vault)
             except UsageError:
-                raise FSError(errno.EINVAL, "vault names use A-Z a-z 0-9 _ . - (at most 255)") from None
+                raise InvalidArgument("vault names use A-Z a-z 0-9 _ . - (at most 255)") from None
             self._ctx.glacier.create_vault(vault)
             with self._lock:
                 self._names = None
@@ -221,20 +235,20 @@ class MultiVaultFS:
     def rmdir(self, path: str) -> None:
         vault, rest = self._split(path)
         if vault is None:
-            raise FSError(errno.EBUSY)
+            raise Busy()
         if rest != "/":
             fs, rest = self._route(path)
             fs.rmdir(rest)
             return
         if self.read_only:
-            raise FSError(errno.EROFS)
+            raise ReadOnly()
         fs = self._fs(vault)
         if fs.readdir("/"):
-            raise FSError(errno.ENOTEMPTY)
+            raise NotEmpty()
         try:
             self._ctx.glacier.delete_vault(vault)
         except NotFoundError:
-            raise FSError(errno.ENOENT) from None
+            raise NoEntry() from None
         except GlacierFSError as exc:
             log.warning(
                 "rmdir %s: Glacier refused to delete the vault (%s). It deletes a vault only when the vault "
@@ -243,7 +257,7 @@ class MultiVaultFS:
                 vault,
                 exc,
             )
-            raise FSError(errno.ENOTEMPTY) from None
+            raise NotEmpty() from None
         with self._lock:
             gone = self._vaults.pop(vault, None)
             self._names = None
@@ -254,20 +268,20 @@ class MultiVaultFS:
     def rename(self, old: str, new: str) -> None:
         (fs1, r1), (fs2, r2) = self._route(old), self._route(new)
         if fs1 is not fs2 or r1 == "/" or r2 == "/":
-            raise FSError(errno.EPERM, "nothing moves between vaults")
+            raise NotPermitted("nothing moves between vaults")
         fs1.rename(r1, r2)
 
     def unlink(self, path: str) -> None:
         found = self._in_vault(path)
         if found is None:
-            raise FSError(errno.EPERM)
+            raise NotPermitted()
         found[0].unlink(found[1])
 
     def link(self, target: str, source: str) -> None:
-        raise FSError(errno.EPERM, "hard links are not supported")
+        raise NotPermitted("hard links are not supported")
 
     def symlink(self, target: str, source: str) -> None:
-        raise FSError(errno.EPERM, "symbolic links are not supported")
+        raise NotPermitted("symbolic links are not supported")
 
     def chmod(self, path: str, mode: int) -> None:
         found = self._in_vault(path)
@@ -287,13 +301,13 @@ class MultiVaultFS:
     def getxattr(self, path: str, name: str) -> bytes:
         found = self._in_vault(path)
         if found is None:
-            raise FSError(errno.ENODATA if name.startswith("user.") else errno.EOPNOTSUPP)
+            raise NoAttribute() if name.startswith("user.") else NotSupported()
         return found[0].getxattr(found[1], name)
 
     def setxattr(self, path: str, name: str, value: bytes) -> None:
         found = self._in_vault(path)
         if found is None:
-            raise FSError(errno.EPERM)
+            raise NotPermitted()
         found[0].setxattr(found[1], name, value)
 
     def listxattr(self, path: str) -> list[str]:
@@ -303,7 +317,7 @@ class MultiVaultFS:
     def removexattr(self, path: str, name: str) -> None:
         found = self._in_vault(path)
         if found is None:
-            raise FSError(errno.EPERM)
+            raise NotPermitted()
         found[0].removexattr(found[1], name)
 
     # -- files

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glacierfs.fs.fsutil import fsync_dir, unique_tmp
+from glacierfs.fsutil import fsync_dir, unique_tmp
 
 log = logging.getLogger(__name__)
 

@@ -65,7 +65,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from glacierfs.errors import CredentialsError, NotFoundError, UsageError
+from glacierfs.errors import (
+    Busy,
+    CredentialsError,
+    Exists,
+    IOFailure,
+    NoEntry,
+    NotFoundError,
+    NotPermitted,
+    UsageError,
+)
 from glacierfs.fs.datacache import DataCache
 from glacierfs.fs.stagedir import Manifest, StagingArea
 from glacierfs.fs.types import HIDDEN_PREFIX, FSError, rel, split
@@ -271,7 +280,7 @@ class WriteBack:
             if path in self._pending:  # lost a race with another create
                 os.close(fd)
                 self.area.remove(sid)
-                raise FSError(errno.EEXIST)
+                raise Exists()
             self._pending[path] = p
         log.debug("create %s -> staging %s", path, sid)
         return p, fd
@@ -282,9 +291,9 @@ class WriteBack:
         with p.io:
             with self.lock:
                 if p.cancelled:
-                    raise FSError(errno.ENOENT)
+                    raise NoEntry()
                 if p.state == "done":
-                    raise FSError(errno.EPERM, "the file became an archive")
+                    raise NotPermitted("the file became an archive")
                 if p.busy:  # rewriting a file while it uploads: the running upload is superseded
                     abort_key = p.key
                     p.generation += 1
@@ -414,9 +423,9 @@ class WriteBack:
         with p.io:
             with self.lock:
                 if p.state == "done":
-                    raise FSError(errno.EPERM, "archives are immutable")
+                    raise NotPermitted("archives are immutable")
                 if p.busy:
-                    raise FSError(errno.EBUSY)
+                    raise Busy()
                 p.mtime = time.time() if mtime is None else mtime
                 if p.final is not None:
                     p.final = (p.final[0], p.mtime)
@@ -428,7 +437,7 @@ class WriteBack:
         with p.io:
             with self.lock:
                 if p.state != "writing":
-                    raise FSError(errno.EPERM, "file already closed and queued for upload")
+                    raise NotPermitted("file already closed and queued for upload")
                 p.dirty = True
             os.truncate(p.staging, length)
 
@@ -458,11 +467,11 @@ class WriteBack:
         with p.io:
             with self.lock:
                 if p.state == "done":
-                    raise FSError(errno.EPERM, "the file became an archive")
+                    raise NotPermitted("the file became an archive")
                 if p.cancelled or self._pending.get(old) is not p:
-                    raise FSError(errno.ENOENT)
+                    raise NoEntry()
                 if new in self._pending:
-                    raise FSError(errno.EEXIST)
+                    raise Exists()
                 del self._pending[old]
                 p.path = new
                 self._pending[new] = p
@@ -495,17 +504,17 @@ class WriteBack:
         try:
             while not p.done.wait(0.5):
                 if self.stopping.is_set():
-                    raise FSError(errno.EIO, "unmounting")
+                    raise IOFailure("unmounting")
         finally:
             with self.lock:
                 p.waiters -= 1
         with self.lock:
             if p.cancelled:
-                raise FSError(errno.EIO, "upload cancelled (file removed)")
+                raise IOFailure("upload cancelled (file removed)")
             if p.state == "failed":
-                raise FSError(errno.EIO, p.error or "upload failed")
+                raise IOFailure(p.error or "upload failed")
             if p.archive_id is None:
-                raise FSError(errno.EIO, "unmounting" if self.stopping.is_set() else "no archive")
+                raise IOFailure("unmounting" if self.stopping.is_set() else "no archive")
 
     def _abort_quietly(self, key: str) -> None:
         try:

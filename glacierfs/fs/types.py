@@ -1,34 +1,29 @@
 """The mount core's vocabulary: :class:`Attr`, :class:`FSError`, path helpers and the
 :class:`FSCore` Protocol that :mod:`glacierfs.fs.fuse_adapter` depends on (and nothing more).
 
-Errnos: the core raises :class:`FSError` (an ``OSError`` whose ``errno`` is the POSIX answer
-the README's Semantics table documents) or a :class:`~glacierfs.errors.GlacierFSError`
-(whose class carries its errno); :func:`glacierfs.errors.errno_for` is the one function that
-turns either into the number FUSE returns.
+Errnos: the core raises a named POSIX answer from :mod:`glacierfs.errors` (``NoEntry``,
+``NotPermitted``, ... : :class:`~glacierfs.errors.FSError` subclasses whose errno the one table
+:data:`~glacierfs.errors.FS_ERRNOS` gives, as the README's Semantics table documents) or a
+:class:`~glacierfs.errors.GlacierFSError` (whose class carries its errno);
+:func:`glacierfs.errors.errno_for` is the one function that turns either into the number FUSE
+returns. ``FSError`` is re-exported here for the core's ``except FSError``.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import time
 from typing import Any, NamedTuple, Protocol
 
-from glacierfs.errors import UsageError
+from glacierfs.errors import BadName, InvalidArgument, NameTooLong, UsageError
+from glacierfs.errors import FSError as FSError  # re-exported: the core catches it as fs.types.FSError
 
 log = logging.getLogger(__name__)
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 HIDDEN_PREFIX = ".fuse_hidden"  # libfuse's name for files removed while open
-
-
-class FSError(OSError):
-    """A filesystem error: ``errno`` is what the FUSE call returns."""
-
-    def __init__(self, err: int, message: str | None = None) -> None:
-        super().__init__(err, message or os.strerror(err))
 
 
 class Attr(NamedTuple):
@@ -70,16 +65,16 @@ def check_name(path: str) -> None:
     if undecodable(path):
         shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         log.warning("refused %s: file names must be valid UTF-8 (Glacier descriptions are UTF-8)", shown)
-        raise FSError(errno.EILSEQ, "file names must be UTF-8")
+        raise BadName("file names must be UTF-8")
     from glacierfs.codec import encode_description, safe_relpath
 
     try:
         encode_description(rel(path), time.time())
     except UsageError:
-        raise FSError(errno.ENAMETOOLONG, "path too long for an archive description") from None
+        raise NameTooLong("path too long for an archive description") from None
     if safe_relpath(rel(path), "-") != rel(path):
         # the catalog would show it under another name (control characters are escaped)
-        raise FSError(errno.EINVAL, "file names must not contain control characters")
+        raise InvalidArgument("file names must not contain control characters")
 
 
 class FSCore(Protocol):

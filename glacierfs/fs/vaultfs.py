@@ -26,7 +26,6 @@ cache's lock are leaves.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import os
@@ -38,7 +37,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glacierfs.errors import GlacierFSError, NotFoundError
+from glacierfs.errors import (
+    BadHandle,
+    Busy,
+    Exists,
+    GlacierFSError,
+    InvalidArgument,
+    IsADirectory,
+    NoEntry,
+    NotADirectory,
+    NotEmpty,
+    NotFoundError,
+    NotPermitted,
+    NotSupported,
+    ReadOnly,
+    TryAgain,
+)
 from glacierfs.fs import xattrs
 from glacierfs.fs.datacache import DataCache
 from glacierfs.fs.retrievals import Retrievals, Runner
@@ -174,7 +188,7 @@ class VaultFS:
 
     def _check_writable(self) -> None:
         if self.read_only:
-            raise FSError(errno.EROFS)
+            raise ReadOnly()
 
     def _lookup(self, path: str) -> Any:
         """``Pending`` | catalog ``Archive`` | ``DIR`` | None."""
@@ -195,12 +209,12 @@ class VaultFS:
     def _found(self, path: str) -> Any:
         found = self._lookup(path)
         if found is None:
-            raise FSError(errno.ENOENT)
+            raise NoEntry()
         return found
 
     def _lookup_dir(self, path: str) -> None:
         if self._found(path) != DIR:
-            raise FSError(errno.ENOTDIR)
+            raise NotADirectory()
 
     @staticmethod
     def _pending_attr(p: Pending) -> Attr:
@@ -272,7 +286,7 @@ class VaultFS:
     def mkdir(self, path: str) -> None:
         self._check_writable()
         if self._lookup(path) is not None:
-            raise FSError(errno.EEXIST)
+            raise Exists()
         self._lookup_dir(split(path)[0])
         check_name(path)
         self.catalog.mkdir(rel(path))
@@ -281,11 +295,11 @@ class VaultFS:
     def rmdir(self, path: str) -> None:
         self._check_writable()
         if path == "/":
-            raise FSError(errno.EBUSY)
+            raise Busy()
         if self._found(path) != DIR:
-            raise FSError(errno.ENOTDIR)
+            raise NotADirectory()
         if self.readdir(path):
-            raise FSError(errno.ENOTEMPTY)
+            raise NotEmpty()
         self.catalog.rmdir(rel(path))
         self._bump()
 
@@ -309,7 +323,7 @@ class VaultFS:
         if isinstance(found, Pending):
             self.writeback.set_mtime(found, mtime)
             return
-        raise FSError(errno.EPERM, "archives are immutable")
+        raise NotPermitted("archives are immutable")
 
     # ------------------------------------------------------------------ files: open/create
 
@@ -323,7 +337,7 @@ class VaultFS:
         with self._lock:
             h = self._handles.get(fh)
         if h is None:
-            raise FSError(errno.EBADF)
+            raise BadHandle()
         return h
 
     def create(self, path: str, flags: int = os.O_WRONLY) -> int:
@@ -331,7 +345,7 @@ class VaultFS:
         self._check_writable()
         check_name(path)
         if self._lookup(path) is not None:
-            raise FSError(errno.EEXIST)
+            raise Exists()
         self._lookup_dir(split(path)[0])
         p, fd = self.writeback.create(path)
         return self._new_handle(Handle(fd=fd, path=path, pending=p, writer=True))
@@ -339,7 +353,7 @@ class VaultFS:
     def open(self, path: str, flags: int) -> int:
         found = self._found(path)
         if found == DIR:
-            raise FSError(errno.EISDIR)
+            raise IsADirectory()
         write = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
         if isinstance(found, Pending):
             return self._open_pending(found, flags, write)
@@ -347,7 +361,7 @@ class VaultFS:
             self._check_writable()
             log.warning("%s is an archive: archives are immutable, writing to it is refused (rm it first to "
                         "replace it)", path)
-            raise FSError(errno.EPERM)
+            raise NotPermitted()
         archive_id = found.archive_id
         if not self.cache.has(archive_id):
             self._not_cached(path, archive_id)
@@ -399,7 +413,7 @@ class VaultFS:
                 log.warning("%s: auto-retrieve failed: %s", path, exc.strerror or exc)
             except Exception as exc:
                 log.warning("%s: auto-retrieve failed: %s", path, exc)
-            raise FSError(errno.EAGAIN, "archive not retrieved")
+            raise TryAgain("archive not retrieved")
         now = time.monotonic()
         with self._lock:
             hint = now - self._hinted.get(archive_id, -1e9) > HINT_INTERVAL
@@ -414,7 +428,7 @@ class VaultFS:
                 log.warning("%s is in Glacier and not cached locally; retrieve it with: "
                             "setfattr -n user.glacier.retrieve -v Standard %s (or Expedited/Bulk), or: %s",
                             shown, shlex.quote(shown), self.hint_command(path))
-        raise FSError(errno.EAGAIN, "archive not retrieved")
+        raise TryAgain("archive not retrieved")
 
     def _open_pending(self, p: Pending, flags: int, write: bool) -> int:
         if not write:
@@ -424,7 +438,7 @@ class VaultFS:
                 # the upload finished between lookup and open: the bytes are in the cache now
                 p.done.wait(5)
                 if p.archive_id is None or not self.cache.has(p.archive_id):
-                    raise FSError(errno.ENOENT) from None
+                    raise NoEntry() from None
                 fd = os.open(self.cache.path_for(p.archive_id), os.O_RDONLY)
                 return self._new_handle(Handle(fd=fd, path=p.path, pending=None, writer=False,
                                                archive_id=p.archive_id))
@@ -441,7 +455,7 @@ class VaultFS:
     def write(self, fh: int, data: bytes, offset: int) -> int:
         h = self._handle(fh)
         if not h.writer or h.pending is None:
-            raise FSError(errno.EBADF)
+            raise BadHandle()
         h.pending.dirty = True  # a bool store; read at the commit (see WriteBack.commit)
         return os.pwrite(h.fd, data, offset)
 
@@ -454,12 +468,12 @@ class VaultFS:
                 return
         found = self._found(path)
         if found == DIR:
-            raise FSError(errno.EISDIR)
+            raise IsADirectory()
         self._check_writable()
         if isinstance(found, Pending):
             self.writeback.truncate(found, length)
             return
-        raise FSError(errno.EPERM, "archives are immutable")
+        raise NotPermitted("archives are immutable")
 
     def flush(self, fh: int) -> None:
         """close(2): the last writer's close commits the staged file (never waits for the upload)."""
@@ -508,13 +522,13 @@ class VaultFS:
         self._check_writable()
         found = self._found(path)
         if found == DIR:
-            raise FSError(errno.EISDIR)
+            raise IsADirectory()
         if isinstance(found, Pending):
             if self.writeback.cancel(found):
                 return
             found = self._found(path)  # it became an archive meanwhile: delete that
             if isinstance(found, Pending) or found == DIR:
-                raise FSError(errno.EBUSY)
+                raise Busy()
         self._delete_archive(found.archive_id)
         log.info("deleted archive %s (%s)", found.archive_id, path)
 
@@ -547,15 +561,15 @@ class VaultFS:
         if old == new:
             return
         if new.startswith(old + "/"):
-            raise FSError(errno.EINVAL)
+            raise InvalidArgument()
         self._lookup_dir(split(new)[0])
         target = self._lookup(new)
         if found == DIR:
             if target is not None:
-                raise FSError(errno.EEXIST if target != DIR else errno.ENOTEMPTY)
+                raise Exists() if target != DIR else NotEmpty()
             if self.readdir(old):
                 log.warning("rename %s: directories holding archives cannot be renamed (archives are immutable)", old)
-                raise FSError(errno.EPERM)
+                raise NotPermitted()
             check_name(new)
             self.catalog.mkdir(rel(new))
             self.catalog.rmdir(rel(old))
@@ -569,24 +583,24 @@ class VaultFS:
                 self.unlink(old)
                 return
             log.warning("rename %s: archives are immutable in Glacier (retrieve, copy, then rm)", old)
-            raise FSError(errno.EPERM)
+            raise NotPermitted()
         if hidden and found.writers == 0:
             self.writeback.cancel(found)  # rm'ed while a reader has it open: that reader keeps its descriptor
             return
         if target == DIR:
-            raise FSError(errno.EISDIR)
+            raise IsADirectory()
         if target is not None and not isinstance(target, Pending):
             log.warning("rename onto %s refused: it is an archive (rm it first)", new)
-            raise FSError(errno.EPERM)
+            raise NotPermitted()
         if not hidden:
             check_name(new)
         self.writeback.rename(found, old, new, target)
 
     def link(self, target: str, source: str) -> None:
-        raise FSError(errno.EPERM, "hard links are not supported")
+        raise NotPermitted("hard links are not supported")
 
     def symlink(self, target: str, source: str) -> None:
-        raise FSError(errno.EPERM, "symbolic links are not supported")
+        raise NotPermitted("symbolic links are not supported")
 
     # ------------------------------------------------------------------ retrievals and xattrs
 
@@ -598,9 +612,9 @@ class VaultFS:
         tier = xattrs.normalize_tier(tier)
         found = self._found(path)
         if found == DIR or isinstance(found, Pending):
-            raise FSError(errno.EINVAL, "only archives can be retrieved")
+            raise InvalidArgument("only archives can be retrieved")
         if self.retrievals is None:
-            raise FSError(errno.ENOTSUP)
+            raise NotSupported()
         archive_id = found.archive_id
         if self.cache.has(archive_id):
             return
@@ -630,11 +644,11 @@ class VaultFS:
             self.retrieve(path, tier)
             return
         self._found(path)
-        raise FSError(errno.EOPNOTSUPP)
+        raise NotSupported()
 
     def removexattr(self, path: str, name: str) -> None:
         self._found(path)
-        raise FSError(errno.EOPNOTSUPP)
+        raise NotSupported()
 
     # ------------------------------------------------------------------ status
 

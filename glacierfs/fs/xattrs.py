@@ -8,15 +8,14 @@ No threads, no state: the core passes what it found.
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from glacierfs import names
-from glacierfs.errors import UsageError
+from glacierfs.errors import InvalidArgument, NoAttribute, NotSupported, UsageError
 from glacierfs.fs.staging import Pending
-from glacierfs.fs.types import DIR, FSError
+from glacierfs.fs.types import DIR
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ def normalize_tier(tier: str) -> str:
     try:
         return names.normalize_tier(tier)
     except UsageError as exc:
-        raise FSError(errno.EINVAL, str(exc)) from None
+        raise InvalidArgument(str(exc)) from None
 
 
 def listxattr(found: Any) -> list[str]:
@@ -40,25 +39,25 @@ def listxattr(found: Any) -> list[str]:
 
 def getxattr(found: Any, name: str, state_of: Callable[[Any], str]) -> bytes:
     if found == DIR or not name.startswith(PREFIX):
-        raise FSError(errno.ENODATA)
+        raise NoAttribute()
     key = name[len(PREFIX):]
     if key == "state":
         return state_of(found).encode()
     if isinstance(found, Pending):
-        raise FSError(errno.ENODATA)
+        raise NoAttribute()
     value = {
         "treehash": found.tree_hash,
         "archive_id": found.archive_id,
         "description": getattr(found, "description", None),
     }.get(key)
     if value is None:
-        raise FSError(errno.ENODATA)
+        raise NoAttribute()
     return str(value).encode()
 
 
 def check_namespace(name: str) -> None:
     if not name.startswith("user."):
-        raise FSError(errno.EOPNOTSUPP)
+        raise NotSupported()
 
 
 def retrieve_tier(name: str, value: bytes) -> str | None:

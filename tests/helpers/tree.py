@@ -6,65 +6,24 @@ import json
 import os
 import random
 import subprocess
-import sys
 import time
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from glacierfs.treehash import tree_hash
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers.cli import Cli as CommandCli
+from tests.helpers.cli import Result
 
 # nested, non-ASCII names (NFC and NFD spellings, CJK, emoji, spaces)
 NAMES = ["été", "naïve file", "日本語", "Ünïcödé", "emoji-😀", "e\u0301cole", "plain", "a b c", "Ωmega", "данные"]
 
 
-@dataclass
-class Result:
-    args: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
+class Cli(CommandCli):
+    """The command runner of :mod:`tests.helpers.cli` with the longer default timeout whole trees need."""
 
-    @property
-    def lines(self) -> list[str]:
-        return self.stdout.splitlines()
-
-    def __str__(self) -> str:
-        return f"$ {' '.join(self.args)}\n[exit {self.returncode}]\n{self.stdout}\n--- stderr\n{self.stderr[-4000:]}"
-
-
-class Cli:
-    """``python -m glacierfs ... --endpoint-url URL --cache-dir DIR`` as a subprocess."""
-
-    def __init__(self, url: str, cache_dir: Path, cwd: Path) -> None:
-        self.url, self.cache_dir, self.cwd = url, cache_dir, cwd
-
-    def argv(self, args: Sequence[str]) -> list[str]:
-        return [sys.executable, "-m", "glacierfs", *args, "--cache-dir", str(self.cache_dir),
-                "--endpoint-url", self.url]
-
-    @staticmethod
-    def env() -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "GLACIERFS_CACHE_DIR"}
-        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        return env
-
-    def __call__(self, *args: str, code: int | None = 0, timeout: float = 300) -> Result:
-        argv = self.argv(args)
-        proc = subprocess.run(argv, cwd=self.cwd, env=self.env(), capture_output=True, text=True,
-                              timeout=timeout, check=False)
-        res = Result(list(args), proc.returncode, proc.stdout, proc.stderr)
-        if code is not None:
-            assert res.returncode == code, str(res)
-        assert "Traceback" not in res.stderr, str(res)
-        return res
-
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(self.argv(args), cwd=self.cwd, env=self.env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+    def __call__(self, *args: str, code: int | None = 0, timeout: float = 300, **kw: Any) -> Result:
+        return super().__call__(*args, code=code, timeout=timeout, **kw)
 
 
 def kill_after_lines(proc: subprocess.Popen[str], lines: int, timeout: float = 120) -> list[str]:

@@ -1,6 +1,6 @@
-"""Helpers of the hardening suite (tests/test_hardening_*.py).
+"""Helpers shared by the hardening tests (tests/test_hardening_*.py, test_hostile_server, export, mount).
 
-* :class:`Cli` (from tests.test_cli) runs the real ``glacierfs`` command in a subprocess; it
+* :class:`Cli` (from tests.helpers.cli) runs the real ``glacierfs`` command in a subprocess; it
   already asserts that no traceback reaches stderr.
 * :func:`server_archives` / :func:`open_uploads` ask the *server* (boto3 over HTTP) what it holds,
   so "exactly once" is checked against the service, not against our own catalog.
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from glacierfs.codec import decode_description
 from glacierfs.treehash import tree_hash
-from tests.test_cli import Cli, Result
+from tests.helpers.cli import Cli, Result
 
 __all__ = [
     "Cli",

@@ -7,7 +7,7 @@ in the next N UploadPart bodies *before* the check, so S3 rejects them and the c
 send them again. ``GET /_gate/stats`` counts verified bodies, rejections and PUTs that came
 without a checksum.
 
-Run as ``python -m tests.s3_server`` (prints ``listening on URL``, serves until SIGTERM);
+Run as ``python -m tests.helpers.s3_server`` (prints ``listening on URL``, serves until SIGTERM);
 :class:`S3Server` starts and stops that subprocess for the tests.
 """
 
@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO
+
 BAD_DIGEST = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>BadDigest</Code>'
     b"<Message>The SHA256 you specified did not match the calculated checksum.</Message></Error>"
@@ -114,7 +115,7 @@ class S3Server:
     def start(self) -> S3Server:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.s3_server"], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.s3_server"], stdout=subprocess.PIPE,
                                      stderr=log, cwd=REPO, env=env)
         log.close()
         line: list[bytes] = []
