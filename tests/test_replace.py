@@ -409,3 +409,33 @@ def test_setfattr_on_a_mounted_directory_starts_capped_jobs(glacier_server_facto
     assert len(jobs) == 2 and len(set(jobs)) == 2
     states = [run("getfattr", "--only-values", "-n", "user.glacier.state", str(d / n)).stdout for n in "abc"]
     assert states.count("retrieving") == 2 and states.count("archived") == 1
+
+
+def test_auto_retrieve_cap_in_a_daemon_mount(glacier_server_factory, tmp_path):
+    """``glacierfs mount`` (the daemonizing command: options reach the daemon) with
+    --auto-retrieve-max 2: reading three uncached files starts two jobs, the log says why not three."""
+    from tests.helpers.mounts import MountSet
+    from tests.test_mount import skip_without_fuse
+
+    skip_without_fuse()
+    server = glacier_server_factory("--job-delay", "3600")
+    server.client().create_vault(vaultName=MVAULT)
+    ms = MountSet()
+    mnt = tmp_path / "mnt"
+    try:
+        res = ms.mount("--endpoint-url", server.url, "--region", "us-east-1", "--cache-dir", str(tmp_path / "cache"),
+                       "--cache-size", "1", "--auto-retrieve", "Bulk", "--auto-retrieve-max", "2", MVAULT, mnt=mnt)
+        log = ms.log_of(res)
+        for name in ("a", "b", "c", "warm"):  # each new file evicts the one before (--cache-size 1)
+            (mnt / name).write_bytes(name.encode() * 100)
+            assert run("sync", str(mnt / name)).returncode == 0, log.read_text()
+        for name in ("a", "b", "c"):
+            res2 = run("cat", str(mnt / name))
+            assert res2.returncode != 0 and "Resource temporarily unavailable" in res2.stderr, res2
+        jobs = [j for j in server.client().list_jobs(vaultName=MVAULT)["JobList"] if j["Action"] == "ArchiveRetrieval"]
+        assert len(jobs) == 2
+        text = log.read_text()
+        assert text.count("started a Bulk retrieval (--auto-retrieve") == 2
+        assert "cap of 2 job(s) per hour is reached" in text
+    finally:
+        ms.cleanup()
