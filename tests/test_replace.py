@@ -222,6 +222,46 @@ def test_a_crash_between_new_archived_and_old_deleted_deletes_the_old_at_the_nex
     assert read_all(again, "/f") == b"v2"
 
 
+def test_an_archive_made_before_a_crash_is_found_and_never_mistaken_for_the_replaced_one(env, caplog):
+    """The engine made the new archive, then the bookkeeping was cut off (here: an error right
+    after the upload; at a restart the same path runs). The retry finds the new archive by
+    path, size and tree hash (never the replaced one): no second upload, the old one deleted."""
+    from glacierfs.upload import UploadEngine
+
+    armed: list[bool] = []
+
+    class CutOff(UploadEngine):
+        def upload(self, source: Any, archive_path: str, **kw: Any) -> Any:
+            archive = super().upload(source, archive_path, **kw)
+            if armed and armed.pop():
+                raise ServiceError("simulated crash after the archive was made")
+            return archive
+
+    fs = env.fs(engine_factory=lambda: CutOff(env.glacier, env.catalog, VAULT))
+    old = archived(fs, "/f", b"old bytes")
+    caplog.set_level(logging.INFO)
+    armed.append(True)
+    fh = fs.open("/f", os.O_WRONLY | os.O_TRUNC)
+    fs.write(fh, b"new bytes", 0)
+    fs.flush(fh)
+    fs.release(fh)
+    sync(fs, "/f")
+    assert "was already uploaded as" in caplog.text
+    on_server = server_archives(env)
+    assert old not in on_server and list(on_server) == [archive_id(fs, "/f")], on_server
+    assert read_all(fs, "/f") == b"new bytes"
+    # the same bytes again: whether the engine reuses the archive there (same description) or
+    # makes a new one, one archive is left, never none
+    fh = fs.open("/f", os.O_WRONLY | os.O_TRUNC)
+    fs.write(fh, b"new bytes", 0)
+    fs.flush(fh)
+    fs.release(fh)
+    sync(fs, "/f")
+    on_server = server_archives(env)
+    assert list(on_server) == [archive_id(fs, "/f")]
+    assert on_server[archive_id(fs, "/f")]["SHA256TreeHash"] == tree_hash(b"new bytes")
+
+
 # --------------------------------------------------------------------------- retrieval limits (core)
 
 
@@ -312,7 +352,7 @@ def rsync_available():
 
 
 def test_rsync_of_a_changed_tree_replaces_changed_files(glacier_server, mount_factory, tmp_path, rsync_available):  # noqa: F811 - the imported fixture
-    m = mount_factory(glacier_server)
+    m = mount_factory(glacier_server, "--cache-size", "1")  # the old archives are (mostly) not cached: rsync must not need them
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     files = {"a.txt": b"a1", "b.txt": b"b1", "sub/c.txt": b"c1", "sub/keep.txt": b"same"}
@@ -361,6 +401,13 @@ def test_editor_save_and_cp_f_over_archives(glacier_server, mount_factory, tmp_p
     # `>` over an archive replaces it too
     assert run("sh", "-c", f"echo third > '{f}'").returncode == 0, m.log()
     _settled(glacier_server, m.mnt, {"notes.txt": b"third\n", "copy.txt": b"copy v2, longer\n"})
+    # sed -i: reads the (cached) archive, writes a temp file in the directory, renames it over
+    wait_until(lambda: run("getfattr", "--only-values", "-n", "user.glacier.state", str(f)).stdout == "cached",
+               30, "notes.txt archived")
+    res = run("sed", "-i", "s/third/fourth/", str(f))
+    assert res.returncode == 0, res.stderr + m.log()
+    _settled(glacier_server, m.mnt, {"notes.txt": b"fourth\n", "copy.txt": b"copy v2, longer\n"})
+    assert sorted(os.listdir(m.mnt)) == ["copy.txt", "notes.txt"]
     assert "early deletion" in m.log()
 
 
