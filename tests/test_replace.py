@@ -486,3 +486,21 @@ def test_auto_retrieve_cap_in_a_daemon_mount(glacier_server_factory, tmp_path):
         assert "cap of 2 job(s) per hour is reached" in text
     finally:
         ms.cleanup()
+
+
+def test_a_manifest_records_what_it_replaces_and_survives_without_data_once_archived(tmp_path):
+    from glacierfs.fs.stagedir import Manifest, StagingArea
+
+    area = StagingArea(tmp_path)
+    waiting, waiting_data = area.new()
+    waiting_data.write_bytes(b"new")
+    area.write_manifest(waiting, Manifest("/f", replaces=("OLD",)))
+    done, done_data = area.new()
+    area.write_manifest(done, Manifest("/g", started=True, replaces=("OLD2",), archived="NEW"))
+    os.unlink(done_data)  # the bytes moved into the cache; the deletes are what is left
+    gone, gone_data = area.new()
+    area.write_manifest(gone, Manifest("/h"))
+    os.unlink(gone_data)
+    found = StagingArea(tmp_path).recover()
+    assert found == {waiting: Manifest("/f", replaces=("OLD",)),
+                     done: Manifest("/g", started=True, replaces=("OLD2",), archived="NEW")}

@@ -30,7 +30,13 @@ engine recorded the archive, bytes not moved    .json(started), no state    foun
 bytes moved into data/, manifest not removed    .json without .data         manifest dropped (log line)
 rename / rewrite during an upload               .json(new generation)       old engine state aborted as an
                                                 + old engine state          orphan; the new content uploaded
+a replacement: archive made, old not deleted    .json(archived, replaces)   the old archives deleted (the
+                                                                            ``replaced`` thread)
 ==============================================  ==========================  ===============================
+
+A file that replaces archives (``Pending.replaces``: opened with O_TRUNC over an archive, or
+renamed onto one) records them in its manifest; they are deleted only after its archive
+exists. The steps and their crash points are in :mod:`glacierfs.fs.replace`.
 
 An archive that completed under a name the file no longer has is deleted by the worker; a
 crash between that completion and the deletion leaves it in the vault under its old name.
@@ -41,6 +47,10 @@ Threading contract
 * ``upload-N`` worker threads (``upload_workers``) take queued files from :class:`_Schedule`
   and run the engine (network) with no lock held; each thread has its own engine.
 * ``orphans`` (one-shot, at start) aborts engine states of files that are gone.
+* ``replaced`` (one-shot, at start, only when an earlier run left some) deletes archives that
+  were replaced by archives made before a crash (:class:`~glacierfs.fs.replace.Replacer`).
+  An upload worker deletes the archives its file replaced itself, with no lock held, after
+  the file left the pending table.
 
 Locks: ``WriteBack.lock`` (an RLock) guards the pending table ``_pending`` and every field of
 every :class:`Pending`. ``Pending.io`` (one per staged file, an RLock) serializes what changes
