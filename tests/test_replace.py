@@ -155,6 +155,23 @@ def test_rm_of_a_replacement_removes_the_path(env):
     assert env.catalog.get(old) is None and old not in server_archives(env)
 
 
+def test_rm_of_an_open_replacement_removes_the_path(env):
+    """libfuse renames a file rm'ed while open to .fuse_hidden*: for a replacement that is an rm
+    of the path, so the archive it was to replace goes too; the reader keeps its bytes."""
+    fs = env.fs(upload_delay=3600)
+    old = archived(fs, "/f", b"v1")
+    fh = fs.open("/f", os.O_WRONLY | os.O_TRUNC)
+    fs.write(fh, b"v2", 0)
+    fs.flush(fh)
+    fs.release(fh)
+    reader = fs.open("/f", os.O_RDONLY)
+    fs.rename("/f", "/.fuse_hidden0000000100000001")
+    assert fs.read(reader, 10, 0) == b"v2"
+    fs.release(reader)
+    assert err(fs.getattr, "/f") == errno.ENOENT
+    assert env.catalog.get(old) is None and old not in server_archives(env)
+
+
 def test_append_and_in_place_writes_stay_refused(env, caplog):
     fs = env.fs()
     archived(fs, "/f", b"v1")
