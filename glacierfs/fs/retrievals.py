@@ -45,6 +45,24 @@ from glacierfs.fs.datacache import DataCache
 log = logging.getLogger(__name__)
 
 
+def _estimate(tier: str, count: int, size: int) -> str:
+    """``, about $0.01, ready in 5 h-12 h``: the price table of ``glacierfs restore`` (list prices
+    or ``$GLACIERFS_PRICES``); '' when nothing started or the table cannot be read."""
+    from glacierfs.errors import UsageError
+    from glacierfs.tree.pricing import fmt_hours, load_prices
+
+    if not count:
+        return ""
+    try:
+        prices = load_prices()
+        p = prices.tiers[tier]
+    except (UsageError, KeyError) as exc:
+        log.debug("price table: %s", exc)
+        return ""
+    return (f", about {prices.cost(tier, count, size):.2f} {prices.currency}, ready in "
+            f"{fmt_hours(p.hours_min)}-{fmt_hours(p.hours_max)}")
+
+
 class Runner(Protocol):
     """What the mount needs of :class:`~glacierfs.jobs.JobRunner`."""
 
@@ -143,19 +161,19 @@ class Retrievals:
         """Retrieve the archives below directory ``prefix`` that are not cached and not being
         retrieved, while fewer than ``tree_max`` retrievals run here; returns the jobs started."""
         room = self.tree_max - self.in_flight()
-        todo: list[tuple[str, str]] = []
+        todo: list[tuple[str, str, int]] = []
         cached = running = over = 0
-        for path, archive_id, _size, _mtime, _th in self.catalog.iter_entries(prefix):
+        for path, archive_id, size, _mtime, _th in self.catalog.iter_entries(prefix):
             if self.cache.has(archive_id):
                 cached += 1
             elif self.running(archive_id):
                 running += 1
             elif len(todo) < room:
-                todo.append((path, archive_id))
+                todo.append((path, archive_id, int(size)))
             else:
                 over += 1
-        started = failed = 0
-        for path, archive_id in todo:
+        started = failed = started_bytes = 0
+        for path, archive_id, size in todo:
             try:
                 new = self.start(archive_id, tier)
             except (GlacierFSError, OSError) as exc:
@@ -164,11 +182,12 @@ class Retrievals:
                 continue
             if new:
                 started += 1
+                started_bytes += size
                 log.info("retrieval (%s) started for /%s (%s)", tier, path, archive_id)
             else:
                 running += 1
-        log.info("%s: %d retrieval job(s) started, %d already running, %d cached, %d failed to start", shown,
-                 started, running, cached, failed)
+        log.info("%s: %d retrieval job(s) started (%d bytes%s), %d already running, %d cached, %d failed to start",
+                 shown, started, started_bytes, _estimate(tier, started, started_bytes), running, cached, failed)
         if over:
             log.warning("%s: %d archive(s) not retrieved yet: at most %d retrievals run at a time "
                         "(--retrieve-max-jobs); set the attribute again once some are cached", shown, over,
