@@ -62,6 +62,8 @@ from glacierfs.errors import (
     StateError,
     UsageError,
 )
+from glacierfs.options import count_type as _count
+from glacierfs.options import positive_type as _positive
 from glacierfs.options import tier_type as _tier
 from glacierfs.processes import pid_running, processes_with_env
 
@@ -71,6 +73,8 @@ READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0  # how long a stopping mount waits for requests in flight
 UMOUNT_TIMEOUT = STOP_TIMEOUT + 30.0  # how long `umount` waits for the mount process to exit
 DEFAULT_CACHE_SIZE = "10GiB"
+DEFAULT_AUTO_RETRIEVE_MAX = 10  # jobs per hour that --auto-retrieve may start (grep -r must not start 300)
+DEFAULT_RETRIEVE_MAX_JOBS = 100  # retrievals in flight that setfattr on a directory may reach
 KEYS_ENV = ("GLACIERFS_MOUNT_ACCESS_KEY", "GLACIERFS_MOUNT_SECRET_KEY")  # -k/-s handed to the daemon
 MOUNTPOINT_ENV = "GLACIERFS_MOUNTPOINT"  # marks the daemon of a mount point (umount waits for it)
 LOG_MAX_BYTES = 4 << 20  # a mount log over this size is rotated when the next mount starts
@@ -130,6 +134,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
         metavar="TIER",
         type=_tier,
         help="start a retrieval of this tier (Expedited, Standard, Bulk) when an uncached archive is opened",
+    )
+    p.add_argument(
+        "--auto-retrieve-max", type=_count, default=DEFAULT_AUTO_RETRIEVE_MAX, metavar="N",
+        help=f"--auto-retrieve starts at most N jobs per hour; beyond, reads get EAGAIN (default "
+        f"{DEFAULT_AUTO_RETRIEVE_MAX})",
+    )
+    p.add_argument(
+        "--retrieve-max-jobs", type=_positive, default=DEFAULT_RETRIEVE_MAX_JOBS, metavar="N",
+        help="setfattr -n user.glacier.retrieve on a directory starts jobs while fewer than N retrievals "
+        f"run in the mount (default {DEFAULT_RETRIEVE_MAX_JOBS})",
     )
     p.add_argument(
         "-o", dest="fuse_options", action="append", default=[], metavar="OPTIONS",
@@ -340,7 +354,8 @@ def _child_argv(args: argparse.Namespace, mnt: Path) -> list[str]:
             argv += [f"--{opt.replace('_', '-')}", str(value)]
     if args.local:
         argv.append(f"--local={Path(args.local).expanduser().absolute()}")
-    argv += ["--cache-size", str(args.cache_size), "--concurrency", str(args.concurrency)]
+    argv += ["--cache-size", str(args.cache_size), "--concurrency", str(args.concurrency),
+             "--auto-retrieve-max", str(args.auto_retrieve_max), "--retrieve-max-jobs", str(args.retrieve_max_jobs)]
     for flag in ("all_vaults", "read_only", "debug", "quiet"):
         if getattr(args, flag, False):
             argv.append(f"--{flag.replace('_', '-')}")
@@ -545,6 +560,8 @@ def build_vaultfs(
         runner=runner,
         read_only=args.read_only,
         auto_retrieve=args.auto_retrieve,
+        auto_retrieve_max=args.auto_retrieve_max,
+        retrieve_max_jobs=args.retrieve_max_jobs,
         poll_interval=0.5 if ctx.is_local else 60.0,
         max_poll_interval=5.0 if ctx.is_local else 900.0,
         display_root=display_root,

@@ -98,3 +98,22 @@ def tier_type(value: str) -> str:
         return normalize_tier(value)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def count_type(value: str) -> int:
+    """argparse ``type=`` for a count (0 or more)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {n}")
+    return n
+
+
+def positive_type(value: str) -> int:
+    """argparse ``type=`` for a count of 1 or more."""
+    n = count_type(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n

@@ -135,7 +135,8 @@ def test_posix_semantics_table(glacier_server, mount_factory, tmp_path):
     assert run("sync", str(f)).returncode == 0, m.log()
     # archives are immutable: documented errnos, never EXDEV (mv would copy+delete)
     assert "Operation not permitted" in run("mv", str(f), str(m.mnt / "other.txt")).stderr
-    assert "Operation not permitted" in run("sh", "-c", f"echo v2 > '{f}'").stderr
+    # changed in place: refused (a whole replacement, `>`/cp -f/mv over it, is tests/test_replace.py)
+    assert "Operation not permitted" in run("sh", "-c", f"echo v2 >> '{f}'").stderr
     assert "Operation not permitted" in run("truncate", "-s", "0", str(f)).stderr
     assert "Operation not permitted" in run("ln", str(f), str(m.mnt / "hard")).stderr
     assert "Operation not permitted" in run("ln", "-s", "doc.txt", str(m.mnt / "soft")).stderr

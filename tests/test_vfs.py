@@ -12,13 +12,11 @@ from typing import Any
 import pytest
 
 from glacierfs.errors import ServiceError
-from glacierfs.fs import FSError, MultiVaultFS, VaultFS
+from glacierfs.fs import MultiVaultFS, VaultFS
 from glacierfs.fs.datacache import DataCache
 from glacierfs.fs.stagedir import Manifest, StagingArea
 from glacierfs.treehash import tree_hash
-
-VAULT = "v"
-
+from tests.helpers.vfs import VAULT, Env, err, read_all, sync, write_file
 
 # --------------------------------------------------------------------------- data cache
 
@@ -91,88 +89,11 @@ def test_lru_bound_never_evicts_staging_or_the_newest_entry(tmp_path):
 # --------------------------------------------------------------------------- VaultFS fixtures
 
 
-class Env:
-    def __init__(self, server: Any, root: Path) -> None:
-        from glacierfs.catalog import Catalog
-        from glacierfs.client import ConnectionSettings, make_glacier
-
-        self.server = server
-        self.root = root
-        settings = ConnectionSettings(
-            endpoint_url=server.url, region="us-east-1", access_key="testing", secret_key="testing", max_attempts=2
-        )
-        self.glacier = make_glacier(settings)
-        try:
-            self.glacier.create_vault(VAULT)
-        except Exception:
-            pass
-        self.catalog = Catalog.open(root / "cache", "test", "us-east-1", VAULT)
-        self.fss: list[VaultFS] = []
-
-    def fs(self, *, engine_factory: Any = None, cache_size: int = 1 << 30, **kw: Any) -> VaultFS:
-        from glacierfs.jobs import Backoff, JobRunner
-        from glacierfs.upload import UploadEngine
-
-        kw.setdefault("upload_delay", 0.0)
-        kw.setdefault("retry_delay", 0.05)
-        kw.setdefault("poll_interval", 0.1)
-        kw.setdefault("max_poll_interval", 0.5)
-        fs = VaultFS(
-            self.catalog,
-            self.glacier,
-            VAULT,
-            DataCache(self.root / "state", cache_size),
-            engine_factory=engine_factory
-            or (lambda: UploadEngine(self.glacier, self.catalog, VAULT, concurrency=2)),
-            runner=JobRunner(self.glacier, self.catalog, VAULT, poll=Backoff.local()),
-            **kw,
-        )
-        self.fss.append(fs)
-        fs.start()
-        return fs
-
-    def close(self) -> None:
-        for fs in self.fss:
-            fs.stop()
-
-
 @pytest.fixture
 def env(glacier_server, tmp_path):
     e = Env(glacier_server, tmp_path)
     yield e
     e.close()
-
-
-def write_file(fs: VaultFS, path: str, data: bytes, chunk: int = 65536) -> None:
-    fh = fs.create(path)
-    # out of order on purpose: any write pattern is staged
-    offsets = list(range(0, len(data), chunk))
-    for off in reversed(offsets):
-        assert fs.write(fh, data[off : off + chunk], off) == len(data[off : off + chunk])
-    fs.flush(fh)
-    fs.release(fh)
-
-
-def sync(fs: VaultFS, path: str) -> None:
-    fh = fs.open(path, os.O_RDONLY)
-    try:
-        fs.fsync(fh)
-    finally:
-        fs.release(fh)
-
-
-def read_all(fs: VaultFS, path: str) -> bytes:
-    fh = fs.open(path, os.O_RDONLY)
-    try:
-        return fs.read(fh, 1 << 30, 0)
-    finally:
-        fs.release(fh)
-
-
-def err(fn: Any, *args: Any) -> int:
-    with pytest.raises(FSError) as exc:
-        fn(*args)
-    return exc.value.errno
 
 
 # --------------------------------------------------------------------------- VaultFS
@@ -265,8 +186,10 @@ def test_errnos_for_archives(env):
     fs = env.fs()
     write_file(fs, "/a", b"data")
     sync(fs, "/a")
+    # changing an archive in place is refused; a whole replacement (O_TRUNC) is tests/test_replace.py
     assert err(fs.open, "/a", os.O_WRONLY) == errno.EPERM
-    assert err(fs.open, "/a", os.O_RDONLY | os.O_TRUNC) == errno.EPERM
+    assert err(fs.open, "/a", os.O_RDWR) == errno.EPERM
+    assert err(fs.open, "/a", os.O_WRONLY | os.O_APPEND) == errno.EPERM
     assert err(fs.create, "/a") == errno.EEXIST
     assert err(fs.rename, "/a", "/b") == errno.EPERM
     assert err(fs.truncate, "/a", 0) == errno.EPERM

@@ -2,18 +2,25 @@
 into the data cache; and the first inventory of a vault never inventoried here.
 
 A retrieval is started only when someone asks (``setfattr -n user.glacier.retrieve``, or an open
-with ``--auto-retrieve``). At mount start, jobs recorded in the catalog are followed only for
+with ``--auto-retrieve``). Each job started is logged. Two limits keep a tree walk from starting
+hundreds of jobs: ``setfattr`` on a directory (:meth:`Retrievals.start_tree`) starts jobs for
+its uncached archives only while fewer than ``tree_max`` (``--retrieve-max-jobs``) retrievals
+run in this mount; ``--auto-retrieve`` (:meth:`Retrievals.auto_start`) starts at most
+``auto_max`` (``--auto-retrieve-max``) jobs per hour, beyond that the read gets EAGAIN as for
+any uncached file and the log says the cap was hit. At mount start, jobs recorded in the catalog are followed only for
 archives whose bytes were never cached here; bytes that were cached and evicted are not fetched
 again until someone asks (each download is billed).
 
 Threading contract
 ------------------
-* FUSE threads call :meth:`Retrievals.start` and :meth:`Retrievals.state`.
+* FUSE threads call :meth:`Retrievals.start`, :meth:`Retrievals.start_tree`,
+  :meth:`Retrievals.auto_start` and :meth:`Retrievals.state`.
 * ``retrievals`` (one thread) polls due jobs and downloads finished ones into the cache
   through :class:`~glacierfs.jobs.JobRunner` (network, no lock held).
 * ``reattach`` (one-shot at start) and ``inventory`` (until the first inventory is imported).
 
-``Retrievals._lock`` guards ``_table`` and the fields of every :class:`Retrieval`; it is a leaf
+``Retrievals._lock`` guards ``_table``, the fields of every :class:`Retrieval`, the hourly window
+``_auto_started`` and ``_capped``; it is a leaf
 lock (nothing else is taken while holding it) and is never held across a network call. A
 retrieval being started is in the table as ``starting`` before the job is asked for, so a
 second ask for the same archive within this process joins it (the cross-process guard lives
@@ -24,8 +31,10 @@ in ``JobRunner.retrieval``). Any exception from one archive is logged and marks 
 from __future__ import annotations
 
 import logging
+import shlex
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,6 +43,24 @@ from glacierfs.errors import GlacierFSError, NotReadyError
 from glacierfs.fs.datacache import DataCache
 
 log = logging.getLogger(__name__)
+
+
+def _estimate(tier: str, count: int, size: int) -> str:
+    """``, about $0.01, ready in 5 h-12 h``: the price table of ``glacierfs restore`` (list prices
+    or ``$GLACIERFS_PRICES``); '' when nothing started or the table cannot be read."""
+    from glacierfs.errors import UsageError
+    from glacierfs.tree.pricing import fmt_hours, load_prices
+
+    if not count:
+        return ""
+    try:
+        prices = load_prices()
+        p = prices.tiers[tier]
+    except (UsageError, KeyError) as exc:
+        log.debug("price table: %s", exc)
+        return ""
+    return (f", about {prices.cost(tier, count, size):.2f} {prices.currency}, ready in "
+            f"{fmt_hours(p.hours_min)}-{fmt_hours(p.hours_max)}")
 
 
 class Runner(Protocol):
@@ -68,8 +95,14 @@ class Retrievals:
         on_inventory: Callable[[], None],
         poll_interval: float = 2.0,
         max_poll_interval: float = 300.0,
+        auto_max: int = 10,
+        tree_max: int = 100,
     ) -> None:
         self.runner = runner
+        self.auto_max = max(0, auto_max)
+        self.tree_max = max(1, tree_max)
+        self._auto_started: deque[float] = deque()  # monotonic times of auto-retrievals this hour
+        self._capped = [0, -1e9]  # reads refused by the auto cap since the last log line, its time
         self.catalog = catalog
         self.vault = vault
         self.cache = cache
@@ -119,6 +152,87 @@ class Retrievals:
             r.starting = False
         self._wake.set()
         return True
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return sum(1 for r in self._table.values() if r.error is None)
+
+    def start_tree(self, prefix: str, tier: str, shown: str) -> int:
+        """Retrieve the archives below directory ``prefix`` that are not cached and not being
+        retrieved, while fewer than ``tree_max`` retrievals run here; returns the jobs started."""
+        room = self.tree_max - self.in_flight()
+        todo: list[tuple[str, str, int]] = []
+        cached = running = over = 0
+        for path, archive_id, size, _mtime, _th in self.catalog.iter_entries(prefix):
+            if self.cache.has(archive_id):
+                cached += 1
+            elif self.running(archive_id):
+                running += 1
+            elif len(todo) < room:
+                todo.append((path, archive_id, int(size)))
+            else:
+                over += 1
+        started = failed = started_bytes = 0
+        for path, archive_id, size in todo:
+            try:
+                new = self.start(archive_id, tier)
+            except (GlacierFSError, OSError) as exc:
+                failed += 1
+                log.error("/%s: retrieval (%s) not started: %s", path, tier, exc)
+                continue
+            if new:
+                started += 1
+                started_bytes += size
+                log.info("retrieval (%s) started for /%s (%s)", tier, path, archive_id)
+            else:
+                running += 1
+        log.info("%s: %d retrieval job(s) started (%d bytes%s), %d already running, %d cached, %d failed to start",
+                 shown, started, started_bytes, _estimate(tier, started, started_bytes), running, cached, failed)
+        if over:
+            log.warning("%s: %d archive(s) not retrieved yet: at most %d retrievals run at a time "
+                        "(--retrieve-max-jobs); set the attribute again once some are cached", shown, over,
+                        self.tree_max)
+        return started
+
+    def auto_start(self, archive_id: str, tier: str, shown: str) -> bool:
+        """``--auto-retrieve``: start a job for an uncached archive being read, within the hourly cap."""
+        now = time.monotonic()
+        with self._lock:
+            r = self._table.get(archive_id)
+            if r is not None and r.error is None:
+                return False  # running already: nothing to start, nothing counted
+            while self._auto_started and self._auto_started[0] <= now - 3600:
+                self._auto_started.popleft()
+            allowed = len(self._auto_started) < self.auto_max
+            if allowed:
+                self._auto_started.append(now)
+                count = len(self._auto_started)
+            else:
+                self._capped[0] += 1
+                refused, tell = self._capped[0], now - self._capped[1] >= 60
+                if tell:
+                    self._capped[:] = [0, now]
+        if not allowed:
+            if tell:
+                log.warning("%s is not cached: not retrieved, the --auto-retrieve cap of %d job(s) per hour is "
+                            "reached (%d read(s) refused); retrieve it with: setfattr -n user.glacier.retrieve "
+                            "-v %s %s", shown, self.auto_max, refused, tier, shlex.quote(shown))
+            return False
+        try:
+            new = self.start(archive_id, tier)
+        except Exception as exc:
+            new = False
+            log.warning("%s: auto-retrieve failed: %s", shown, getattr(exc, "strerror", None) or exc)
+        if new:
+            log.warning("%s is not cached: started a %s retrieval (--auto-retrieve, job %d of at most %d this "
+                        "hour)", shown, tier, count, self.auto_max)
+            return True
+        with self._lock:  # joined one started meanwhile, or failed: the hour's budget is not spent
+            try:
+                self._auto_started.remove(now)
+            except ValueError:
+                pass
+        return False
 
     def state(self, archive_id: str) -> str | None:
         """``retrieving`` | ``failed`` | None (no retrieval known here)."""

@@ -31,23 +31,37 @@ class Manifest:
     generation: int = 0
     started: bool = False
     failed: bool = False
+    # archives this file replaces: deleted only after it is an archive (see glacierfs.fs.replace)
+    replaces: tuple[str, ...] = ()
+    # the new archive's id once it exists: the deletes of ``replaces`` are what is left to do
+    archived: str | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> Manifest:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         mtime, path = data.get("mtime"), data.get("path")
+        replaces, archived = data.get("replaces") or [], data.get("archived")
+        if not isinstance(replaces, list) or not all(isinstance(r, str) and r for r in replaces):
+            raise ValueError("replaces is not a list of archive ids")
         return cls(
             path=path if isinstance(path, str) else "",
             mtime=float(mtime) if isinstance(mtime, int | float) else None,
             generation=int(data.get("generation") or 0),
             started=bool(data.get("started")),
             failed=bool(data.get("failed")),
+            replaces=tuple(replaces),
+            archived=archived if isinstance(archived, str) and archived else None,
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "mtime": self.mtime, "generation": self.generation, "started": self.started,
-                "failed": self.failed}
+        data: dict[str, Any] = {"path": self.path, "mtime": self.mtime, "generation": self.generation,
+                                "started": self.started, "failed": self.failed}
+        if self.replaces:
+            data["replaces"] = list(self.replaces)
+        if self.archived:
+            data["archived"] = self.archived
+        return data
 
 
 class StagingArea:
@@ -142,7 +156,9 @@ class StagingArea:
         return target
 
     def recover(self) -> dict[str, Manifest]:
-        """At mount start: manifests of complete staged files; staging files never committed are deleted."""
+        """At mount start: manifests of complete staged files (and of replacements whose new archive
+        exists but whose old ones may not be deleted yet: ``archived`` set, data maybe gone);
+        staging files never committed are deleted."""
         manifests: dict[str, Manifest] = {}
         kept: set[str] = set()
         names = {e.name for e in os.scandir(self.dir)}
@@ -153,13 +169,13 @@ class StagingArea:
             if not name.endswith(".json"):
                 continue
             sid = name[: -len(".json")]
-            if f"{sid}.data" not in names:
-                log.warning("staging: manifest %s without data: dropped", name)
-                os.unlink(self.dir / name)
-                continue
             try:
-                manifests[sid] = Manifest.from_json(json.loads((self.dir / name).read_text()))
+                m = Manifest.from_json(json.loads((self.dir / name).read_text()))
             except (OSError, ValueError) as exc:
+                if f"{sid}.data" not in names:
+                    log.warning("staging: unreadable manifest %s without data: dropped", name)
+                    os.unlink(self.dir / name)
+                    continue
                 # The file was closed (it has a manifest): its bytes may be the only copy. Keep them.
                 kept.add(sid)
                 where = self._keep_unreadable(sid)
@@ -168,6 +184,12 @@ class StagingArea:
                     "copy them back into the mount to upload them",
                     name, exc, where,
                 )
+                continue
+            if f"{sid}.data" not in names and m.archived is None:
+                log.warning("staging: manifest %s without data: dropped", name)
+                os.unlink(self.dir / name)
+                continue
+            manifests[sid] = m  # with ``archived``: only the deletes of replaced archives are left
         for name in names:
             if name.endswith(".data") and name[: -len(".data")] not in manifests.keys() | kept:
                 log.warning("staging: discarding %s: its copy was cut off before close(2) returned", name)

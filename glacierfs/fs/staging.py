@@ -30,7 +30,13 @@ engine recorded the archive, bytes not moved    .json(started), no state    foun
 bytes moved into data/, manifest not removed    .json without .data         manifest dropped (log line)
 rename / rewrite during an upload               .json(new generation)       old engine state aborted as an
                                                 + old engine state          orphan; the new content uploaded
+a replacement: archive made, old not deleted    .json(archived, replaces)   the old archives deleted (the
+                                                                            ``replaced`` thread)
 ==============================================  ==========================  ===============================
+
+A file that replaces archives (``Pending.replaces``: opened with O_TRUNC over an archive, or
+renamed onto one) records them in its manifest; they are deleted only after its archive
+exists. The steps and their crash points are in :mod:`glacierfs.fs.replace`.
 
 An archive that completed under a name the file no longer has is deleted by the worker; a
 crash between that completion and the deletion leaves it in the vault under its old name.
@@ -41,6 +47,10 @@ Threading contract
 * ``upload-N`` worker threads (``upload_workers``) take queued files from :class:`_Schedule`
   and run the engine (network) with no lock held; each thread has its own engine.
 * ``orphans`` (one-shot, at start) aborts engine states of files that are gone.
+* ``replaced`` (one-shot, at start, only when an earlier run left some) deletes archives that
+  were replaced by archives made before a crash (:class:`~glacierfs.fs.replace.Replacer`).
+  An upload worker deletes the archives its file replaced itself, with no lock held, after
+  the file left the pending table.
 
 Locks: ``WriteBack.lock`` (an RLock) guards the pending table ``_pending`` and every field of
 every :class:`Pending`. ``Pending.io`` (one per staged file, an RLock) serializes what changes
@@ -76,6 +86,7 @@ from glacierfs.errors import (
     UsageError,
 )
 from glacierfs.fs.datacache import DataCache
+from glacierfs.fs.replace import Replacer
 from glacierfs.fs.stagedir import Manifest, StagingArea
 from glacierfs.fs.types import HIDDEN_PREFIX, FSError, rel, split
 
@@ -115,6 +126,7 @@ class Pending:
     archive_id: str | None = None
     tree_hash: str | None = None
     final: tuple[int, float] | None = None  # (size, mtime) once committed: the staging file may move away
+    replaces: tuple[str, ...] = ()  # archives deleted once this file is an archive (glacierfs.fs.replace)
     done: threading.Event = field(default_factory=threading.Event)
     io: threading.RLock = field(default_factory=threading.RLock)
 
@@ -123,7 +135,7 @@ class Pending:
         return f"{KEY_PREFIX}{self.sid}" if self.generation == 0 else f"{KEY_PREFIX}{self.sid}.{self.generation}"
 
     def manifest(self) -> Manifest:
-        return Manifest(self.path, self.mtime, self.generation, self.started, self.state == "failed")
+        return Manifest(self.path, self.mtime, self.generation, self.started, self.state == "failed", self.replaces)
 
 
 class _Schedule:
@@ -180,6 +192,8 @@ class WriteBack:
         self.catalog = catalog
         self._engine_factory = engine_factory
         self._delete_archive = delete_archive
+        self.replacer = Replacer(area, catalog, delete_archive)
+        self._left: dict[str, Manifest] = {}  # recovered replacements whose deletes are left to do
         self._on_archived = on_archived
         self._workers = max(1, workers)
         self._upload_delay = upload_delay
@@ -200,6 +214,10 @@ class WriteBack:
             self._threads.append(t)
         if not read_only:
             threading.Thread(target=self._abort_orphans, name="orphans", daemon=True).start()
+            if self._left:
+                left, self._left = self._left, {}
+                threading.Thread(target=self.replacer.finish_recovered, args=(left,), name="replaced",
+                                 daemon=True).start()
 
     def stop(self, deadline: float) -> None:
         self.stopping.set()
@@ -213,11 +231,19 @@ class WriteBack:
     def recover(self) -> None:
         """Take over the committed staged files of earlier runs; drop the ones never committed."""
         for sid, m in self.area.recover().items():
+            if m.archived is not None:  # a replacement: the new archive exists, the old ones may not be deleted
+                if self.area.data(sid).exists():
+                    try:
+                        self.cache.add(m.archived, self.area.data(sid))
+                    except (OSError, ValueError) as exc:
+                        log.debug("cache of %s: %s", m.archived, exc)
+                self._left[sid] = m
+                continue
             if not m.path.startswith("/"):
                 log.warning("staging: manifest %s has no path: file not uploaded", sid)
                 continue
             p = Pending(sid=sid, path=m.path, staging=self.area.data(sid), mtime=m.mtime, state="queued",
-                        generation=m.generation, started=m.started, committed=True)
+                        generation=m.generation, started=m.started, committed=True, replaces=m.replaces)
             try:
                 st = os.stat(p.staging)
                 p.final = (st.st_size, p.mtime if p.mtime is not None else st.st_mtime)
@@ -272,9 +298,10 @@ class WriteBack:
 
     # ------------------------------------------------------------------ FUSE-side operations
 
-    def create(self, path: str) -> tuple[Pending, int]:
+    def create(self, path: str, replaces: tuple[str, ...] = ()) -> tuple[Pending, int]:
+        """A new staged file at ``path``; ``replaces``: the archive(s) it supersedes there (O_TRUNC)."""
         sid, staging = self.area.new()
-        p = Pending(sid=sid, path=path, staging=staging, writers=1, unflushed=1, dirty=True)
+        p = Pending(sid=sid, path=path, staging=staging, writers=1, unflushed=1, dirty=True, replaces=replaces)
         fd = os.open(staging, os.O_RDWR)
         with self.lock:
             if path in self._pending:  # lost a race with another create
@@ -459,10 +486,16 @@ class WriteBack:
         log.info("removed %s before it became an archive (%s)", p.path, state)
         return True
 
-    def rename(self, p: Pending, old: str, new: str, target: Pending | None) -> None:
-        """Rename a staged file (onto another staged file, which is dropped)."""
+    def rename(self, p: Pending, old: str, new: str, target: Pending | None, replaces: tuple[str, ...] = ()) -> None:
+        """Rename a staged file (onto another staged file, which is dropped; onto an archive, ``replaces``).
+
+        The archives the dropped target or the archive at ``new`` would replace are replaced by
+        ``p`` now: recorded in its manifest (if it is committed; else at its commit)."""
         if target is not None and target is not p:
-            self.cancel(target)
+            if self.cancel(target):
+                replaces = (*replaces, *target.replaces)
+            elif target.archive_id is not None:  # it became an archive meanwhile: replace that
+                replaces = (*replaces, target.archive_id)
         abort_key = None
         with p.io:
             with self.lock:
@@ -475,6 +508,7 @@ class WriteBack:
                 del self._pending[old]
                 p.path = new
                 self._pending[new] = p
+                p.replaces = tuple(dict.fromkeys((*p.replaces, *replaces)))
                 if p.busy:
                     abort_key = p.key
                     p.generation += 1
@@ -585,12 +619,20 @@ class WriteBack:
                 if not superseded and archive is not None:
                     p.state = "completing"
             if not superseded and archive is not None:
-                self._complete(p, archive)
-                return
+                replaces = self._complete(p, archive)
+        if not superseded and archive is not None:
+            if replaces:
+                try:
+                    self.replacer.finish(p.sid, p.path, archive.archive_id, replaces)
+                finally:
+                    p.done.set()
+            return
         if superseded:
             with self.lock:
                 p.busy = False
                 cancelled = p.cancelled
+                if p.state == "uploading" and not cancelled:
+                    p.state = "queued"  # renamed meanwhile (not reopened: that made it "writing"): upload again
             if archive is not None:  # it completed although it was removed or renamed meanwhile
                 try:
                     self._delete_archive(archive.archive_id)
@@ -607,16 +649,23 @@ class WriteBack:
             return
         self._upload_failed(p, error)
 
-    def _complete(self, p: Pending, archive: Any) -> None:
-        """The archive exists: its bytes move into the cache, the file leaves the pending table (io held)."""
+    def _complete(self, p: Pending, archive: Any) -> tuple[str, ...]:
+        """The archive exists: its bytes move into the cache, the file leaves the pending table (io
+        held). Returns the archives it replaces: the caller deletes them with no lock held."""
+        with self.lock:
+            replaces = tuple(r for r in p.replaces if r != archive.archive_id)
+            manifest = p.manifest()
+        if replaces:
+            self.replacer.record(p.sid, manifest, archive.archive_id)
         try:
             self.cache.add(archive.archive_id, p.staging)
         except (OSError, ValueError) as exc:
             log.warning("could not keep the bytes of %s in the cache: %s", p.path, exc)
-        try:
-            self.area.remove_manifest(p.sid)
-        except OSError as exc:
-            log.warning("could not remove the manifest of %s: %s", p.path, exc)
+        if not replaces:
+            try:
+                self.area.remove_manifest(p.sid)
+            except OSError as exc:
+                log.warning("could not remove the manifest of %s: %s", p.path, exc)
         with self.lock:
             p.archive_id = archive.archive_id
             p.tree_hash = archive.tree_hash
@@ -624,9 +673,11 @@ class WriteBack:
             p.busy = False
             if self._pending.get(p.path) is p:
                 del self._pending[p.path]
-            p.done.set()
+            if not replaces:
+                p.done.set()  # else once the replaced archives are deleted: `sync FILE` sees the whole change
         self._on_archived(archive)
         log.info("uploaded %s as archive %s", p.path, archive.archive_id)
+        return replaces
 
     def _engine_state(self, key: str) -> Any:
         try:
@@ -638,17 +689,41 @@ class WriteBack:
         """After a crash between the engine's completion and our bookkeeping: the archive exists."""
         from glacierfs.treehash import tree_hash_file
 
-        found = self.catalog.lookup(rel(path))
-        if found is None or found == "dir" or getattr(found, "source", "upload") != "upload":
-            return None
         try:
             size = os.stat(p.staging).st_size
-            if int(found.size) != size or tree_hash_file(str(p.staging)) != found.tree_hash:
-                return None
         except OSError:
             return None
-        log.info("%s was already uploaded as %s before the restart", path, found.archive_id)
-        return found
+        digest: list[str] = []
+        for found in self._same_path(rel(path)):
+            if found.archive_id in p.replaces or int(found.size) != size:
+                continue  # an archive this file replaces is never taken for its upload
+            try:
+                if not digest:
+                    digest.append(tree_hash_file(str(p.staging)))
+            except OSError:
+                return None
+            if digest[0] == found.tree_hash:
+                log.info("%s was already uploaded as %s before the restart", path, found.archive_id)
+                return found
+        return None
+
+    def _same_path(self, path: str) -> list[Any]:
+        """Uploaded archives whose description names ``path``: the one shown there and its variants
+        (the archive it replaces may hold the plain name while both exist)."""
+        from glacierfs.codec import decode_description, safe_relpath
+
+        found = self.catalog.lookup(path)
+        shown = [found] if found is not None and found != "dir" else []
+        try:
+            entries = self.catalog.listdir(path.rpartition("/")[0])
+        except (NotFoundError, OSError):
+            entries = []
+        for _name, a in entries:
+            if a is None or a in shown:
+                continue
+            if safe_relpath(decode_description(a.description).path, a.archive_id) == path:
+                shown.append(a)
+        return [a for a in shown if getattr(a, "source", "upload") == "upload"]
 
     def _upload_failed(self, p: Pending, error: BaseException | None) -> None:
         permanent = isinstance(error, UsageError | CredentialsError | NotFoundError)

@@ -55,6 +55,7 @@ from glacierfs.errors import (
 )
 from glacierfs.fs import xattrs
 from glacierfs.fs.datacache import DataCache
+from glacierfs.fs.replace import early_deletion_note
 from glacierfs.fs.retrievals import Retrievals, Runner
 from glacierfs.fs.stagedir import StagingArea
 from glacierfs.fs.staging import Engine, Pending, WriteBack
@@ -62,7 +63,6 @@ from glacierfs.fs.types import (
     DIR,
     HIDDEN_PREFIX,
     Attr,
-    FSError,
     check_name,
     rel,
     split,
@@ -99,6 +99,8 @@ class VaultFS:
         runner: Runner | None = None,
         read_only: bool = False,
         auto_retrieve: str | None = None,
+        auto_retrieve_max: int = 10,
+        retrieve_max_jobs: int = 100,
         upload_workers: int = 2,
         upload_delay: float = 0.5,
         retry_delay: float = 2.0,
@@ -124,7 +126,8 @@ class VaultFS:
         )
         self.retrievals = (
             Retrievals(runner, catalog, vault, cache, on_cached=self._intact_add, on_inventory=self._bump,
-                       poll_interval=poll_interval, max_poll_interval=max_poll_interval)
+                       poll_interval=poll_interval, max_poll_interval=max_poll_interval,
+                       auto_max=auto_retrieve_max, tree_max=retrieve_max_jobs)
             if runner is not None else None
         )
         self._lock = threading.Lock()
@@ -359,8 +362,14 @@ class VaultFS:
             return self._open_pending(found, flags, write)
         if write:
             self._check_writable()
-            log.warning("%s is an archive: archives are immutable, writing to it is refused (rm it first to "
-                        "replace it)", path)
+            if flags & os.O_TRUNC:  # cp, cp -f, `>`: a new file replaces the archive (glacierfs.fs.replace)
+                p, fd = self.writeback.create(path, replaces=(found.archive_id,))
+                log.info("%s: replacing archive %s; it is deleted once the new content is archived", path,
+                         found.archive_id)
+                return self._new_handle(Handle(fd=fd, path=path, pending=p, writer=True))
+            log.warning("%s is an archive: changing it in place (>>, writes without O_TRUNC) is refused (EPERM); "
+                        "replace it whole instead: cp -f NEW %s, or write a new file and mv it over", path,
+                        shlex.quote(self._shown(path)))
             raise NotPermitted()
         archive_id = found.archive_id
         if not self.cache.has(archive_id):
@@ -406,13 +415,7 @@ class VaultFS:
     def _not_cached(self, path: str, archive_id: str) -> None:
         """Fail at once (EAGAIN), say how to retrieve, maybe start the retrieval."""
         if self.auto_retrieve and self.retrievals is not None:
-            try:
-                self.retrieve(path, self.auto_retrieve)
-                log.warning("%s is not cached: started a %s retrieval (--auto-retrieve)", path, self.auto_retrieve)
-            except (FSError, OSError) as exc:
-                log.warning("%s: auto-retrieve failed: %s", path, exc.strerror or exc)
-            except Exception as exc:
-                log.warning("%s: auto-retrieve failed: %s", path, exc)
+            self.retrievals.auto_start(archive_id, self.auto_retrieve, self._shown(path))  # capped, logged
             raise TryAgain("archive not retrieved")
         now = time.monotonic()
         with self._lock:
@@ -420,7 +423,7 @@ class VaultFS:
             if hint:
                 self._hinted[archive_id] = now
         if hint:
-            shown = os.path.join(self.display_root, path.lstrip("/")) if self.display_root else path
+            shown = self._shown(path)
             if self.retrievals is not None and self.retrievals.running(archive_id):
                 log.warning("%s is in Glacier and not cached locally; its retrieval is running, reads work once "
                             "it is downloaded (watch: getfattr -n user.glacier.state %s)", shown, shlex.quote(shown))
@@ -429,6 +432,10 @@ class VaultFS:
                             "setfattr -n user.glacier.retrieve -v Standard %s (or Expedited/Bulk), or: %s",
                             shown, shlex.quote(shown), self.hint_command(path))
         raise TryAgain("archive not retrieved")
+
+    def _shown(self, path: str) -> str:
+        """Where the user sees ``path`` (the mount point's path, for hints in the log)."""
+        return os.path.join(self.display_root, path.lstrip("/")) if self.display_root else path
 
     def _open_pending(self, p: Pending, flags: int, write: bool) -> int:
         if not write:
@@ -525,12 +532,28 @@ class VaultFS:
             raise IsADirectory()
         if isinstance(found, Pending):
             if self.writeback.cancel(found):
+                self._drop_replaced(found, path)
                 return
             found = self._found(path)  # it became an archive meanwhile: delete that
             if isinstance(found, Pending) or found == DIR:
                 raise Busy()
         self._delete_archive(found.archive_id)
         log.info("deleted archive %s (%s)", found.archive_id, path)
+        note = early_deletion_note(found)
+        if note:
+            log.warning("%s: %s", path, note)
+
+    def _drop_replaced(self, p: Pending, path: str) -> None:
+        """rm of a file that was to replace archives: the path goes, so do they (at once)."""
+        with self.writeback.lock:
+            replaced, p.replaces = p.replaces, ()
+        for archive_id in replaced:
+            archive = self.catalog.get(archive_id)
+            self._delete_archive(archive_id)
+            log.info("deleted archive %s (%s, its replacement was removed before it was archived)", archive_id, path)
+            note = early_deletion_note(archive) if archive is not None else None
+            if note:
+                log.warning("%s: %s", path, note)
 
     def _delete_archive(self, archive_id: str) -> None:
         try:
@@ -551,6 +574,7 @@ class VaultFS:
 
     def rename(self, old: str, new: str) -> None:
         """Files not yet archives and empty directories can be renamed; archives cannot (EPERM).
+        A file not yet an archive renamed onto an archive replaces it (editors, rsync, sed -i).
 
         Never EXDEV: ``mv`` would fall back to copy+delete, which needs a retrieval.
         """
@@ -584,17 +608,21 @@ class VaultFS:
                 return
             log.warning("rename %s: archives are immutable in Glacier (retrieve, copy, then rm)", old)
             raise NotPermitted()
+        if hidden:  # rm'ed while open: what it was to replace goes now
+            self._drop_replaced(found, old)
         if hidden and found.writers == 0:
             self.writeback.cancel(found)  # rm'ed while a reader has it open: that reader keeps its descriptor
             return
         if target == DIR:
             raise IsADirectory()
+        replaces: tuple[str, ...] = ()
         if target is not None and not isinstance(target, Pending):
-            log.warning("rename onto %s refused: it is an archive (rm it first)", new)
-            raise NotPermitted()
+            replaces = (target.archive_id,)
+            log.info("%s: replacing archive %s with %s; it is deleted once the new content is archived", new,
+                     target.archive_id, old)
         if not hidden:
             check_name(new)
-        self.writeback.rename(found, old, new, target)
+        self.writeback.rename(found, old, new, target if isinstance(target, Pending) else None, replaces)
 
     def link(self, target: str, source: str) -> None:
         raise NotPermitted("hard links are not supported")
@@ -611,10 +639,13 @@ class VaultFS:
         """
         tier = xattrs.normalize_tier(tier)
         found = self._found(path)
-        if found == DIR or isinstance(found, Pending):
+        if isinstance(found, Pending):
             raise InvalidArgument("only archives can be retrieved")
         if self.retrievals is None:
             raise NotSupported()
+        if found == DIR:  # the subtree, within --retrieve-max-jobs (see Retrievals.start_tree)
+            self.retrievals.start_tree(rel(path), tier, self._shown(path))
+            return
         archive_id = found.archive_id
         if self.cache.has(archive_id):
             return
