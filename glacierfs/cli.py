@@ -88,12 +88,7 @@ def setup_logging(debug: bool, quiet: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def error_line(exc: GlacierFSError, args: argparse.Namespace | None) -> str:
-    """``error: <message>`` plus, when the error names a helpful command, ``; run: <command>``."""
-    line = f"error: {exc}"
-    if exc.hint:
-        line += f"; run: {hints.command(args, *exc.hint)}"
-    return line
+error_line = hints.error_line  # the one renderer of an error line (also per-file lines of upload)
 
 
 def _fail(line: str) -> None:

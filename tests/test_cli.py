@@ -283,6 +283,39 @@ def test_upload_is_multipart_unless_single_request(cli: Cli, vault: str, work: P
     assert res_b.lines[0].split("  ")[1] == tree_hash(data_b)
 
 
+def test_upload_of_many_files_keeps_several_in_flight_and_fails_only_the_bad_ones(
+    cli: Cli, vault: str, work: Path, glacier_server
+) -> None:
+    """20 small files in one command: 20 archives, one line each in argument order; the files
+    that cannot be read (missing, a FIFO, unreadable) fail alone with one line each."""
+    good = [f"f{i:02d}.bin" for i in range(20)]
+    data = {name: write(work / name, 1000 + i, seed=i) for i, name in enumerate(good)}
+    os.mkfifo(work / "fifo")
+    bad = {"missing.bin": "missing.bin: no such file", "fifo": "fifo: is a FIFO, not a regular file"}
+    if os.geteuid() != 0:  # root reads a mode-000 file anyway
+        write(work / "locked.bin", 10)
+        (work / "locked.bin").chmod(0)
+        bad["locked.bin"] = "locked.bin: permission denied"
+    args = [*good[:5], "missing.bin", *good[5:12], "fifo", *good[12:], *(["locked.bin"] if "locked.bin" in bad else [])]
+    res = cli("upload", "-v", vault, "--jobs", "4", *args, code=3)  # the first failure's status (not found)
+    lines = [line.split("  ") for line in res.lines]
+    assert [x[3] for x in lines] == good  # argument order, whatever order they finished in
+    assert [x[1] for x in lines] == [tree_hash(data[name]) for name in good]
+    errors = res.stderr.splitlines()
+    assert [e.split(": ", 2)[:2] for e in errors] == [["glacierfs", "error"]] * len(bad), str(res)
+    for line, name in zip(errors, [a for a in args if a in bad], strict=True):
+        assert bad[name] in line, str(res)
+    ids = [x[0] for x in lines]
+    assert len(set(ids)) == 20
+
+    again = cli("upload", "-v", vault, *good)  # already archived: the same archives, nothing new
+    assert [line.split("  ")[0] for line in again.lines] == ids
+    glacier_server.snapshot(vault)
+    archives = _server_inventory(glacier_server, vault)
+    assert sorted(a["ArchiveId"] for a in archives) == sorted(ids)  # 20 archives, none duplicated
+    assert glacier_server.client().list_multipart_uploads(vaultName=vault)["UploadsList"] == []
+
+
 def test_upload_errors(cli: Cli, vault: str, work: Path) -> None:
     write(work / "a.txt", 10)
     cli.error(3, "upload", "-v", vault, "a.txt", "nope.txt", match="nope.txt: no such file")

@@ -24,7 +24,7 @@ import pytest
 from glacierfs.client import ConnectionSettings, Glacier, make_glacier
 from glacierfs.errors import StateError, UsageError
 from glacierfs.treehash import MiB, tree_hash_file
-from glacierfs.upload import UploadEngine, choose_part_size
+from glacierfs.upload import THROUGHPUT_PART_SIZE, UploadEngine, choose_part_size, default_part_size
 
 REPO = Path(__file__).resolve().parent.parent
 VAULT = "uploads"
@@ -45,11 +45,22 @@ def write_random(path: Path, size: int, seed: int = 0) -> Path:
 # --------------------------------------------------------------------------- part size (no server)
 
 
-def test_part_size_smallest_power_of_two_within_10000_parts():
-    assert choose_part_size(1) == MiB
-    assert choose_part_size(10_000 * MiB) == MiB
-    assert choose_part_size(10_000 * MiB + 1) == 2 * MiB
-    assert choose_part_size(100_000 * MiB) == 16 * MiB
+@pytest.mark.parametrize(("size", "part"), [
+    (0, 16 * MiB),
+    (1, 16 * MiB),
+    (16 * MiB, 16 * MiB),
+    (10_000 * 16 * MiB, 16 * MiB),  # exactly 10,000 parts of the floor
+    (10_000 * 16 * MiB + 1, 32 * MiB),  # one byte more: the next power of two
+    (100_000 * MiB, 16 * MiB),
+    (10_000 * 1024 * MiB + 1, 2048 * MiB),
+    (10_000 * 4096 * MiB, 4096 * MiB),  # Glacier's largest archive (40 TiB)
+    (10_000 * 4096 * MiB + 1, 4096 * MiB),  # capped: choose_part_size refuses this size
+])
+def test_default_part_size_is_the_throughput_floor_or_what_10000_parts_need(size, part):
+    assert default_part_size(size) == part
+    assert THROUGHPUT_PART_SIZE == 16 * MiB
+    if size <= 10_000 * 4096 * MiB:
+        assert choose_part_size(size) == part
 
 
 def test_requested_part_size_used_when_larger(caplog):
@@ -280,9 +291,31 @@ def test_resume_sends_only_missing_parts(server, glacier, catalog, tmp_path):
     archive = engine.upload(f, "r.bin", description="r")
     st = engine.last_stats
     assert st.resumed and st.restarted is None
+    assert st.part_size == MiB  # the resumed upload keeps its part size, not the 16 MiB default
     assert st.parts_reused == len(on_server)
     assert set(st.sent_indices) == set(range(8)) - on_server
     assert part_requests(server) == 8  # every part reached the server exactly once
+    assert archive.tree_hash == tree_hash_file(f)
+    assert open_uploads(glacier) == [] and engine.pending() == {}
+    assert [a["ArchiveId"] for a in inventory(server, glacier)] == [archive.archive_id]
+
+
+def test_an_open_upload_whose_state_was_lost_is_adopted_with_its_own_part_size(server, glacier, catalog, tmp_path):
+    """Without --part-size an adopted upload keeps the part size it began with (1 MiB here,
+    the default of earlier versions), not today's 16 MiB default."""
+    f = write_random(tmp_path / "lost.bin", 6 * MiB, seed=30)
+    engine = UploadEngine(glacier, catalog, VAULT, part_size=MiB, concurrency=1)
+    interrupted(engine, 2)
+    with pytest.raises(Crash):
+        engine.upload(f, "lost.bin")
+    [(key, pending)] = engine.pending().items()
+    catalog.remove_upload(key)  # the local state is lost (cache rebuilt); the service keeps the upload
+
+    engine = UploadEngine(glacier, catalog, VAULT, concurrency=2)
+    archive = engine.upload(f, "lost.bin")
+    st = engine.last_stats
+    assert st.resumed and st.upload_id == pending.upload_id
+    assert st.part_size == MiB and st.parts_total == 6 and st.parts_reused >= 2
     assert archive.tree_hash == tree_hash_file(f)
     assert open_uploads(glacier) == [] and engine.pending() == {}
     assert [a["ArchiveId"] for a in inventory(server, glacier)] == [archive.archive_id]
