@@ -1,7 +1,7 @@
 """The same server's best case, for scripts/bench: plain boto3, no glacierfs code (own process).
 
     bench_best.py upload URL VAULT FILE --threads 8      multipart upload, the largest useful parts
-    bench_best.py download URL VAULT JOB_ID OUT --threads 8   ranged GetJobOutput, verified
+    bench_best.py download URL VAULT OUT --job=JOB_ID --threads 8   ranged GetJobOutput, verified
     bench_best.py upload-archive URL VAULT FILE          one UploadArchive (a fresh process per file)
 
 "Largest useful parts": the largest power-of-two MiB that still gives every thread a part
@@ -123,11 +123,12 @@ def main() -> int:
     p.add_argument("vault")
     p.add_argument("args", nargs="+")
     p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--job", help="job id (give it as --job=ID: ids may start with '-')")
     a = p.parse_args()
     if a.op == "upload":
         res = upload(a.url, a.vault, a.args[0], a.threads)
     elif a.op == "download":
-        res = download(a.url, a.vault, a.args[0], a.args[1], a.threads)
+        res = download(a.url, a.vault, a.job, a.args[0], a.threads)
     else:
         res = upload_archive(a.url, a.vault, a.args[0])
     res["seconds"] = time.perf_counter() - t0

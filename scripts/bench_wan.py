@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import bench_procs as procs
@@ -44,25 +46,47 @@ def ms(latency: float) -> str:
     return f"{latency * 1000:.0f} ms"
 
 
-def run_timed(argv: list[str], cwd: Path | None = None) -> tuple[float, str]:
-    """Run a command (AWS env isolated); its wall time and stdout; raise with its output on failure."""
+@dataclass
+class Timed:
+    seconds: float  # wall time, process start included
+    cpu: float  # user + system CPU seconds of the process (and its children)
+    stdout: str
+
+
+def run_timed(argv: list[str], cwd: Path | None = None) -> Timed:
+    """Run a command (AWS env isolated) to completion; raise with its output on failure."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     res = subprocess.run(argv, capture_output=True, text=True, env=procs.child_env(), cwd=cwd or REPO,
                          check=False, timeout=3600)
     t = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:4])} ... -> exit {res.returncode}\n{res.stdout[-1500:]}\n{res.stderr[-1500:]}")
-    return t, res.stdout
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Timed(t, cpu, res.stdout)
 
 
-def glacierfs_timed(srv: procs.Server, cache: Path, *args: str, cwd: Path | None = None) -> tuple[float, str]:
+def glacierfs_timed(srv: procs.Server, cache: Path, *args: str, cwd: Path | None = None) -> Timed:
     cmd, rest = args[0], args[1:]
     return run_timed([sys.executable, "-m", "glacierfs", cmd, "-q", *srv.client_args(cache), *rest], cwd=cwd)
 
 
-def best_timed(*args: str) -> tuple[float, dict]:
-    t, out = run_timed([sys.executable, str(REPO / "scripts" / "bench_best.py"), *args])
-    return t, json.loads(out.strip().splitlines()[-1])
+def best_timed(*args: str) -> tuple[Timed, dict]:
+    done = run_timed([sys.executable, str(REPO / "scripts" / "bench_best.py"), *args])
+    return done, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def server_cpu(srv: procs.Server) -> float:
+    """CPU seconds the server process has used so far (/proc; the bench runs on Linux)."""
+    with open(f"/proc/{srv.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_note(ours: Timed, best: Timed, srv_ours: float, srv_best: float) -> str:
+    return (f"CPU s (client/server): glacierfs {ours.cpu:.1f}/{srv_ours:.1f}, best case {best.cpu:.1f}/{srv_best:.1f}; "
+            f"load average {os.getloadavg()[0]:.1f}")
 
 
 def aws_cli() -> Path | None:
@@ -100,10 +124,15 @@ def bench_one_file(work: Path, quick: bool) -> list[Row]:
             srv.create_vault("v")
             cache = base / "cache"
             sync_all()
-            t_cli, out = glacierfs_timed(srv, cache, "upload", "-v", "v", str(src))
-            archive_id = out.split()[0]
+            c0 = server_cpu(srv)
+            ours = glacierfs_timed(srv, cache, "upload", "-v", "v", str(src))
+            c1 = server_cpu(srv)
+            archive_id = ours.stdout.split()[0]
             sync_all()
-            t_best, best = best_timed("upload", srv.url, "v", str(src), "--threads", "8")
+            c2 = server_cpu(srv)
+            theirs, best = best_timed("upload", srv.url, "v", str(src), "--threads", "8")
+            c3 = server_cpu(srv)
+            t_cli, t_best = ours.seconds, theirs.seconds
             rows.append(Row(
                 f"upload {size_label(size)} @ {at}: CLI defaults",
                 rate(size, t_cli),
@@ -112,7 +141,7 @@ def bench_one_file(work: Path, quick: bool) -> list[Row]:
                 "speed vs best >= 0.8",
                 judged(quick, t_best / t_cli >= 0.8),
                 f"best case: boto3, 8 threads, {best['part_size'] // MiB} MiB parts; glacierfs: "
-                f"{default_part_mib(size)} MiB parts, 4 connections",
+                f"{default_part_mib(size)} MiB parts, 4 connections; " + cpu_note(ours, theirs, c1 - c0, c3 - c2),
             ))
             if fuse:
                 rows.append(Row(f"mount rows {size_label(size)} @ {at}", "skipped", fuse, None, "-"))
@@ -176,14 +205,28 @@ def restore_row(srv: procs.Server, base: Path, cache: Path, archive_id: str, siz
             raise RuntimeError("the retrieval job did not complete in 120 s")
         time.sleep(0.05)
     sync_all()
-    t_ours, _ = glacierfs_timed(srv, cache, "download", "-v", "v", f"--archive-id={archive_id}", "-o", str(base / "restored.bin"))
+    c0 = server_cpu(srv)
+    ours = glacierfs_timed(srv, cache, "download", "-v", "v", f"--archive-id={archive_id}", "-o", str(base / "restored.bin"))
+    c1 = server_cpu(srv)
     (base / "restored.bin").unlink()
     sync_all()
-    t_best, _ = best_timed("download", srv.url, "v", job_id, str(base / "best.bin"), "--threads", "8")
+    c2 = server_cpu(srv)
+    theirs, _ = best_timed("download", srv.url, "v", str(base / "best.bin"), f"--job={job_id}", "--threads", "8")
+    c3 = server_cpu(srv)
     (base / "best.bin").unlink()
+    t_ours, t_best = ours.seconds, theirs.seconds
     return Row(f"restore {size_label(size)} @ {at} (job done; download + verify)", rate(size, t_ours),
                f"best case {rate(size, t_best)}", t_best / t_ours, "speed vs best >= 0.8",
-               judged(quick, t_best / t_ours >= 0.8), "best case: boto3, 8 ranged GetJobOutput threads, tree hash checked")
+               judged(quick, t_best / t_ours >= 0.8),
+               "best case: boto3, 8 ranged GetJobOutput threads, tree hash checked; glacierfs: 2 threads, "
+               f"{download_chunk_mib(size)} MiB ranges, verified whole, fsynced, moved into place; "
+               + cpu_note(ours, theirs, c1 - c0, c3 - c2))
+
+
+def download_chunk_mib(size: int) -> int:
+    from glacierfs.download import chunk_size_for
+
+    return chunk_size_for(size) // MiB
 
 
 # --------------------------------------------------------------------------- many files
@@ -210,9 +253,10 @@ def bench_many_files(work: Path, quick: bool) -> list[Row]:
         with procs.server(base / "server", "--latency", str(latency)) as srv:
             srv.create_vault("v")
             sync_all()
-            t_cli, out = glacierfs_timed(srv, base / "cache", "upload", "-v", "v", *files)
-            if len(out.splitlines()) != n:
-                raise RuntimeError(f"upload printed {len(out.splitlines())} lines for {n} files")
+            done = glacierfs_timed(srv, base / "cache", "upload", "-v", "v", *files)
+            t_cli = done.seconds
+            if len(done.stdout.splitlines()) != n:
+                raise RuntimeError(f"upload printed {len(done.stdout.splitlines())} lines for {n} files")
             t_loop, how = aws_loop(srv, files[:sample], aws)
             t_aws = t_loop * n / sample
             baseline = f"{how} loop {t_aws:.1f} s ({sample} timed: {t_loop:.1f} s, x{n / sample:g})"
