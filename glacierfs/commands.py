@@ -34,6 +34,7 @@ import logging
 import os
 import posixpath
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,9 +143,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
         per_file = ctx.progress if together == 1 else NULL_PROGRESS
         total = ctx.progress.bar("upload", _total_size(args.files)) if together > 1 else None
 
-        def engine() -> UploadEngine:
+        def engine(stop: threading.Event) -> UploadEngine:
             return UploadEngine(ctx.glacier, catalog, vault, part_size=part_size, concurrency=args.concurrency,
-                                progress=per_file, single_request=args.single_request)
+                                progress=per_file, single_request=args.single_request, stop=stop)
 
         outcomes = upload_files(items, engine, together)
         try:

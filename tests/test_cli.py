@@ -316,6 +316,50 @@ def test_upload_of_many_files_keeps_several_in_flight_and_fails_only_the_bad_one
     assert glacier_server.client().list_multipart_uploads(vaultName=vault)["UploadsList"] == []
 
 
+@pytest.mark.timeout(300)
+def test_ctrl_c_of_a_many_file_upload_ends_within_the_parts_in_flight(glacier_server_factory, tmp_path: Path,
+                                                                      work: Path) -> None:
+    """Ctrl-C while several files are in flight: exit 130 with one line once the parts in flight
+    are done (not the whole files); the same command then resumes them into one archive each."""
+    import signal
+    import time
+
+    # 512 KiB/s per connection: a part takes 2 s, a whole file 24 s (longer than the exit may take)
+    server = glacier_server_factory("--bandwidth", "512K")
+    cli = Cli(server.url, tmp_path / "cache", work)
+    cli("vaults", "create", "v")
+    names = [f"big{i}.bin" for i in range(3)]
+    for i, name in enumerate(names):
+        write(work / name, 12 * MiB, seed=50 + i)
+    args = ("upload", "-v", "v", "--jobs", "3", "--part-size", "1M", *names)
+    proc = cli.popen(*args, "--concurrency", "1")
+    client = server.client()
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # until every file has parts on the server (all three in flight)
+            ups = client.list_multipart_uploads(vaultName="v")["UploadsList"]
+            held = [u for u in ups if client.list_parts(vaultName="v", uploadId=u["MultipartUploadId"])["Parts"]]
+            if len(held) == 3 or proc.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the upload ended before all three files were in flight"
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=15)  # waiting for the whole files (24 s) fails here
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["glacierfs: interrupted"], err
+    assert "Traceback" not in err
+    res = cli(*args, "--concurrency", "4", timeout=240)  # resumed: the parts on the server are kept
+    assert [line.split("  ")[3] for line in res.lines] == names
+    server.snapshot("v")
+    archives = _server_inventory(server, "v")
+    assert sorted(a["ArchiveId"] for a in archives) == sorted(line.split("  ")[0] for line in res.lines)
+    assert client.list_multipart_uploads(vaultName="v")["UploadsList"] == []
+
+
 def test_upload_errors(cli: Cli, vault: str, work: Path) -> None:
     write(work / "a.txt", 10)
     cli.error(3, "upload", "-v", vault, "a.txt", "nope.txt", match="nope.txt: no such file")

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,8 +237,13 @@ def run_sync(
     jobs: int = 4,
     progress: Progress = NULL_PROGRESS,
     emit: Callable[[str], None] = print,
+    stop: threading.Event | None = None,
 ) -> SyncResult:
-    """Carry out ``plan`` with ``jobs`` operations in flight; per-item failures are collected."""
+    """Carry out ``plan`` with ``jobs`` operations in flight; per-item failures are collected.
+
+    ``stop`` is set when the run ends early (Ctrl-C, credentials): engines made to watch it send
+    no new part, so the process ends within the parts in flight.
+    """
     result = SyncResult(unchanged=plan.unchanged, skipped=len(plan.skipped), modified=len(plan.modified))
     for key in plan.stale_uploads:
         try:
@@ -275,7 +281,7 @@ def run_sync(
     tasks += [lambda op=op: delete(op) for op in plan.delete]  # type: ignore[misc]
     bar = progress.bar("sync", plan.upload_bytes)
     try:
-        with contextlib.closing(in_flight(tasks, jobs, "sync")) as results:  # an error cancels the rest
+        with contextlib.closing(in_flight(tasks, jobs, "sync", stop)) as results:  # an error cancels the rest
             for _index, out in results:
                 if isinstance(out.error, CredentialsError):
                     raise out.error  # every other operation would fail the same way: one line

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -34,13 +35,14 @@ DEFAULT_FILES_IN_FLIGHT = 4
 
 
 def in_flight(
-    tasks: Iterable[Callable[[], T]], jobs: int, name: str = "batch"
+    tasks: Iterable[Callable[[], T]], jobs: int, name: str = "batch", stop: threading.Event | None = None
 ) -> Generator[tuple[int, T], None, None]:
     """Run ``tasks`` with at most ``jobs`` in flight; yield ``(index, result)`` as each completes.
 
     Tasks are taken from the iterable only as room frees up (a million files are not queued at
-    once). Closing the generator early (or an exception) cancels the tasks not yet started; the
-    ones running finish in their threads.
+    once). Closing the generator early (or an exception, e.g. Ctrl-C) cancels the tasks not yet
+    started and sets ``stop``, which the running ones watch (an upload engine given it sends no
+    new part), so the process ends within the parts in flight rather than whole files.
     """
     jobs = max(1, jobs)
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix=name)
@@ -60,6 +62,8 @@ def in_flight(
                 index = inflight.pop(fut)
                 yield index, fut.result()
     except BaseException:
+        if stop is not None:
+            stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
@@ -101,20 +105,24 @@ class FileOutcome:
 
 
 def upload_files(
-    items: Sequence[FileItem], engine_factory: Callable[[], FileUploader], jobs: int = DEFAULT_FILES_IN_FLIGHT
+    items: Sequence[FileItem],
+    engine_factory: Callable[[threading.Event], FileUploader],
+    jobs: int = DEFAULT_FILES_IN_FLIGHT,
 ) -> Generator[FileOutcome, None, None]:
     """Upload ``items`` with ``jobs`` files in flight; yield each outcome in the items' order.
 
     Each file's upload key is its real path (as with one file at a time), so re-running the
     same command resumes every interrupted upload and skips the files already archived. A file
     that cannot be read fails alone (its outcome carries the error); the others go on.
+    ``engine_factory(stop)`` makes one engine per file that watches ``stop`` (set when this
+    generator is closed early or interrupted).
     """
     from glacierfs.fsutil import check_regular_file
 
     def upload(item: FileItem) -> FileOutcome:
         try:
             st = check_regular_file(item.name)
-            archive = engine_factory().upload(
+            archive = engine_factory(stop).upload(
                 Path(item.name), item.archive_path, mtime=st.st_mtime, description=item.description,
                 key=os.path.realpath(item.name),
             )
@@ -122,10 +130,11 @@ def upload_files(
         except GlacierFSError as exc:
             return FileOutcome(-1, item, error=exc)
 
+    stop = threading.Event()
     ready: dict[int, FileOutcome] = {}
     next_index = 0
     tasks = (lambda item=item: upload(item) for item in items)
-    results = in_flight(tasks, jobs, "upload")
+    results = in_flight(tasks, jobs, "upload", stop)
     try:
         for index, out in results:
             ready[index] = FileOutcome(index, out.item, out.archive, out.error)
@@ -133,4 +142,5 @@ def upload_files(
                 yield ready.pop(next_index)
                 next_index += 1
     finally:
+        stop.set()  # closed early (a fatal error, Ctrl-C): the files still running stop
         results.close()

@@ -96,6 +96,7 @@ import datetime as _dt
 import logging
 import os
 import stat as _stat
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -205,6 +206,7 @@ class UploadEngine:
         single_request: bool = False,
         part_attempts: int = 3,
         lock_dir: Path | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         if concurrency < 1:
             raise UsageError("concurrency must be at least 1")
@@ -225,6 +227,9 @@ class UploadEngine:
         self.single_request = single_request
         self.part_attempts = max(1, part_attempts)
         self._lock_dir = Path(lock_dir) if lock_dir is not None else None
+        # Set by another thread (Ctrl-C of `upload FILE...`, `sync`): no new part is sent, the
+        # parts in flight finish, and upload() raises StateError; the state stays resumable.
+        self.stop = stop
         self.last_stats = UploadStats()
         self._last_save = 0.0
         # Test hook: called in the main thread after each part is recorded (index, stats).
@@ -585,6 +590,8 @@ class UploadEngine:
             inflight: dict[Future[tuple[str, int]], int] = {}
             try:
                 while todo or inflight:
+                    if error is None and self.stop is not None and self.stop.is_set():
+                        error = StateError(f"the upload of {job.source} was stopped; run the command again to resume it")
                     while todo and error is None and len(inflight) < self.concurrency:
                         index = todo.popleft()
                         fut = pool.submit(send_part, self.glacier, self.vault, upload_id, job, index, self.part_attempts)
