@@ -88,12 +88,7 @@ def setup_logging(debug: bool, quiet: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def error_line(exc: GlacierFSError, args: argparse.Namespace | None) -> str:
-    """``error: <message>`` plus the commands the error names: ``; run: <command>[, then: <command>]``."""
-    line = f"error: {exc}"
-    for i, words in enumerate(exc.hints):
-        line += f"{'; run' if i == 0 else ', then'}: {hints.command(args, *words)}"
-    return line
+error_line = hints.error_line  # the one renderer of an error line (also per-file lines of upload)
 
 
 def _fail(line: str) -> None:

@@ -34,13 +34,14 @@ import logging
 import os
 import posixpath
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from glacierfs import hints
 from glacierfs.context import Context, make_progress, open_context
-from glacierfs.errors import ConflictError, NotFoundError, NotReadyError, UsageError
+from glacierfs.errors import ConflictError, GlacierFSError, NotFoundError, NotReadyError, UsageError
 from glacierfs.names import (
     DEFAULT_TIER,
     TIERS,
@@ -108,42 +109,79 @@ def _existing_files(names: list[str]) -> list[tuple[str, int]]:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    """Upload each FILE; re-running the same command resumes (state keyed by the file's real path).
+    """Upload each FILE, ``--jobs`` files in flight; re-running the same command resumes (state
+    keyed by each file's real path).
 
     The archive path is FILE as given, normalized like GNU tar (see
     :func:`normalize_archive_path`) and stored in the mt2 description with the file's mtime. With
-    ``--description`` the text is sent as-is (compatibility with the original script).
+    ``--description`` the text is sent as-is (compatibility with the original script). One line
+    per FILE in argument order; a FILE that fails prints one error line at its place and the
+    others go on; the exit status is then the first failure's. An error every file would meet
+    (credentials, missing vault) stops the command at once.
     """
     from glacierfs.upload import UploadEngine
+    from glacierfs.upload.batch import FileItem, upload_files
 
     vault = check_vault_name(args.vault)
     part_size = parse_size(args.part_size) if args.part_size else None
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
     if args.description is not None and len(args.files) > 1:
         raise UsageError("--description applies to one FILE; upload the files one by one")
-    files = _existing_files(args.files)
+    if part_size is not None:
+        from glacierfs.upload import choose_part_size
+
+        choose_part_size(1, part_size)  # a bad --part-size is one usage error, not one per file
+    items = [FileItem(name, normalize_archive_path(name), args.description) for name in args.files]
+    first_failure = 0
     with open_context(args) as ctx:
-        engine = UploadEngine(
-            ctx.glacier,
-            ctx.catalog(vault),
-            vault,
-            part_size=part_size,
-            concurrency=args.concurrency,
-            progress=ctx.progress,
-            single_request=args.single_request,
-        )
-        for name, _size in files:
-            archive_path = normalize_archive_path(name)
-            archive = engine.upload(
-                Path(name),
-                archive_path,
-                mtime=os.stat(name).st_mtime,
-                description=args.description,
-                key=os.path.realpath(name),
-            )
-            _out(f"{shown(archive.archive_id)}  {archive.tree_hash}  {archive.size}  {shown(archive.path)}")
-    return 0
+        catalog = ctx.catalog(vault)
+        together = min(args.jobs, len(items))
+        # one file at a time shows its own progress bar; several share one bar (by files' bytes)
+        per_file = ctx.progress if together == 1 else NULL_PROGRESS
+        total = ctx.progress.bar("upload", _total_size(args.files)) if together > 1 else None
+
+        def engine(stop: threading.Event) -> UploadEngine:
+            return UploadEngine(ctx.glacier, catalog, vault, part_size=part_size, concurrency=args.concurrency,
+                                progress=per_file, single_request=args.single_request, stop=stop)
+
+        outcomes = upload_files(items, engine, together)
+        try:
+            for out in outcomes:
+                if out.error is not None:
+                    if out.fatal or len(items) == 1:
+                        raise out.error
+                    _error(out.error, args)
+                    first_failure = first_failure or out.error.exit_code
+                    continue
+                archive = out.archive
+                assert archive is not None
+                if total is not None:
+                    total.update(archive.size)
+                _out(f"{shown(archive.archive_id)}  {archive.tree_hash}  {archive.size}  {shown(archive.path)}")
+        finally:
+            outcomes.close()  # after a fatal error: the files not started are cancelled
+            if total is not None:
+                total.close()
+    return first_failure
+
+
+def _total_size(names: list[str]) -> int:
+    """The bytes the FILEs hold (for the progress bar; a FILE that cannot be stat'ed counts 0)."""
+    total = 0
+    for name in names:
+        with contextlib.suppress(OSError):
+            total += os.stat(name).st_size
+    return total
+
+
+def _error(exc: GlacierFSError, args: argparse.Namespace) -> None:
+    """One error line on stderr for one item of a command that goes on with the others."""
+    end_status()
+    sys.stdout.flush()
+    print(f"glacierfs: {shown(hints.error_line(exc, args))}", file=sys.stderr)
 
 
 def cmd_abort(args: argparse.Namespace) -> int:
@@ -650,9 +688,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
         "--part-size",
         metavar="SIZE",
         help="multipart part size: 1M, 64MiB, 1G or bytes (default: the smallest power-of-two MiB "
-        "that keeps the file within 10,000 parts)",
+        "of at least 16 MiB that keeps the file within 10,000 parts; a resumed upload keeps its own)",
     )
-    p.add_argument("--concurrency", type=int, default=4, metavar="N", help="parallel part uploads (default: 4)")
+    p.add_argument("--concurrency", type=int, default=4, metavar="N", help="parallel part uploads per file (default: 4)")
+    p.add_argument("--jobs", "--files-in-flight", dest="jobs", type=int, default=4, metavar="N",
+                   help="files uploaded at once (default: 4); results are printed in argument order")
     p.add_argument("--description", metavar="TEXT", help="archive description sent as-is (default: mt2 of the path)")
     p.add_argument(
         "--single-request",

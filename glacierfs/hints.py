@@ -20,6 +20,10 @@ import logging
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from glacierfs.errors import GlacierFSError
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +80,11 @@ def command(options: CommonOptions | argparse.Namespace | None, *words: str) -> 
     else:
         argv += opts.argv()
     return shlex.join(argv)
+
+
+def error_line(exc: GlacierFSError, args: argparse.Namespace | None) -> str:
+    """``error: <message>`` plus the commands the error names: ``; run: <command>[, then: <command>]``."""
+    line = f"error: {exc}"
+    for i, words in enumerate(exc.hints):
+        line += f"{'; run' if i == 0 else ', then'}: {command(args, *words)}"
+    return line

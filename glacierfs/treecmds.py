@@ -13,6 +13,7 @@ import contextlib
 import copy
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,14 +84,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
             _out(dry_run_result(plan, _out).summary(dry_run=True))
             return 0
 
+        stop = threading.Event()
+
         def engine() -> Any:
             from glacierfs.upload import UploadEngine
 
-            return UploadEngine(ctx.glacier, catalog, vault, part_size=part_size, concurrency=args.concurrency)
+            return UploadEngine(ctx.glacier, catalog, vault, part_size=part_size, concurrency=args.concurrency,
+                                stop=stop)
 
         result = run_sync(
             plan, vault=vault, glacier=ctx.glacier, catalog=catalog, engine_factory=engine,
-            jobs=args.jobs, progress=ctx.progress, emit=_out,
+            jobs=args.jobs, progress=ctx.progress, emit=_out, stop=stop,
         )
         _out(result.summary())
         _failed(result.errors, "sync")

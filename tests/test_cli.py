@@ -8,6 +8,7 @@ found (a missing local file included), 5 service, 6 integrity, 7 state, 8 not re
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -174,6 +175,83 @@ def test_upload_is_multipart_unless_single_request(cli: Cli, vault: str, work: P
     assert "UploadArchive" in log_b and "InitiateMultipartUpload" not in log_b
     assert res_a.lines[0].split("  ")[1] == tree_hash(data_a)
     assert res_b.lines[0].split("  ")[1] == tree_hash(data_b)
+
+
+def test_upload_of_many_files_keeps_several_in_flight_and_fails_only_the_bad_ones(
+    cli: Cli, vault: str, work: Path, glacier_server
+) -> None:
+    """20 small files in one command: 20 archives, one line each in argument order; the files
+    that cannot be read (missing, a FIFO, unreadable) fail alone with one line each."""
+    good = [f"f{i:02d}.bin" for i in range(20)]
+    data = {name: write(work / name, 1000 + i, seed=i) for i, name in enumerate(good)}
+    os.mkfifo(work / "fifo")
+    bad = {"missing.bin": "missing.bin: no such file", "fifo": "fifo: is a FIFO, not a regular file"}
+    if os.geteuid() != 0:  # root reads a mode-000 file anyway
+        write(work / "locked.bin", 10)
+        (work / "locked.bin").chmod(0)
+        bad["locked.bin"] = "locked.bin: permission denied"
+    args = [*good[:5], "missing.bin", *good[5:12], "fifo", *good[12:], *(["locked.bin"] if "locked.bin" in bad else [])]
+    res = cli("upload", "-v", vault, "--jobs", "4", *args, code=3)  # the first failure's status (not found)
+    lines = [line.split("  ") for line in res.lines]
+    assert [x[3] for x in lines] == good  # argument order, whatever order they finished in
+    assert [x[1] for x in lines] == [tree_hash(data[name]) for name in good]
+    errors = res.stderr.splitlines()
+    assert [e.split(": ", 2)[:2] for e in errors] == [["glacierfs", "error"]] * len(bad), str(res)
+    for line, name in zip(errors, [a for a in args if a in bad], strict=True):
+        assert bad[name] in line, str(res)
+    ids = [x[0] for x in lines]
+    assert len(set(ids)) == 20
+
+    again = cli("upload", "-v", vault, *good)  # already archived: the same archives, nothing new
+    assert [line.split("  ")[0] for line in again.lines] == ids
+    glacier_server.snapshot(vault)
+    archives = _server_inventory(glacier_server, vault)
+    assert sorted(a["ArchiveId"] for a in archives) == sorted(ids)  # 20 archives, none duplicated
+    assert glacier_server.client().list_multipart_uploads(vaultName=vault)["UploadsList"] == []
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_of_a_many_file_upload_ends_within_the_parts_in_flight(glacier_server_factory, tmp_path: Path,
+                                                                      work: Path) -> None:
+    """Ctrl-C while several files are in flight: exit 130 with one line once the parts in flight
+    are done (not the whole files); the same command then resumes them into one archive each."""
+    import signal
+    import time
+
+    # 512 KiB/s per connection: a part takes 2 s, a whole file 24 s (longer than the exit may take)
+    server = glacier_server_factory("--bandwidth", "512K")
+    cli = Cli(server.url, tmp_path / "cache", work)
+    cli("vaults", "create", "v")
+    names = [f"big{i}.bin" for i in range(3)]
+    for i, name in enumerate(names):
+        write(work / name, 12 * MiB, seed=50 + i)
+    args = ("upload", "-v", "v", "--jobs", "3", "--part-size", "1M", *names)
+    proc = cli.popen(*args, "--concurrency", "1")
+    client = server.client()
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # until every file has parts on the server (all three in flight)
+            ups = client.list_multipart_uploads(vaultName="v")["UploadsList"]
+            held = [u for u in ups if client.list_parts(vaultName="v", uploadId=u["MultipartUploadId"])["Parts"]]
+            if len(held) == 3 or proc.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the upload ended before all three files were in flight"
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=15)  # waiting for the whole files (24 s) fails here
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["glacierfs: interrupted"], err
+    assert "Traceback" not in err
+    res = cli(*args, "--concurrency", "4", timeout=240)  # resumed: the parts on the server are kept
+    assert [line.split("  ")[3] for line in res.lines] == names
+    server.snapshot("v")
+    archives = _server_inventory(server, "v")
+    assert sorted(a["ArchiveId"] for a in archives) == sorted(line.split("  ")[0] for line in res.lines)
+    assert client.list_multipart_uploads(vaultName="v")["UploadsList"] == []
 
 
 def test_upload_errors(cli: Cli, vault: str, work: Path) -> None:

@@ -58,7 +58,8 @@ def test_mv_then_sigkill_never_loses_a_file(glacier_server, tmp_path: Path) -> N
             source = src / name
             _write_random(source, size, rng)
             want = tree_hash_file(source)
-            m = mounts.add(tm.Mount(mnt, cache, glacier_server.url, VAULT))
+            # 1 MiB parts (not the 16 MiB default): kills land between the parts of a multipart upload
+            m = mounts.add(tm.Mount(mnt, cache, glacier_server.url, VAULT, "--part-size", "1M"))
             m.start()
             res = subprocess.run(["mv", str(source), str(mnt / name)], capture_output=True, text=True,
                                  timeout=120, check=False)

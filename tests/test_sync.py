@@ -109,8 +109,10 @@ def test_sigkill_at_random_points_then_rerun(cli: Cli, glacier_server, tmp_path:
     vault = f"k{trial}"
     cli("vaults", "create", vault)
 
-    printed = kill_after_lines(cli.popen("sync", "-v", vault, str(root)), rng.randrange(0, KILL_TREE_FILES))
-    res = cli("sync", "-v", vault, str(root))
+    # 1 MiB parts (not the 16 MiB default): the big files stay multipart, so kills land between parts
+    one_mib = ("--part-size", "1M")
+    printed = kill_after_lines(cli.popen("sync", "-v", vault, str(root), *one_mib), rng.randrange(0, KILL_TREE_FILES))
+    res = cli("sync", "-v", vault, str(root), *one_mib)
     done_before = sum(ln.startswith("uploaded") for ln in printed)
     m = re.match(r"sync: (\d+) new, 0 replaced, 0 deleted, (\d+) unchanged", summary(res))
     assert m, (printed, str(res))
@@ -121,7 +123,7 @@ def test_sigkill_at_random_points_then_rerun(cli: Cli, glacier_server, tmp_path:
 
     change_and_delete(root, files, rng)
     os.utime(root / sorted(files)[0], (1, 1))  # mtime-only change: hashed, found unchanged
-    args = ("sync", "-v", vault, str(root), "--replace-modified", "--delete-removed")
+    args = ("sync", "-v", vault, str(root), "--replace-modified", "--delete-removed", *one_mib)
     kill_after_lines(cli.popen(*args), rng.randrange(0, 8))
     cli(*args)
     assert_vault_equals(glacier_server, vault, files)

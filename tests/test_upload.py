@@ -24,7 +24,7 @@ import pytest
 from glacierfs.client import ConnectionSettings, Glacier, make_glacier
 from glacierfs.errors import StateError, UsageError
 from glacierfs.treehash import MiB, tree_hash_file
-from glacierfs.upload import UploadEngine, choose_part_size
+from glacierfs.upload import UploadEngine
 
 REPO = Path(__file__).resolve().parent.parent
 VAULT = "uploads"
@@ -40,34 +40,6 @@ def write_random(path: Path, size: int, seed: int = 0) -> Path:
     rng = random.Random(seed)
     path.write_bytes(rng.randbytes(size))
     return path
-
-
-# --------------------------------------------------------------------------- part size (no server)
-
-
-def test_part_size_smallest_power_of_two_within_10000_parts():
-    assert choose_part_size(1) == MiB
-    assert choose_part_size(10_000 * MiB) == MiB
-    assert choose_part_size(10_000 * MiB + 1) == 2 * MiB
-    assert choose_part_size(100_000 * MiB) == 16 * MiB
-
-
-def test_requested_part_size_used_when_larger(caplog):
-    assert choose_part_size(5 * MiB, 8 * MiB) == 8 * MiB
-    with caplog.at_level(logging.WARNING, logger="glacierfs.upload"):
-        assert choose_part_size(20_000 * MiB, MiB) == 2 * MiB
-    assert "using 2 MiB" in caplog.text
-
-
-@pytest.mark.parametrize("bad", [0, 1000, 3 * MiB, 10 * MiB, 8192 * MiB])
-def test_invalid_requested_part_size(bad):
-    with pytest.raises(UsageError, match="power of two"):
-        choose_part_size(MiB, bad)
-
-
-def test_too_large_for_glacier():
-    with pytest.raises(UsageError, match="larger than Glacier"):
-        choose_part_size(10_000 * 4096 * MiB + 1)
 
 
 # --------------------------------------------------------------------------- progress (no server)
@@ -280,9 +252,31 @@ def test_resume_sends_only_missing_parts(server, glacier, catalog, tmp_path):
     archive = engine.upload(f, "r.bin", description="r")
     st = engine.last_stats
     assert st.resumed and st.restarted is None
+    assert st.part_size == MiB  # the resumed upload keeps its part size, not the 16 MiB default
     assert st.parts_reused == len(on_server)
     assert set(st.sent_indices) == set(range(8)) - on_server
     assert part_requests(server) == 8  # every part reached the server exactly once
+    assert archive.tree_hash == tree_hash_file(f)
+    assert open_uploads(glacier) == [] and engine.pending() == {}
+    assert [a["ArchiveId"] for a in inventory(server, glacier)] == [archive.archive_id]
+
+
+def test_an_open_upload_whose_state_was_lost_is_adopted_with_its_own_part_size(server, glacier, catalog, tmp_path):
+    """Without --part-size an adopted upload keeps the part size it began with (1 MiB here,
+    the default of earlier versions), not today's 16 MiB default."""
+    f = write_random(tmp_path / "lost.bin", 6 * MiB, seed=30)
+    engine = UploadEngine(glacier, catalog, VAULT, part_size=MiB, concurrency=1)
+    interrupted(engine, 2)
+    with pytest.raises(Crash):
+        engine.upload(f, "lost.bin")
+    [(key, pending)] = engine.pending().items()
+    catalog.remove_upload(key)  # the local state is lost (cache rebuilt); the service keeps the upload
+
+    engine = UploadEngine(glacier, catalog, VAULT, concurrency=2)
+    archive = engine.upload(f, "lost.bin")
+    st = engine.last_stats
+    assert st.resumed and st.upload_id == pending.upload_id
+    assert st.part_size == MiB and st.parts_total == 6 and st.parts_reused >= 2
     assert archive.tree_hash == tree_hash_file(f)
     assert open_uploads(glacier) == [] and engine.pending() == {}
     assert [a["ArchiveId"] for a in inventory(server, glacier)] == [archive.archive_id]

@@ -27,7 +27,8 @@ next run, so a sync killed at any point and run again reaches the same end state
   unchanged meanwhile) are aborted, so nothing is left half-uploaded.
 
 Threading contract: the main thread plans, submits and prints. A pool of ``jobs`` worker
-threads runs one operation each (an upload with its own :class:`UploadEngine`, whose part
+threads (:func:`glacierfs.upload.batch.in_flight`, shared with ``upload FILE...``) runs one
+operation each (an upload with its own :class:`UploadEngine`, whose part
 threads are its own, or a deletion). Workers share the Glacier client (boto3 clients are
 thread-safe) and the catalog (thread- and process-safe); they return an :class:`Outcome` and
 touch no shared mutable state of this module. The main thread alone owns :class:`SyncResult`
@@ -36,9 +37,10 @@ and the output stream; no locks are needed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,6 +58,7 @@ from glacierfs.tree.scan import (
     vault_key,
     vault_tree,
 )
+from glacierfs.upload.batch import in_flight
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +237,13 @@ def run_sync(
     jobs: int = 4,
     progress: Progress = NULL_PROGRESS,
     emit: Callable[[str], None] = print,
+    stop: threading.Event | None = None,
 ) -> SyncResult:
-    """Carry out ``plan`` with ``jobs`` operations in flight; per-item failures are collected."""
+    """Carry out ``plan`` with ``jobs`` operations in flight; per-item failures are collected.
+
+    ``stop`` is set when the run ends early (Ctrl-C, credentials): engines made to watch it send
+    no new part, so the process ends within the parts in flight.
+    """
     result = SyncResult(unchanged=plan.unchanged, skipped=len(plan.skipped), modified=len(plan.modified))
     for key in plan.stale_uploads:
         try:
@@ -272,31 +280,15 @@ def run_sync(
     tasks += [lambda op=op: upload(op, "replaced") for op in plan.replace]  # type: ignore[misc]
     tasks += [lambda op=op: delete(op) for op in plan.delete]  # type: ignore[misc]
     bar = progress.bar("sync", plan.upload_bytes)
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="sync")
     try:
-        pending = iter(tasks)
-        inflight: set[Future[Outcome]] = set()
-        while True:
-            while len(inflight) < max(1, jobs):
-                task = next(pending, None)
-                if task is None:
-                    break
-                inflight.add(pool.submit(task))
-            if not inflight:
-                break
-            done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
-            for fut in done:
-                out = fut.result()
+        with contextlib.closing(in_flight(tasks, jobs, "sync", stop)) as results:  # an error cancels the rest
+            for _index, out in results:
                 if isinstance(out.error, CredentialsError):
                     raise out.error  # every other operation would fail the same way: one line
                 _account(out, result, emit)
                 bar.update(out.size)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
     finally:
         bar.close()
-    pool.shutdown(wait=True)
     return result
 
 

@@ -96,6 +96,7 @@ import datetime as _dt
 import logging
 import os
 import stat as _stat
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -108,9 +109,16 @@ from glacierfs.client import FileSlice, Glacier
 from glacierfs.errors import IntegrityError, NotFoundError, ServiceError, StateError, UsageError
 from glacierfs.progress import NULL_PROGRESS, Bar, Progress
 from glacierfs.timeutil import now_iso
-from glacierfs.treehash import MiB, combine, tree_hash_file
+from glacierfs.treehash import MiB, combine, is_valid_part_size, tree_hash_file
 from glacierfs.upload.lock import UploadLock
-from glacierfs.upload.parts import PartJob, choose_part_size, hash_and_body, send_part, verify_server_parts
+from glacierfs.upload.parts import (
+    MAX_PARTS,
+    PartJob,
+    choose_part_size,
+    hash_and_body,
+    send_part,
+    verify_server_parts,
+)
 from glacierfs.upload.state import Identity, UnreadableState, UploadState
 
 if TYPE_CHECKING:
@@ -198,6 +206,7 @@ class UploadEngine:
         single_request: bool = False,
         part_attempts: int = 3,
         lock_dir: Path | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         if concurrency < 1:
             raise UsageError("concurrency must be at least 1")
@@ -218,6 +227,9 @@ class UploadEngine:
         self.single_request = single_request
         self.part_attempts = max(1, part_attempts)
         self._lock_dir = Path(lock_dir) if lock_dir is not None else None
+        # Set by another thread (Ctrl-C of `upload FILE...`, `sync`): no new part is sent, the
+        # parts in flight finish, and upload() raises StateError; the state stays resumable.
+        self.stop = stop
         self.last_stats = UploadStats()
         self._last_save = 0.0
         # Test hook: called in the main thread after each part is recorded (index, stats).
@@ -436,17 +448,18 @@ class UploadEngine:
             if up.get("MultipartUploadId")
             and up["MultipartUploadId"] not in owned
             and (up.get("ArchiveDescription") or "") == state.description
-            and int(up.get("PartSizeInBytes") or 0) == state.part_size
+            and self._adoptable_part_size(int(up.get("PartSizeInBytes") or 0), state)
         ]
-        job = PartJob(key, source, fd, state.size, state.part_size)
         for up in sorted(matching, key=lambda u: str(u.get("CreationDate") or ""), reverse=True):
             upload_id = str(up["MultipartUploadId"])
             try:
                 listing = self.glacier.list_parts(self.vault, upload_id)
             except NotFoundError:
                 continue
-            if int(listing.get("PartSizeInBytes") or 0) != state.part_size:
+            part_size = int(listing.get("PartSizeInBytes") or 0)
+            if part_size != int(up.get("PartSizeInBytes") or 0):
                 continue
+            job = PartJob(key, source, fd, state.size, part_size)
             done = verify_server_parts(job, listing.get("Parts") or [], self.progress, strict=True)
             if not done:
                 log.info("open upload %s has our description but is not %s; leaving it alone", upload_id[:16], source)
@@ -458,10 +471,18 @@ class UploadEngine:
             stats.resumed = True
             stats.upload_id = upload_id
             stats.parts_reused = len(done)
-            state.upload_id, state.status = upload_id, "uploading"
+            state.upload_id, state.status, state.part_size = upload_id, "uploading", part_size
             self._save(key, state)
             return self._finish(job, state, done, stats)
         return None
+
+    def _adoptable_part_size(self, part_size: int, state: UploadState) -> bool:
+        """An open upload's part size we can resume with: the one asked for (``--part-size``), or
+        without one any valid size that fits the file (the upload keeps the part size it began
+        with, e.g. a 1 MiB upload left by a version whose default that was)."""
+        if self.part_size is not None:
+            return part_size == state.part_size
+        return is_valid_part_size(part_size) and part_size * MAX_PARTS >= state.size
 
     def _ids_owned_elsewhere(self, key: str) -> set[str]:
         """Upload ids other local states own (another key, maybe a live process): never adopted."""
@@ -569,6 +590,8 @@ class UploadEngine:
             inflight: dict[Future[tuple[str, int]], int] = {}
             try:
                 while todo or inflight:
+                    if error is None and self.stop is not None and self.stop.is_set():
+                        error = StateError(f"the upload of {job.source} was stopped; run the command again to resume it")
                     while todo and error is None and len(inflight) < self.concurrency:
                         index = todo.popleft()
                         fut = pool.submit(send_part, self.glacier, self.vault, upload_id, job, index, self.part_attempts)
