@@ -700,18 +700,40 @@ class JobRunner:
             return {"JobId": rec["job_id"], "StatusCode": IN_PROGRESS, "ArchiveId": archive_id, "Tier": tier}
 
     def start_retrieval(self, archive_id: str, tier: str = "Standard") -> dict[str, Any]:
-        """Start a retrieval job without looking for an existing one first; returns its description.
+        """Start a retrieval job unless one is recorded; no ListJobs. Returns its description.
 
-        For callers that already know there is none because they swept ListJobs once for many
-        archives (``glacierfs restore``): :meth:`retrieval` would list every job again per
-        archive. The job is recorded before this returns, like every job started here.
+        For callers that already know the service lists none because they swept ListJobs once
+        for many archives (``glacierfs restore``): :meth:`retrieval` would list every job again
+        per archive. Still single-flight: see :meth:`retrieval_once`.
         """
-        result = self.glacier.initiate_retrieval(self.vault, archive_id, tier, None)
-        rec = self._started(result, RETRIEVAL, archive_id=archive_id, tier=tier)
-        try:
-            return self._describe(rec["job_id"])
-        except ServiceError:
-            return {"JobId": rec["job_id"], "StatusCode": IN_PROGRESS, "ArchiveId": archive_id, "Tier": tier}
+        return self.retrieval_once(archive_id, tier)[0]
+
+    def retrieval_once(
+        self, archive_id: str, tier: str, usable: Callable[[dict[str, Any]], bool] | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """(job description, started now): a recorded live job ``usable`` accepts, else a new job.
+
+        Under the per-archive lock, so a mount's retrieve, ``download``, ``restore`` and
+        ``export`` of one archive at once start one job: whoever comes second finds the job
+        the first recorded in the catalog (no ListJobs: callers that want one swept it already).
+        ``usable`` lets ``export`` refuse a finished job whose output expires too soon.
+        """
+        with self._locks.hold(archive_id):
+            live = [
+                d for d in self._recorded(RETRIEVAL, archive_id)
+                if self._whole_archive(d) and d.get("StatusCode") != FAILED and (usable is None or usable(d))
+            ]
+            done = [d for d in live if d.get("StatusCode") == SUCCEEDED]
+            if done:
+                return max(done, key=lambda d: d.get("CompletionDate") or ""), False
+            if live:
+                return min(live, key=lambda d: d.get("CreationDate") or ""), False
+            result = self.glacier.initiate_retrieval(self.vault, archive_id, tier, None)
+            rec = self._started(result, RETRIEVAL, archive_id=archive_id, tier=tier)
+            try:
+                return self._describe(rec["job_id"]), True
+            except ServiceError:
+                return {"JobId": rec["job_id"], "StatusCode": IN_PROGRESS, "ArchiveId": archive_id, "Tier": tier}, True
 
     def retrieval_state(self, archive_id: str) -> str:
         """``none`` | ``in_progress`` | ``ready`` | ``failed``, without starting or waiting for anything."""

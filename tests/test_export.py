@@ -717,3 +717,46 @@ def test_progress_line_shows_done_ready_bytes_rate_and_eta(monkeypatch: pytest.M
     line = stream.getvalue()
     assert "3/10 archives done, 2 ready, 4 waiting for jobs" in line, line
     assert "25.0 MiB of 100.0 MiB, 1.0 MiB/s, ETA 75s" in line, line
+
+
+# --------------------------------------------------------------------------- one job per archive across commands
+
+
+@pytest.mark.timeout(180)
+def test_export_and_download_of_one_archive_at_once_start_one_job(
+    glacier_server_factory: Any, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """``export`` and ``download --no-wait`` of one archive started together, sharing the cache dir:
+    ListJobs and InitiateJob answers are held back 2 s, so each process lists the jobs before the
+    other's job exists; only the per-archive single-flight lock keeps the second from starting one."""
+    server = glacier_server_factory("--faults", "slow=1", "--faults-ops", "ListJobs,InitiateJob",
+                                    "--slow-seconds", "2")
+    g = server.client(max_attempts=5)
+    g.create_vault(vaultName="ov")
+    body = random.Random(SEED + 9).randbytes(30_000)
+    aid = upload(g, "ov", body, encode_description("one/job.bin", 1e9))
+    server.snapshot("ov")
+    cli = export_cli(server, tmp_path)
+    cli("export", "-v", "ov", f"s3://{bucket}", "--dry-run", timeout=120)  # the inventory, into the catalog
+    assert retrieval_jobs(server, "ov") == {}
+    procs = [
+        cli.popen("export", "-q", "-v", "ov", f"s3://{bucket}", *s3_args(s3_server), "--storage-class", "STANDARD"),
+        cli.popen("download", "-q", "-v", "ov", "-a", aid, "-o", str(tmp_path / "out.bin"), "--no-wait"),
+    ]
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            results.append((proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    for rc, _out, err in results:
+        assert rc == 0 and "Traceback" not in err, err
+    jobs = retrieval_jobs(server, "ov")
+    assert list(jobs) == [aid] and len(jobs[aid]) == 1, f"retrieval jobs started: {jobs}"
+    objects = assert_exported_once(s3_server.client(), bucket, {aid})
+    assert list(objects) == ["one/job.bin"]
+    assert s3_server.client().get_object(Bucket=bucket, Key="one/job.bin")["Body"].read() == body

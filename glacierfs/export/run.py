@@ -48,13 +48,15 @@ REPORT_EVERY = 5.0
 
 
 class Jobs(Protocol):
-    """The JobRunner call the exporter makes (DescribeJob, recorded in the catalog)."""
+    """The JobRunner calls the exporter makes (DescribeJob; single-flight job start, recorded in the catalog)."""
 
     def wait_job(self, job_id: str, what: str, wait: bool = True) -> dict[str, Any]: ...
+    def retrieval_once(
+        self, archive_id: str, tier: str, usable: Callable[[dict[str, Any]], bool] | None = None
+    ) -> tuple[dict[str, Any], bool]: ...
 
 
 class GlacierOps(Protocol):
-    def initiate_retrieval(self, vault: str, archive_id: str, tier: str, byte_range: Any) -> Any: ...
     def delete_archive(self, vault: str, archive_id: str) -> None: ...
     def list_jobs(self, vault: str) -> list[dict[str, Any]]: ...
 
@@ -349,25 +351,32 @@ class ExportRun:
                 stale = desc
         if stale is not None or fresh:
             # The output is (or was just) staged: AWS does not charge the retrieval again, so no budget.
-            job_id = self._start(item, "the previous output expires too soon")
+            job_id, _ = self._start(item, "the previous output expires too soon")
             self.state.set_job(aid, item.key, item.size, job_id, charged=False)
             return job_id
-        job_id = self._start(item, "")
-        self.state.set_job(aid, item.key, item.size, job_id, charged=True)
+        job_id, started = self._start(item, "")
+        self.state.set_job(aid, item.key, item.size, job_id, charged=started)
         return job_id
 
-    def _start(self, item: ExportItem, why: str) -> str:
-        """InitiateJob, recorded in the catalog too (``glacierfs status``, the mount and download see it)."""
-        result = self.glacier.initiate_retrieval(self.vault, item.archive_id, self.options.tier, None)
-        job_id = str(result if isinstance(result, str) else (result.get("jobId") or result.get("JobId")))
-        self.catalog.put_job({
-            "job_id": job_id, "kind": "retrieval", "archive_id": item.archive_id, "tier": self.options.tier,
-            "status": "InProgress", "recorded_at": self.clock(), "vault": self.vault, "imported": False,
-            "forced": False, "created": None,
-        })
-        log.info("archive %s: started %s retrieval job %s%s", item.archive_id, self.options.tier, job_id,
-                 f" ({why})" if why else "")
-        return job_id
+    def _start(self, item: ExportItem, why: str) -> tuple[str, bool]:
+        """(job id, started now): through the JobRunner's single-flight path, recorded in the catalog.
+
+        A mount's retrieve, ``download`` or ``restore`` of the same archive running at the same
+        time (same state dir) holds the per-archive lock while it starts its job; this finds
+        that job in the catalog instead of starting a second one.
+        """
+        def usable(desc: dict[str, Any]) -> bool:
+            return not output_expiring(desc, item.size, self.clock())
+
+        desc, started = self.jobs.retrieval_once(item.archive_id, self.options.tier, usable)
+        job_id = str(desc["JobId"])
+        if started:
+            log.info("archive %s: started %s retrieval job %s%s", item.archive_id, self.options.tier, job_id,
+                     f" ({why})" if why else "")
+        else:
+            log.info("archive %s: reusing retrieval job %s that another glacierfs process started", item.archive_id,
+                     job_id)
+        return job_id, started
 
     def _job_verdict(self, item: ExportItem, job_id: str) -> tuple[str, str]:
         """``ready`` | ``running`` | ``gone`` (expired, or expires too soon) | ``failed``, and why; any thread."""
