@@ -28,6 +28,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -747,7 +748,7 @@ def test_export_and_download_of_one_archive_at_once_start_one_job(
     assert retrieval_jobs(server, "ov") == {}
     procs = [
         cli.popen("export", "-q", "-v", "ov", f"s3://{bucket}", *s3_args(s3_server), "--storage-class", "STANDARD"),
-        cli.popen("download", "-q", "-v", "ov", "-a", aid, "-o", str(tmp_path / "out.bin"), "--no-wait"),
+        cli.popen("download", "-q", "-v", "ov", f"--archive-id={aid}", "-o", str(tmp_path / "out.bin"), "--no-wait"),
     ]
     results = []
     try:
@@ -766,3 +767,61 @@ def test_export_and_download_of_one_archive_at_once_start_one_job(
     objects = assert_exported_once(s3_server.client(), bucket, {aid})
     assert list(objects) == ["one/job.bin"]
     assert s3_server.client().get_object(Bucket=bucket, Key="one/job.bin")["Body"].read() == body
+
+
+@pytest.mark.timeout(300)
+def test_the_same_shard_on_two_machines_at_once_exports_each_archive_once(
+    glacier_server: Any, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """``--shard 1/2`` as two concurrent processes with separate cache dirs (two machines): each
+    archive is exported by one of them (the other skips it, exit 8, or finds it present), one
+    retrieval job per archive, exactly one object each, no open multipart upload, no claim left."""
+    from tests.hardening_util import assert_one_error
+
+    g = glacier_server.client(max_attempts=5)
+    g.create_vault(vaultName="tw")
+    rng = random.Random(SEED + 11)
+    sizes = {}
+    for i in range(24):
+        size = rng.randint(1, 40_000)
+        sizes[upload(g, "tw", rng.randbytes(size), encode_description(f"t/{i}.bin", 1e9))] = size
+    big = list(glacier_server.populate("tw", 4, size=8 * MiB + 4321,
+                                       descriptions=[encode_description(f"t/big{i}.bin", 1e9) for i in range(4)]))
+    glacier_server.snapshot("tw")
+    mine = {a for a in [*sizes, *big] if shard_of(a, 2) == 1}
+    assert len(mine) >= 6 and any(a in mine for a in big)
+    clis = [Cli(glacier_server.url, tmp_path / f"machine{k}", tmp_path) for k in range(2)]
+    for cli in clis:  # each machine's inventory first, so both runs start their exports together
+        cli("export", "-v", "tw", f"s3://{bucket}", "--dry-run", timeout=120)
+    procs = [cli.popen("export", "-v", "tw", f"s3://{bucket}", *s3_args(s3_server), "--shard", "1/2",
+                       "--part-size", "8MiB", "--storage-class", "STANDARD") for cli in clis]
+    outs = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=240)
+            outs.append((proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    exported: list[set[str]] = []
+    for rc, out, err in outs:
+        lines = [line.split("  ") for line in out.splitlines()]
+        assert all(st in ("exported", "present", "busy") for st, _aid, _url in lines), out
+        assert {aid for _st, aid, _url in lines} == mine, out
+        exported.append({aid for st, aid, _url in lines if st == "exported"})
+        if any(st == "busy" for st, _aid, _url in lines):
+            assert_one_error(SimpleNamespace(returncode=rc, stderr=err),  # type: ignore[arg-type]
+                             codes=[8], match="being exported by another exporter")
+        else:
+            assert rc == 0, err
+        assert "Traceback" not in err, err
+    assert not exported[0] & exported[1], f"archives exported by both machines: {exported[0] & exported[1]}"
+    assert exported[0] | exported[1] == mine
+    jobs = retrieval_jobs(glacier_server, "tw")
+    assert set(jobs) == mine and all(len(v) == 1 for v in jobs.values()), jobs
+    objects = assert_exported_once(s3_server.client(), bucket, mine)  # also: no claim object left
+    for key, head in objects.items():
+        aid = head["Metadata"]["glacier-archive-id"]
+        assert head["ContentLength"] == sizes.get(aid, 8 * MiB + 4321), key

@@ -18,12 +18,15 @@ its own lock). Three pools do the I/O and hand results back through futures that
 scheduler reads: ``checks`` (HEAD of the next archives), ``calls`` (InitiateJob/DescribeJob for a
 batch of archives; they touch only the state store, which has its own lock, and pop from
 ``_listed``, an atomic dict operation) and ``transfer`` (``streamer.export``, one archive each).
-No lock is held while another is taken.
+``_claimed`` (the archives whose S3 claim this run took, :mod:`~glacierfs.export.claims`) is
+guarded by ``_claimed_lock``: the checks pool adds, the scheduler reads. No lock is held while
+another is taken.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -32,6 +35,7 @@ from itertools import islice
 from typing import Any, Protocol
 
 from glacierfs.errors import CredentialsError, GlacierFSError, NotFoundError, StateError
+from glacierfs.export.claims import Claims, Holder
 from glacierfs.export.manifest import Manifest, NoManifest
 from glacierfs.export.plan import ASSUMED_THROUGHPUT, ExportItem
 from glacierfs.export.state import ExportState
@@ -94,7 +98,9 @@ class Summary:
     deleted: int = 0
     failed: int = 0
     pending: int = 0
+    busy: int = 0  # claimed by another exporter (export.claims): skipped
     first_error: str | None = None
+    first_busy: str | None = None
 
 
 def parse_iso(text: str | None) -> float | None:
@@ -144,8 +150,10 @@ class ExportRun:
         poll: Callable[[], Iterator[float]],
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        claims: Claims | None = None,
     ) -> None:
         self.glacier = glacier
+        self.claims = claims
         self.jobs = jobs
         self.catalog = catalog
         self.vault = vault
@@ -170,6 +178,8 @@ class ExportRun:
         self.waiting = 0
         self._waiting: list[_Waiting] = []
         self._listed: dict[str, dict[str, Any]] = {}
+        self._claimed: set[str] = set()  # archives whose claim this run holds (checks pool adds)
+        self._claimed_lock = threading.Lock()
 
     # ------------------------------------------------------------------ the loop
 
@@ -269,9 +279,9 @@ class ExportRun:
             # if a newer inventory gave its name to another archive: never two objects for one archive.
             batch = [i if s is None or s.key == i.key else replace(i, key=s.key)
                      for i, s in zip(batch, states, strict=True)]
-            futures: list[Future[bool] | None] = [
+            futures: list[Future[bool | Holder] | None] = [
                 None if (s is not None and s.status in ("done", "deleted") and s.key == i.key)
-                else checks.submit(self.streamer.present, i)
+                else checks.submit(self._check, i, s is not None)
                 for i, s in zip(batch, states, strict=True)
             ]
             for item, fut in zip(batch, futures, strict=True):
@@ -285,11 +295,47 @@ class ExportRun:
                 except GlacierFSError as exc:
                     self._failed(item, exc)
                     continue
-                if present:
+                if isinstance(present, Holder):
+                    self._busy(item, present)
+                elif present:
                     self.state.finish(item.archive_id, item.key, item.size)
                     self._finished(item, "present")
                 else:
                     yield item
+
+    def _check(self, item: ExportItem, known: bool) -> bool | Holder:
+        """True if the object is in S3; else claim the archive: False (ours now) or the claim's holder.
+
+        Runs in the ``checks`` pool. HEAD again after claiming: the holder before us may have
+        finished and released its claim between our first HEAD and our claim. ``known``: our
+        state has a record of the archive, so a claim of ours may be left (a kill after the
+        object was written): released if so.
+        """
+        if self.streamer.present(item):
+            if known and self.claims is not None:
+                self.claims.release_if_ours(item.archive_id)
+            return True
+        if self.claims is None:
+            return False
+        holder = self.claims.acquire(item.archive_id)
+        if holder is not None:
+            return holder
+        with self._claimed_lock:
+            self._claimed.add(item.archive_id)
+        if self.streamer.present(item):
+            self.claims.release(item.archive_id)
+            return True
+        return False
+
+    def _busy(self, item: ExportItem, holder: Holder) -> None:
+        assert self.claims is not None
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.since)) if holder.since else "?"
+        log.warning("archive %s: skipped, another exporter claimed it (%s, process %s on %s, since %s)",
+                    item.archive_id, self.claims.where(item.archive_id), holder.pid, holder.host, since)
+        self.summary.busy += 1
+        self.summary.first_busy = self.summary.first_busy or self.claims.where(item.archive_id)
+        self.manifest.write(item, "busy")
+        self.out(f"busy  {item.archive_id}  s3://{self.streamer.bucket}/{item.key}")
 
     # ------------------------------------------------------------------ jobs
 
@@ -467,6 +513,13 @@ class ExportRun:
         log.warning("%s", msg)
         if not verified:
             self.state.fail(item.archive_id, item.key, item.size, str(exc))
+        with self._claimed_lock:
+            ours = item.archive_id in self._claimed
+        if self.claims is not None and ours:
+            try:  # let another exporter try it; our state keeps the failure for our re-run
+                self.claims.release(item.archive_id)
+            except GlacierFSError as err:
+                log.warning("archive %s: its claim stays (%s)", item.archive_id, err)
         self.summary.failed += 1
         self.summary.first_error = self.summary.first_error or msg
         self.manifest.write(item, "failed")
