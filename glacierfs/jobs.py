@@ -689,23 +689,20 @@ class JobRunner:
         if desc is not None:  # only failed jobs: forget them and try again
             for old in self.catalog.list_jobs(kind=RETRIEVAL, archive_id=archive_id):
                 self.catalog.remove_job(old.job_id)
+        return self._initiate(archive_id, tier)
+
+    def _initiate(self, archive_id: str, tier: str) -> dict[str, Any]:
+        """InitiateJob, recorded at once; its description (held lock: the caller's)."""
         result = self.glacier.initiate_retrieval(self.vault, archive_id, tier, None)
         rec = self._started(result, RETRIEVAL, archive_id=archive_id, tier=tier)
-        self.progress.status(
-            f"started {tier} retrieval job {rec['job_id'][:12]}… for {archive_id[:12]}…"
-        )
+        self.progress.status(f"started {tier} retrieval job {rec['job_id'][:12]}… for {archive_id[:12]}…")
         try:
             return self._describe(rec["job_id"])
         except ServiceError:
             return {"JobId": rec["job_id"], "StatusCode": IN_PROGRESS, "ArchiveId": archive_id, "Tier": tier}
 
     def start_retrieval(self, archive_id: str, tier: str = "Standard") -> dict[str, Any]:
-        """Start a retrieval job unless one is recorded; no ListJobs. Returns its description.
-
-        For callers that already know the service lists none because they swept ListJobs once
-        for many archives (``glacierfs restore``): :meth:`retrieval` would list every job again
-        per archive. Still single-flight: see :meth:`retrieval_once`.
-        """
+        """:meth:`retrieval_once` for ``restore``, which swept ListJobs once for all archives."""
         return self.retrieval_once(archive_id, tier)[0]
 
     def retrieval_once(
@@ -724,16 +721,10 @@ class JobRunner:
                 if self._whole_archive(d) and d.get("StatusCode") != FAILED and (usable is None or usable(d))
             ]
             done = [d for d in live if d.get("StatusCode") == SUCCEEDED]
-            if done:
-                return max(done, key=lambda d: d.get("CompletionDate") or ""), False
-            if live:
-                return min(live, key=lambda d: d.get("CreationDate") or ""), False
-            result = self.glacier.initiate_retrieval(self.vault, archive_id, tier, None)
-            rec = self._started(result, RETRIEVAL, archive_id=archive_id, tier=tier)
-            try:
-                return self._describe(rec["job_id"]), True
-            except ServiceError:
-                return {"JobId": rec["job_id"], "StatusCode": IN_PROGRESS, "ArchiveId": archive_id, "Tier": tier}, True
+            if done or live:  # the latest finished one, else the oldest running one
+                return (max(done, key=lambda d: d.get("CompletionDate") or "") if done
+                        else min(live, key=lambda d: d.get("CreationDate") or "")), False
+            return self._initiate(archive_id, tier), True
 
     def retrieval_state(self, archive_id: str) -> str:
         """``none`` | ``in_progress`` | ``ready`` | ``failed``, without starting or waiting for anything."""
