@@ -11,6 +11,7 @@ failures are warnings on stderr and the exit status is non-zero when any archive
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import sys
@@ -108,6 +109,7 @@ def _run(args: argparse.Namespace, ctx: Any, vault: str, catalog: Any, runner: A
     from glacierfs.export.state import ExportState
     from glacierfs.export.stream import ArchiveStreamer
 
+    _mmap_large_buffers()
     state_dir = _state_dir(catalog)
     state = ExportState.open(state_dir, f"{args.s3_endpoint_url or 'aws'}|{dest.bucket}|{dest.prefix}")
     try:
@@ -151,6 +153,22 @@ def _run(args: argparse.Namespace, ctx: Any, vault: str, catalog: Any, runner: A
             "re-run later to check them, or delete a claim whose exporter will not come back"
         )
     return 0
+
+
+def _mmap_large_buffers() -> None:
+    """Have glibc mmap every buffer of 256 KiB or more (so free() returns it to the OS).
+
+    The run reads and sends 1 MiB chunks from a dozen threads; with glibc's sliding mmap
+    threshold those land in per-thread arenas that keep them after free, and peak RSS then
+    varies with the interleaving (148-192 MiB measured for one 1 GiB archive). A fixed
+    threshold keeps it at the part buffers' bound. No-op where there is no glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 256 << 10)  # M_MMAP_THRESHOLD
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
