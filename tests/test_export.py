@@ -7,9 +7,9 @@ results are checked with boto3: keys, bytes, checksums, metadata, storage class.
 
 The issue's sizes are the defaults (module constants, each overridable through the environment
 variable named next to it). Measured on 2 busy cores (load 3-4): the 200-archive export with its
-300 MiB archive takes about 21 s (18.5 s with 40 MiB), the 1 GiB RSS test about 37 s (peak RSS
-148 MiB, the same as with 192 MiB: it is bounded by the part buffers, not the archive), the
-1,000,000-archive dry run 2.5 s (the test spends about 22 s building that catalog):
+300 MiB archive takes 19-21 s (18.5 s with 40 MiB), the 1 GiB RSS test 25-45 s (peak RSS 135
+MiB; it is bounded by the part buffers, not the archive), the 1,000,000-archive dry run 2-2.5 s
+(the test spends about 21 s building that catalog):
 
 * ``LARGE_SIZE`` - the large archive of the 200-archive vault (300 MiB; GLACIERFS_EXPORT_LARGE);
 * ``RSS_SIZE``   - the archive exported while peak RSS is measured (1 GiB; GLACIERFS_EXPORT_RSS_SIZE);
