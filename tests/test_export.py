@@ -826,3 +826,22 @@ def test_the_same_shard_on_two_machines_at_once_exports_each_archive_once(
     for key, head in objects.items():
         aid = head["Metadata"]["glacier-archive-id"]
         assert head["ContentLength"] == sizes.get(aid, 8 * MiB + 4321), key
+
+
+@pytest.mark.timeout(120)
+def test_an_object_of_the_archive_with_another_tree_hash_is_never_replaced(
+    glacier_server: Any, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    g = glacier_server.client(max_attempts=5)
+    g.create_vault(vaultName="nr")
+    aid = upload(g, "nr", b"the archive" * 100, encode_description("n/r.bin", 1e9))
+    glacier_server.snapshot("nr")
+    s3 = s3_server.client()
+    s3.put_object(Bucket=bucket, Key="n/r.bin", Body=b"something else",
+                  Metadata={"glacier-archive-id": aid, "glacier-tree-hash": "00" * 32})
+    res = export_cli(glacier_server, tmp_path)("export", "-v", "nr", f"s3://{bucket}", *s3_args(s3_server),
+                                               "--storage-class", "STANDARD", code=1)
+    assert "another size or tree hash; not replaced" in res.stderr, res
+    assert "Traceback" not in res.stderr
+    assert s3.get_object(Bucket=bucket, Key="n/r.bin")["Body"].read() == b"something else"
+    assert [k for k in all_objects(s3, bucket)] == ["n/r.bin"]  # no claim left either

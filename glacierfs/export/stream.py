@@ -27,8 +27,9 @@ so an upload on the key that our state does not know is a stray of our own kille
 holder that died and whose claim was removed), never a live exporter's. PutObject and
 CompleteMultipartUpload are conditional (``If-None-Match: *``): an object never replaces another.
 
-An object at the key is never replaced unless its metadata names the same archive; one with
-another archive id, or none, is a conflict (the archive fails, the object stays).
+An object at the key is never replaced (the writes are conditional); one with another archive
+id, or none, or this archive's id with another size or tree hash, is a conflict (the archive
+fails, the object stays).
 
 Threading: :meth:`ArchiveStreamer.export` runs in one transfer thread per archive and fans the
 parts out to a pool of ``parts_in_flight`` threads. ``slots`` (a semaphore shared by every
@@ -196,8 +197,11 @@ class ArchiveStreamer:
         except KeyTaken:
             # The conditional write found an object at the key: fine if it is this very archive
             # (our own earlier Complete whose answer was lost), a conflict otherwise.
-            if not self.present(item):
-                raise
+            if not self.present(item):  # (present raises ConflictError for another archive's object)
+                raise ConflictError(
+                    f"s3://{self.bucket}/{item.key} already holds an object of archive {item.archive_id} with "
+                    "another size or tree hash; not replaced (delete it to export the archive again)"
+                ) from None
             self._done(item)
             return Exported("present", item)
         self.verify(item, digests)
