@@ -18,7 +18,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from glacierfs import __version__, commands, exportcmd, hints, mount, treecmds
+from glacierfs import __version__, commands, exportcmd, hints, mount, statuscmd, treecmds
 from glacierfs.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, GlacierFSError
 from glacierfs.options import add_common_options, common_options
 from glacierfs.progress import end_status
@@ -37,6 +37,7 @@ def _register_server(sub: argparse._SubParsersAction[argparse.ArgumentParser], c
 #: The command families, in the order ``--help`` lists them. One line per family.
 REGISTER: list[Register] = [
     commands.register,
+    statuscmd.register,  # status
     mount.register,
     treecmds.register,  # sync, check, restore, import-journal, wait
     exportcmd.register,  # export to S3

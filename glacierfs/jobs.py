@@ -37,7 +37,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, ClassVar, Protocol
 
@@ -67,6 +66,7 @@ from glacierfs.errors import (
     UsageError,
 )
 from glacierfs.progress import NULL_PROGRESS, Progress
+from glacierfs.timeutil import fmt_duration, parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -153,25 +153,6 @@ class Backoff:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def parse_iso(text: str | None) -> float | None:
-    """Epoch seconds of a Glacier ISO-8601 date (``2012-03-20T17:03:43.221Z``), None if absent/bad."""
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def fmt_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}min"
-    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}"
 
 
 def _job_id_of(result: Any) -> str:
@@ -689,29 +670,42 @@ class JobRunner:
         if desc is not None:  # only failed jobs: forget them and try again
             for old in self.catalog.list_jobs(kind=RETRIEVAL, archive_id=archive_id):
                 self.catalog.remove_job(old.job_id)
+        return self._initiate(archive_id, tier)
+
+    def _initiate(self, archive_id: str, tier: str) -> dict[str, Any]:
+        """InitiateJob, recorded at once; its description (held lock: the caller's)."""
         result = self.glacier.initiate_retrieval(self.vault, archive_id, tier, None)
         rec = self._started(result, RETRIEVAL, archive_id=archive_id, tier=tier)
-        self.progress.status(
-            f"started {tier} retrieval job {rec['job_id'][:12]}… for {archive_id[:12]}…"
-        )
+        self.progress.status(f"started {tier} retrieval job {rec['job_id'][:12]}… for {archive_id[:12]}…")
         try:
             return self._describe(rec["job_id"])
         except ServiceError:
             return {"JobId": rec["job_id"], "StatusCode": IN_PROGRESS, "ArchiveId": archive_id, "Tier": tier}
 
     def start_retrieval(self, archive_id: str, tier: str = "Standard") -> dict[str, Any]:
-        """Start a retrieval job without looking for an existing one first; returns its description.
+        """:meth:`retrieval_once` for ``restore``, which swept ListJobs once for all archives."""
+        return self.retrieval_once(archive_id, tier)[0]
 
-        For callers that already know there is none because they swept ListJobs once for many
-        archives (``glacierfs restore``): :meth:`retrieval` would list every job again per
-        archive. The job is recorded before this returns, like every job started here.
+    def retrieval_once(
+        self, archive_id: str, tier: str, usable: Callable[[dict[str, Any]], bool] | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """(job description, started now): a recorded live job ``usable`` accepts, else a new job.
+
+        Under the per-archive lock, so a mount's retrieve, ``download``, ``restore`` and
+        ``export`` of one archive at once start one job: whoever comes second finds the job
+        the first recorded in the catalog (no ListJobs: callers that want one swept it already).
+        ``usable`` lets ``export`` refuse a finished job whose output expires too soon.
         """
-        result = self.glacier.initiate_retrieval(self.vault, archive_id, tier, None)
-        rec = self._started(result, RETRIEVAL, archive_id=archive_id, tier=tier)
-        try:
-            return self._describe(rec["job_id"])
-        except ServiceError:
-            return {"JobId": rec["job_id"], "StatusCode": IN_PROGRESS, "ArchiveId": archive_id, "Tier": tier}
+        with self._locks.hold(archive_id):
+            live = [
+                d for d in self._recorded(RETRIEVAL, archive_id)
+                if self._whole_archive(d) and d.get("StatusCode") != FAILED and (usable is None or usable(d))
+            ]
+            done = [d for d in live if d.get("StatusCode") == SUCCEEDED]
+            if done or live:  # the latest finished one, else the oldest running one
+                return (max(done, key=lambda d: d.get("CompletionDate") or "") if done
+                        else min(live, key=lambda d: d.get("CreationDate") or "")), False
+            return self._initiate(archive_id, tier), True
 
     def retrieval_state(self, archive_id: str) -> str:
         """``none`` | ``in_progress`` | ``ready`` | ``failed``, without starting or waiting for anything."""

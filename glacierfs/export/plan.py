@@ -6,7 +6,8 @@ Keys
     Undecodable descriptions - empty ones, and ones in a dialect's shape (``mt1 ``/``mt2 ``,
     ``<``, ``{``) that do not decode - go to ``PREFIX/_undecoded/<archive id>``, and so does a
     name whose key would exceed S3's 1,024 UTF-8 bytes. A decoded path whose first component is
-    ``_undecoded`` is spelled ``%5Fundecoded`` so the two sets of keys never meet.
+    ``_undecoded`` (or ``_glacierfs-claims``, where exporters keep their claims:
+    :mod:`glacierfs.export.claims`) is spelled ``%5F...`` so the sets of keys never meet.
 
 Metadata (``x-amz-meta-*``, ASCII only, 2 KB in total)
     ``glacier-archive-id``, ``glacier-tree-hash``, ``glacier-creation-date`` (ISO 8601 as the
@@ -51,6 +52,8 @@ MIN_PART = 16 * MiB  # power of two MiB (tree-hash aligned) and above S3's 5 MiB
 MAX_PART = 4 * GiB  # S3: at most 5 GiB
 MAX_OBJECT = 5 * 1024 * GiB
 UNDECODED = "_undecoded"
+CLAIMS = "_glacierfs-claims"  # export.claims: exporters' claims while they export an archive
+RESERVED = (UNDECODED, CLAIMS)
 SHARD_ENV = ("AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX")
 EARLY_DELETE_DAYS = 90
 TIERS = ("Bulk", "Standard", "Expedited")
@@ -103,7 +106,7 @@ def object_key(archive: ArchiveLike, prefix: str) -> str:
     if undecodable(archive.description):
         return f"{prefix}{UNDECODED}/{archive.archive_id}"
     path = archive.path
-    if path == UNDECODED or path.startswith(UNDECODED + "/"):
+    if any(path == name or path.startswith(name + "/") for name in RESERVED):
         path = "%5F" + path[1:]
     key = prefix + path
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:

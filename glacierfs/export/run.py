@@ -18,12 +18,15 @@ its own lock). Three pools do the I/O and hand results back through futures that
 scheduler reads: ``checks`` (HEAD of the next archives), ``calls`` (InitiateJob/DescribeJob for a
 batch of archives; they touch only the state store, which has its own lock, and pop from
 ``_listed``, an atomic dict operation) and ``transfer`` (``streamer.export``, one archive each).
-No lock is held while another is taken.
+``_claimed`` (the archives whose S3 claim this run took, :mod:`~glacierfs.export.claims`) is
+guarded by ``_claimed_lock``: the checks pool adds, the scheduler reads. No lock is held while
+another is taken.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -32,6 +35,7 @@ from itertools import islice
 from typing import Any, Protocol
 
 from glacierfs.errors import CredentialsError, GlacierFSError, NotFoundError, StateError
+from glacierfs.export.claims import Claims, Holder
 from glacierfs.export.manifest import Manifest, NoManifest
 from glacierfs.export.plan import ASSUMED_THROUGHPUT, ExportItem
 from glacierfs.export.state import ExportState
@@ -48,13 +52,15 @@ REPORT_EVERY = 5.0
 
 
 class Jobs(Protocol):
-    """The JobRunner call the exporter makes (DescribeJob, recorded in the catalog)."""
+    """The JobRunner calls the exporter makes (DescribeJob; single-flight job start, recorded in the catalog)."""
 
     def wait_job(self, job_id: str, what: str, wait: bool = True) -> dict[str, Any]: ...
+    def retrieval_once(
+        self, archive_id: str, tier: str, usable: Callable[[dict[str, Any]], bool] | None = None
+    ) -> tuple[dict[str, Any], bool]: ...
 
 
 class GlacierOps(Protocol):
-    def initiate_retrieval(self, vault: str, archive_id: str, tier: str, byte_range: Any) -> Any: ...
     def delete_archive(self, vault: str, archive_id: str) -> None: ...
     def list_jobs(self, vault: str) -> list[dict[str, Any]]: ...
 
@@ -92,7 +98,9 @@ class Summary:
     deleted: int = 0
     failed: int = 0
     pending: int = 0
+    busy: int = 0  # claimed by another exporter (export.claims): skipped
     first_error: str | None = None
+    first_busy: str | None = None
 
 
 def parse_iso(text: str | None) -> float | None:
@@ -142,8 +150,10 @@ class ExportRun:
         poll: Callable[[], Iterator[float]],
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        claims: Claims | None = None,
     ) -> None:
         self.glacier = glacier
+        self.claims = claims
         self.jobs = jobs
         self.catalog = catalog
         self.vault = vault
@@ -168,6 +178,8 @@ class ExportRun:
         self.waiting = 0
         self._waiting: list[_Waiting] = []
         self._listed: dict[str, dict[str, Any]] = {}
+        self._claimed: set[str] = set()  # archives whose claim this run holds (checks pool adds)
+        self._claimed_lock = threading.Lock()
 
     # ------------------------------------------------------------------ the loop
 
@@ -267,9 +279,9 @@ class ExportRun:
             # if a newer inventory gave its name to another archive: never two objects for one archive.
             batch = [i if s is None or s.key == i.key else replace(i, key=s.key)
                      for i, s in zip(batch, states, strict=True)]
-            futures: list[Future[bool] | None] = [
+            futures: list[Future[bool | Holder] | None] = [
                 None if (s is not None and s.status in ("done", "deleted") and s.key == i.key)
-                else checks.submit(self.streamer.present, i)
+                else checks.submit(self._check, i, s is not None)
                 for i, s in zip(batch, states, strict=True)
             ]
             for item, fut in zip(batch, futures, strict=True):
@@ -283,11 +295,47 @@ class ExportRun:
                 except GlacierFSError as exc:
                     self._failed(item, exc)
                     continue
-                if present:
+                if isinstance(present, Holder):
+                    self._busy(item, present)
+                elif present:
                     self.state.finish(item.archive_id, item.key, item.size)
                     self._finished(item, "present")
                 else:
                     yield item
+
+    def _check(self, item: ExportItem, known: bool) -> bool | Holder:
+        """True if the object is in S3; else claim the archive: False (ours now) or the claim's holder.
+
+        Runs in the ``checks`` pool. HEAD again after claiming: the holder before us may have
+        finished and released its claim between our first HEAD and our claim. ``known``: our
+        state has a record of the archive, so a claim of ours may be left (a kill after the
+        object was written): released if so.
+        """
+        if self.streamer.present(item):
+            if known and self.claims is not None:
+                self.claims.release_if_ours(item.archive_id)
+            return True
+        if self.claims is None:
+            return False
+        holder = self.claims.acquire(item.archive_id)
+        if holder is not None:
+            return holder
+        with self._claimed_lock:
+            self._claimed.add(item.archive_id)
+        if self.streamer.present(item):
+            self.claims.release(item.archive_id)
+            return True
+        return False
+
+    def _busy(self, item: ExportItem, holder: Holder) -> None:
+        assert self.claims is not None
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.since)) if holder.since else "?"
+        log.warning("archive %s: skipped, another exporter claimed it (%s, process %s on %s, since %s)",
+                    item.archive_id, self.claims.where(item.archive_id), holder.pid, holder.host, since)
+        self.summary.busy += 1
+        self.summary.first_busy = self.summary.first_busy or self.claims.where(item.archive_id)
+        self.manifest.write(item, "busy")
+        self.out(f"busy  {item.archive_id}  s3://{self.streamer.bucket}/{item.key}")
 
     # ------------------------------------------------------------------ jobs
 
@@ -349,25 +397,32 @@ class ExportRun:
                 stale = desc
         if stale is not None or fresh:
             # The output is (or was just) staged: AWS does not charge the retrieval again, so no budget.
-            job_id = self._start(item, "the previous output expires too soon")
+            job_id, _ = self._start(item, "the previous output expires too soon")
             self.state.set_job(aid, item.key, item.size, job_id, charged=False)
             return job_id
-        job_id = self._start(item, "")
-        self.state.set_job(aid, item.key, item.size, job_id, charged=True)
+        job_id, started = self._start(item, "")
+        self.state.set_job(aid, item.key, item.size, job_id, charged=started)
         return job_id
 
-    def _start(self, item: ExportItem, why: str) -> str:
-        """InitiateJob, recorded in the catalog too (``glacierfs status``, the mount and download see it)."""
-        result = self.glacier.initiate_retrieval(self.vault, item.archive_id, self.options.tier, None)
-        job_id = str(result if isinstance(result, str) else (result.get("jobId") or result.get("JobId")))
-        self.catalog.put_job({
-            "job_id": job_id, "kind": "retrieval", "archive_id": item.archive_id, "tier": self.options.tier,
-            "status": "InProgress", "recorded_at": self.clock(), "vault": self.vault, "imported": False,
-            "forced": False, "created": None,
-        })
-        log.info("archive %s: started %s retrieval job %s%s", item.archive_id, self.options.tier, job_id,
-                 f" ({why})" if why else "")
-        return job_id
+    def _start(self, item: ExportItem, why: str) -> tuple[str, bool]:
+        """(job id, started now): through the JobRunner's single-flight path, recorded in the catalog.
+
+        A mount's retrieve, ``download`` or ``restore`` of the same archive running at the same
+        time (same state dir) holds the per-archive lock while it starts its job; this finds
+        that job in the catalog instead of starting a second one.
+        """
+        def usable(desc: dict[str, Any]) -> bool:
+            return not output_expiring(desc, item.size, self.clock())
+
+        desc, started = self.jobs.retrieval_once(item.archive_id, self.options.tier, usable)
+        job_id = str(desc["JobId"])
+        if started:
+            log.info("archive %s: started %s retrieval job %s%s", item.archive_id, self.options.tier, job_id,
+                     f" ({why})" if why else "")
+        else:
+            log.info("archive %s: reusing retrieval job %s that another glacierfs process started", item.archive_id,
+                     job_id)
+        return job_id, started
 
     def _job_verdict(self, item: ExportItem, job_id: str) -> tuple[str, str]:
         """``ready`` | ``running`` | ``gone`` (expired, or expires too soon) | ``failed``, and why; any thread."""
@@ -458,6 +513,13 @@ class ExportRun:
         log.warning("%s", msg)
         if not verified:
             self.state.fail(item.archive_id, item.key, item.size, str(exc))
+        with self._claimed_lock:
+            ours = item.archive_id in self._claimed
+        if self.claims is not None and ours:
+            try:  # let another exporter try it; our state keeps the failure for our re-run
+                self.claims.release(item.archive_id)
+            except GlacierFSError as err:
+                log.warning("archive %s: its claim stays (%s)", item.archive_id, err)
         self.summary.failed += 1
         self.summary.first_error = self.summary.first_error or msg
         self.manifest.write(item, "failed")

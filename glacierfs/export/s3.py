@@ -11,12 +11,15 @@ Thread safety: boto3 clients are thread-safe; :class:`S3` holds no other mutable
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
 from glacierfs.errors import (
+    ConflictError,
     CredentialsError,
     GlacierFSError,
     IntegrityError,
@@ -45,6 +48,10 @@ class ChecksumRejected(IntegrityError):
 
 class NoSuchUpload(NotFoundError):
     """The multipart upload is gone (completed, aborted or expired)."""
+
+
+class KeyTaken(ConflictError):
+    """A conditional write (``If-None-Match: *``) found an object already at the key (412/409)."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,9 @@ class ObjectStore(Protocol):
     ) -> None: ...
     def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None: ...
     def list_uploads(self, bucket: str, key: str) -> list[UploadInfo]: ...
+    def create_small(self, bucket: str, key: str, body: bytes) -> bool: ...
+    def read_small(self, bucket: str, key: str) -> bytes | None: ...
+    def delete_object(self, bucket: str, key: str) -> None: ...
 
 
 def make_s3(settings: S3Settings) -> S3:
@@ -165,6 +175,8 @@ def translate(exc: BaseException, context: str) -> GlacierFSError:
             return ChecksumRejected(msg)
         if code == "NoSuchUpload":
             return NoSuchUpload(msg)
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412:
+            return KeyTaken(msg)
         if code in ("NoSuchBucket", "NoSuchKey", "NotFound") or status == 404:
             return NotFoundError(msg)
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken") or status == 403:
@@ -216,7 +228,7 @@ class S3:
         self._call(
             "put_object", f"PutObject s3://{bucket}/{key}", Bucket=bucket, Key=key, Body=body,
             ContentLength=length, ChecksumAlgorithm="SHA256", ChecksumSHA256=sha256_b64,
-            Metadata=metadata, StorageClass=storage_class,
+            Metadata=metadata, StorageClass=storage_class, IfNoneMatch="*",
         )
 
     def create_multipart(self, bucket: str, key: str, metadata: dict[str, str], storage_class: str) -> str:
@@ -256,7 +268,7 @@ class S3:
     def complete_multipart(self, bucket: str, key: str, upload_id: str, parts: list[tuple[int, str, str]]) -> None:
         self._call(
             "complete_multipart_upload", f"CompleteMultipartUpload s3://{bucket}/{key}", Bucket=bucket, Key=key,
-            UploadId=upload_id,
+            UploadId=upload_id, IfNoneMatch="*",
             MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e, "ChecksumSHA256": c} for n, e, c in parts]},
         )
 
@@ -278,3 +290,28 @@ class S3:
                 return out
             params["KeyMarker"] = resp.get("NextKeyMarker")
             params["UploadIdMarker"] = resp.get("NextUploadIdMarker")
+
+    def create_small(self, bucket: str, key: str, body: bytes) -> bool:
+        """PutObject ``If-None-Match: *`` of a small body (a claim): True if it was created, False if taken."""
+        sha = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
+        try:
+            self._call("put_object", f"PutObject s3://{bucket}/{key}", Bucket=bucket, Key=key, Body=body,
+                       ContentLength=len(body), ChecksumAlgorithm="SHA256", ChecksumSHA256=sha,
+                       StorageClass="STANDARD", IfNoneMatch="*")
+        except KeyTaken:
+            return False
+        return True
+
+    def read_small(self, bucket: str, key: str) -> bytes | None:
+        """The body of a small object, or None if there is none."""
+        try:
+            resp = self._call("get_object", f"GetObject s3://{bucket}/{key}", Bucket=bucket, Key=key)
+        except NotFoundError:
+            return None
+        try:
+            return bytes(resp["Body"].read())
+        except Exception as exc:
+            raise translate(exc, f"GetObject s3://{bucket}/{key}") from None
+
+    def delete_object(self, bucket: str, key: str) -> None:
+        self._call("delete_object", f"DeleteObject s3://{bucket}/{key}", Bucket=bucket, Key=key)

@@ -7,6 +7,9 @@ Every step is written before the next one starts (job id before waiting, upload 
 CreateMultipartUpload, each part after S3 accepted it), so a re-run after a kill continues:
 the crash table is in :mod:`glacierfs.export.stream`.
 
+``meta`` holds ``owner``, this store's random exporter id, made once: the S3 claims it wrote
+(:mod:`glacierfs.export.claims`) are recognized as its own by a re-run.
+
 ``status``: ``job`` (a retrieval job is recorded), ``uploading`` (an S3 upload is recorded),
 ``done`` (the object is in S3 and verified), ``deleted`` (done, and the source archive was
 deleted), ``failed`` (the last attempt failed; a re-run tries again).
@@ -46,6 +49,7 @@ CREATE TABLE IF NOT EXISTS parts (
     sha256 TEXT NOT NULL, tree_hash TEXT NOT NULL, etag TEXT NOT NULL,
     PRIMARY KEY (dest, archive_id, upload_id, number)
 );
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -145,6 +149,18 @@ class ExportState:
                 self._con.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StateError(f"export state {self.path}: {exc}") from None
+
+    def owner(self) -> str:
+        """This store's exporter id (random, made once): whose S3 claims are ours (export.claims)."""
+        import secrets
+
+        with self._tx() as con:
+            row = con.execute("SELECT value FROM meta WHERE name='owner'").fetchone()
+            if row:
+                return str(row[0])
+            token = secrets.token_hex(16)
+            con.execute("INSERT INTO meta (name, value) VALUES ('owner', ?)", (token,))
+        return token
 
     # ------------------------------------------------------------------ reads
 

@@ -15,15 +15,21 @@ Crash table (a kill at any point, then a re-run):
 =====================================  ===============================================
 killed after                           the re-run
 =====================================  ===============================================
-CreateMultipartUpload, before record   ListMultipartUploads on the key finds it: aborted
+CreateMultipartUpload, before record   ListMultipartUploads on the key finds it: aborted (*)
 a part, before its record              ListParts has it, state does not: sent again
 recorded parts                         ListParts confirms each (size, checksum); kept
 CompleteMultipartUpload, before record HEAD finds the object with our tree hash: done
-PutObject, before record               HEAD finds it: done (a repeat would replace it)
+PutObject, before record               HEAD finds it: done
 =====================================  ===============================================
 
-An object at the key is never replaced unless its metadata names the same archive; one with
-another archive id, or none, is a conflict (the archive fails, the object stays).
+(*) Only the holder of the archive's claim (:mod:`glacierfs.export.claims`) works on its key,
+so an upload on the key that our state does not know is a stray of our own killed run (or of a
+holder that died and whose claim was removed), never a live exporter's. PutObject and
+CompleteMultipartUpload are conditional (``If-None-Match: *``): an object never replaces another.
+
+An object at the key is never replaced (the writes are conditional); one with another archive
+id, or none, or this archive's id with another size or tree hash, is a conflict (the archive
+fails, the object stays).
 
 Threading: :meth:`ArchiveStreamer.export` runs in one transfer thread per archive and fans the
 parts out to a pool of ``parts_in_flight`` threads. ``slots`` (a semaphore shared by every
@@ -48,8 +54,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from glacierfs.errors import ConflictError, GlacierFSError, IntegrityError, NotFoundError, ServiceError
+from glacierfs.export.claims import Claims
 from glacierfs.export.plan import ExportItem, object_metadata, part_size_for
-from glacierfs.export.s3 import ChecksumRejected, NoSuchUpload, ObjectInfo, ObjectStore
+from glacierfs.export.s3 import ChecksumRejected, KeyTaken, NoSuchUpload, ObjectInfo, ObjectStore
 from glacierfs.export.state import ExportState, PartDone
 from glacierfs.treehash import MiB, TreeHasher, combine
 
@@ -140,8 +147,10 @@ class ArchiveStreamer:
         attempts: int = 5,
         counters: Counters | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        claims: Claims | None = None,
     ) -> None:
         self.glacier = glacier
+        self.claims = claims
         self.vault = vault
         self.s3 = s3
         self.bucket = bucket
@@ -177,16 +186,37 @@ class ArchiveStreamer:
         ``checked``: the caller has just found no object at the key (skips one HEAD).
         """
         if not checked and self.present(item):
-            self.state.finish(item.archive_id, item.key, item.size)
+            self._done(item)
             return Exported("present", item)
         part = self.part_size(item)
-        if item.size <= part:
-            digests = [self._put_single(item, job_id)]
-        else:
-            digests = self._multipart(item, job_id, part)
+        try:
+            if item.size <= part:
+                digests = [self._put_single(item, job_id)]
+            else:
+                digests = self._multipart(item, job_id, part)
+        except KeyTaken:
+            # The conditional write found an object at the key: fine if it is this very archive
+            # (our own earlier Complete whose answer was lost), a conflict otherwise.
+            if not self.present(item):  # (present raises ConflictError for another archive's object)
+                raise ConflictError(
+                    f"s3://{self.bucket}/{item.key} already holds an object of archive {item.archive_id} with "
+                    "another size or tree hash; not replaced (delete it to export the archive again)"
+                ) from None
+            self._done(item)
+            return Exported("present", item)
         self.verify(item, digests)
-        self.state.finish(item.archive_id, item.key, item.size)
+        self._done(item)
         return Exported("exported", item)
+
+    def _done(self, item: ExportItem) -> None:
+        """Give up the claim, then record the verified object (in this transfer thread).
+
+        In this order a kill in between leaves no claim behind: the re-run, not yet told the
+        archive is done, HEADs it and releases a claim of ours it finds (ExportRun._check).
+        """
+        if self.claims is not None:
+            self.claims.release(item.archive_id)
+        self.state.finish(item.archive_id, item.key, item.size)
 
     def verify(self, item: ExportItem, digests: list[bytes] | None = None) -> ObjectInfo:
         """HEAD the object: size, archive id, tree hash and (when S3 reports it) the checksum must match."""
@@ -340,6 +370,10 @@ class ArchiveStreamer:
             self.s3.complete_multipart(
                 self.bucket, item.key, upload_id, [(p.number, p.etag, p.sha256) for p in ordered]
             )
+        except KeyTaken:
+            self.s3.abort_multipart(self.bucket, item.key, upload_id)
+            self.state.set_upload(item.archive_id, item.key, item.size, None, None)
+            raise
         except NoSuchUpload:
             if not self.present(item):  # completed by an earlier attempt whose answer was lost?
                 self.state.set_upload(item.archive_id, item.key, item.size, None, None)
