@@ -268,11 +268,6 @@ def test_file_slice_detects_a_shrunk_file(tmp_path: Path):
 # --------------------------------------------------------------------------- through the real server
 
 
-def _server_available() -> bool:
-    return (Path(__file__).parent / "glacier_server.py").exists()
-
-
-needs_server = pytest.mark.skipif(not _server_available(), reason="local Glacier server not available yet")
 
 
 @pytest.fixture
@@ -283,7 +278,6 @@ def glacier(request, clean_aws_env):
     )
 
 
-@needs_server
 def test_vault_lifecycle_and_pagination(glacier):
     names = [f"v{i:02d}" for i in range(23)]  # more than two pages of ListVaults (limit 10)
     for name in names:
@@ -297,7 +291,6 @@ def test_vault_lifecycle_and_pagination(glacier):
         glacier.describe_vault("v22")
 
 
-@needs_server
 def test_upload_archive_streams_a_file_slice_once(glacier, tmp_path):
     glacier.create_vault("arch")
     data = os.urandom(2 * MiB + 123)
@@ -318,14 +311,12 @@ def test_upload_archive_streams_a_file_slice_once(glacier, tmp_path):
     assert sum(reads) == len(data)  # botocore did not read the body to hash it
 
 
-@needs_server
 def test_wrong_tree_hash_is_an_integrity_error(glacier):
     glacier.create_vault("arch")
     with pytest.raises(IntegrityError):
         glacier.upload_archive("arch", b"hello", tree_hash(b"other"), "d")
 
 
-@needs_server
 def test_multipart_listing_and_abort(glacier, tmp_path):
     glacier.create_vault("mp")
     upload_id = glacier.initiate_multipart("mp", MiB, "d")
@@ -342,7 +333,6 @@ def test_multipart_listing_and_abort(glacier, tmp_path):
     assert upload_id not in [u["MultipartUploadId"] for u in glacier.list_uploads("mp")]
 
 
-@needs_server
 @pytest.mark.parametrize("as_file", [False, True])
 def test_precomputed_sha256_is_what_is_sent(glacier, tmp_path, as_file):
     """The SHA-256 we pass is sent as is (botocore does not recompute it): a wrong one is refused."""
@@ -361,7 +351,6 @@ def test_precomputed_sha256_is_what_is_sent(glacier, tmp_path, as_file):
     assert glacier.complete_multipart("sha", upload_id, MiB, tree_hash(data))[0] == archive_id  # idempotent
 
 
-@needs_server
 def test_job_output_cut_half_way_is_a_service_error(glacier_server_factory, clean_aws_env):
     server = glacier_server_factory("--faults", "reset=1.0", "--faults-ops", "GetJobOutput", "--seed", "1")
     glacier = make_glacier(
@@ -388,7 +377,6 @@ def test_job_output_cut_half_way_is_a_service_error(glacier_server_factory, clea
     assert SECRET not in str(info.value)
 
 
-@needs_server
 def test_every_listing_follows_every_page(glacier):
     glacier.create_vault("pages")
     data = b"x" * 10
@@ -407,7 +395,6 @@ def test_every_listing_follows_every_page(glacier):
     assert [v["VaultName"] for v in glacier.list_vaults(page_size=1)] == ["pages"]
 
 
-@needs_server
 def test_signed_requests_with_precomputed_hashes_verify(glacier_server_factory, clean_aws_env, tmp_path):
     """Against a server that checks SigV4: our single-read bodies sign correctly; bad keys are refused."""
     server = glacier_server_factory("--verify-sigv4", "--access-key", ACCESS, "--secret-key", SECRET)

@@ -51,8 +51,9 @@ class ForkedMount:
 
     def __init__(self, forks: ForkServer, mnt: Path, cache: Path, endpoint: str, logs: Path) -> None:
         self.forks, self.mnt, self.logs = forks, mnt, logs
+        # 1 MiB parts (not the 16 MiB default): kills land between the parts of a multipart upload
         self.argv = ["mount", "--foreground", "--cache-dir", str(cache), "--endpoint-url", endpoint,
-                     "--region", "us-east-1", VAULT, str(mnt)]
+                     "--region", "us-east-1", "--part-size", "1M", VAULT, str(mnt)]
         self.pid: int | None = None
         self.err: Path | None = None
 
@@ -61,11 +62,15 @@ class ForkedMount:
         [self.pid] = self.forks.start((self.argv, tm.REPO), logs=self.logs)
         self.err = self.forks.files[self.pid][1]
         deadline = time.monotonic() + tm.READY_TIMEOUT
-        while not tm._mounted(self.mnt):
-            if not pid_running(self.pid):
-                raise AssertionError(f"mount exited:\n{self.log()}")
-            assert time.monotonic() < deadline, f"mount not ready:\n{self.log()}"
-            time.sleep(0.02)
+        try:
+            while not tm.mounted(self.mnt):
+                if not pid_running(self.pid):
+                    raise AssertionError(f"mount exited:\n{self.log()}")
+                assert time.monotonic() < deadline, f"mount not ready:\n{self.log()}"
+                time.sleep(0.02)
+        except BaseException:
+            self.kill()  # never leave a mount process behind a failed start
+            raise
         return self
 
     def log(self) -> str:
@@ -98,7 +103,7 @@ def test_mv_then_sigkill_never_loses_a_file(glacier_server, tmp_path: Path) -> N
     src.mkdir()
     expected: dict[str, str] = {}  # archive path -> tree hash, for every mv that returned 0
     failed_mv: list[str] = []
-    mounts: list[tm.Mount] = []
+    mounts = tm.MountSet()
     with ForkServer(tm.env()) as forks:
         try:
             for i in range(KILL_TRIALS):
@@ -128,8 +133,7 @@ def test_mv_then_sigkill_never_loses_a_file(glacier_server, tmp_path: Path) -> N
         finally:
             tm.unmount(mnt)
     try:
-        m = tm.Mount(mnt, cache, glacier_server.url, VAULT)
-        mounts.append(m)
+        m = mounts.add(tm.Mount(mnt, cache, glacier_server.url, VAULT))
         m.start()
         listed = sorted(os.listdir(mnt))
         assert listed == sorted(expected), f"seed {SEED}: after the kills the mount lists {listed}\n{m.log()}"

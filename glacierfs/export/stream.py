@@ -62,7 +62,10 @@ from glacierfs.treehash import MiB, TreeHasher, combine
 
 log = logging.getLogger(__name__)
 
-SPOOL_IN_MEMORY = 16 * MiB
+# A part buffer stays in memory up to this, then rolls over to an unlinked file in the spool dir:
+# parts are 16 MiB or more, so a part in flight costs at most ~2 x this in memory (the rollover
+# copy) and the run's RSS stays far below its 200 MiB bound even when sends are slow.
+SPOOL_IN_MEMORY = 4 * MiB
 READ_CHUNK = MiB
 
 
