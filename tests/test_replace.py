@@ -515,3 +515,66 @@ def test_a_manifest_records_what_it_replaces_and_survives_without_data_once_arch
     found = StagingArea(tmp_path).recover()
     assert found == {waiting: Manifest("/f", replaces=("OLD",)),
                      done: Manifest("/g", started=True, replaces=("OLD2",), archived="NEW")}
+
+
+# --------------------------------------------------------------------------- replaced archives' deletes: wait, status, kill -9
+
+
+def _held(server: Any, op: str) -> int:
+    return int(server.admin("held", method="GET")["waiting"].get(op, 0))
+
+
+def _replace_held(server: Any, m: Any, tmp_path: Path) -> tuple[Path, str, bytes]:
+    """Archive f.txt, hold DeleteArchive, replace f.txt (cp -f): returns once the new archive exists
+    and the delete of the old one waits in the server (nothing deleted yet)."""
+    f = m.mnt / "f.txt"
+    f.write_bytes(b"old\n")
+    assert run("sync", str(f)).returncode == 0, m.log()
+    old = run("getfattr", "--only-values", "-n", "user.glacier.archive_id", str(f)).stdout
+    assert old
+    server.admin("hold?ops=DeleteArchive")
+    new = b"new content\n"
+    (tmp_path / "new.bin").write_bytes(new)
+    assert run("cp", "-f", str(tmp_path / "new.bin"), str(f)).returncode == 0, m.log()
+    wait_until(lambda: _held(server, "DeleteArchive") >= 1, 60, "the delete of the replaced archive to be held")
+    return f, old, new
+
+
+def _paths_and_ids(server: Any) -> dict[str, list[str]]:
+    from glacierfs.codec import decode_description
+
+    seen: dict[str, list[str]] = {}
+    for a in server_inventory(server, MVAULT):
+        seen.setdefault(decode_description(a["ArchiveDescription"]).path or "", []).append(a["ArchiveId"])
+    return seen
+
+
+def test_wait_and_status_cover_the_delete_of_a_replaced_archive(glacier_server, mount_factory, tmp_path):
+    """The new archive exists and its upload is no longer pending, but the old archive is not
+    deleted yet (its DeleteArchive is held): `wait` does not return, `status` lists it; once
+    the delete goes through, `wait` returns and the old archive is gone from the vault."""
+    from tests.helpers.cli import Cli
+
+    server = glacier_server
+    m = mount_factory(server)
+    cli = Cli(server.url, tmp_path / "cache", tmp_path)
+    f, old, new = _replace_held(server, m, tmp_path)
+    res = cli("wait", "-v", MVAULT, "--region", "us-east-1", "--timeout", "0.5", code=8)
+    assert "1 replaced archive delete(s)" in res.stderr and "f.txt" in res.stderr, str(res)
+    res = cli("wait", "-v", MVAULT, "--region", "us-east-1", "other/dir", "--timeout", "0.5")  # not under PATH
+    st = cli("status", "-v", MVAULT, "--region", "us-east-1")
+    assert f"replace pending: f.txt (deletes archive {old}, new archive " in st.stdout, str(st)
+    waiter = cli.popen("wait", "-v", MVAULT, "--region", "us-east-1", "f.txt")
+    try:
+        assert server.admin("release")["released"] >= 1
+        _out, errs = waiter.communicate(timeout=60)
+        assert waiter.returncode == 0, errs
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
+    # wait returned: the old archive is already gone, the new one is the path's only archive
+    now = run("getfattr", "--only-values", "-n", "user.glacier.archive_id", str(f)).stdout
+    assert now != old and _paths_and_ids(server) == {"f.txt": [now]}
+    assert f.read_bytes() == new
+    assert "replace pending" not in cli("status", "-v", MVAULT, "--region", "us-east-1").stdout
