@@ -578,3 +578,32 @@ def test_wait_and_status_cover_the_delete_of_a_replaced_archive(glacier_server, 
     assert now != old and _paths_and_ids(server) == {"f.txt": [now]}
     assert f.read_bytes() == new
     assert "replace pending" not in cli("status", "-v", MVAULT, "--region", "us-east-1").stdout
+
+
+@pytest.mark.parametrize("delete_took_effect", [False, True], ids=["delete-lost", "delete-done-unanswered"])
+def test_kill_between_new_archived_and_old_deleted(glacier_server, mount_factory, tmp_path, delete_took_effect):
+    """kill -9 of the mount while its DeleteArchive of the replaced archive is held in the server:
+    either the delete never takes effect (the connection is reset), or it does with nobody left to
+    hear the answer. The next mount deletes what is left, exactly once; the new archive stays."""
+    from tests.helpers.cli import Cli
+
+    server = glacier_server
+    m = mount_factory(server)
+    f, old, new = _replace_held(server, m, tmp_path)
+    now = run("getfattr", "--only-values", "-n", "user.glacier.archive_id", str(f)).stdout
+    assert now and now != old
+    m.kill()
+    m.proc.wait(10)  # type: ignore[union-attr]
+    unmount(m.mnt)
+    first_log = m.log()
+    assert server.admin("release" if delete_took_effect else "release?drop=1")["released"] >= 1
+    ids = {p: sorted(v) for p, v in _paths_and_ids(server).items()}
+    assert ids == {"f.txt": [now] if delete_took_effect else sorted([old, now])}, ids
+
+    m2 = mount_factory(server, name="mnt")
+    Cli(server.url, tmp_path / "cache", tmp_path)("wait", "-v", MVAULT, "--region", "us-east-1", "--timeout", "60")
+    assert _paths_and_ids(server) == {"f.txt": [now]}  # the old one gone, the new one kept, no other
+    assert (m2.mnt / "f.txt").read_bytes() == new
+    logs = first_log + m2.log()
+    assert logs.count(f"deleted archive {old}") == 1, logs
+    assert f"deleted archive {now}" not in logs

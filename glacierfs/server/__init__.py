@@ -14,7 +14,7 @@ Modules, one concern each: :mod:`.store` (state rules, SQLite metadata), :mod:`.
 router), :mod:`.request` (request plumbing), :mod:`.wire` (wire format and parsers),
 :mod:`.ops_vaults`, :mod:`.ops_archives`, :mod:`.ops_jobs` (operations), :mod:`.admin`
 (``--admin`` hooks), :mod:`.pacing` (``--bandwidth``), :mod:`.ids`, :mod:`.clock`,
-:mod:`.faults`, :mod:`.sigv4`, :mod:`.command` (CLI).
+:mod:`.faults`, :mod:`.hold` (``--hold``), :mod:`.sigv4`, :mod:`.command` (CLI).
 
 :func:`start_server` runs it in-process: it takes an exclusive ``flock`` on
 ``DATA_DIR/.lock`` (a second server on the same dir gets :class:`DataDirInUse`), writes
