@@ -146,6 +146,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
         f"run in the mount (default {DEFAULT_RETRIEVE_MAX_JOBS})",
     )
     p.add_argument(
+        "--retrieve-max-bytes-per-hour", metavar="SIZE", default=None,
+        help="setfattr -n user.glacier.retrieve on a directory starts jobs for at most SIZE bytes of "
+        "archives per hour, as restore --max-bytes-per-hour (e.g. 10G; default unlimited)",
+    )
+    p.add_argument(
         "-o", dest="fuse_options", action="append", default=[], metavar="OPTIONS",
         help="FUSE mount options (e.g. allow_other; nonempty: mount over a directory that has files)",
     )
@@ -356,6 +361,8 @@ def _child_argv(args: argparse.Namespace, mnt: Path) -> list[str]:
         argv.append(f"--local={Path(args.local).expanduser().absolute()}")
     argv += ["--cache-size", str(args.cache_size), "--concurrency", str(args.concurrency),
              "--auto-retrieve-max", str(args.auto_retrieve_max), "--retrieve-max-jobs", str(args.retrieve_max_jobs)]
+    if args.retrieve_max_bytes_per_hour:
+        argv += ["--retrieve-max-bytes-per-hour", str(args.retrieve_max_bytes_per_hour)]
     for flag in ("all_vaults", "read_only", "debug", "quiet"):
         if getattr(args, flag, False):
             argv.append(f"--{flag.replace('_', '-')}")
@@ -385,6 +392,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     args.cache_size_bytes = parse_size(args.cache_size)
     args.part_size_bytes = parse_size(args.part_size) if args.part_size else None
+    args.retrieve_max_bytes = (parse_size(args.retrieve_max_bytes_per_hour) or None
+                               if args.retrieve_max_bytes_per_hour else None)
     if args.foreground:
         return run_foreground(args, mnt)
     return _daemonize(args, mnt)
@@ -562,6 +571,7 @@ def build_vaultfs(
         auto_retrieve=args.auto_retrieve,
         auto_retrieve_max=args.auto_retrieve_max,
         retrieve_max_jobs=args.retrieve_max_jobs,
+        retrieve_max_bytes_per_hour=args.retrieve_max_bytes,
         poll_interval=0.5 if ctx.is_local else 60.0,
         max_poll_interval=5.0 if ctx.is_local else 900.0,
         display_root=display_root,

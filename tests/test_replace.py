@@ -316,6 +316,41 @@ def test_setfattr_on_a_directory_retrieves_the_subtree_within_the_cap(slow_jobs_
     assert read_all(fs, "/d/e/g") == b"/d/e/g" * 10
 
 
+def test_setfattr_on_a_directory_stays_within_the_bytes_per_hour(slow_jobs_env, caplog):
+    """--retrieve-max-bytes-per-hour: a directory retrieval starts jobs for at most that many bytes
+    of archives an hour (one bigger archive alone when the hour is empty), never one twice."""
+    env = slow_jobs_env
+    fs = env.fs(retrieve_max_bytes_per_hour=100)
+    now = [1000.0]
+    fs.retrievals.clock = lambda: now[0]  # the hour's window, moved by the test
+    fs.mkdir("/d")
+    sizes = {"/d/a": 40, "/d/b": 40, "/d/c": 60, "/d/d": 60, "/d/e": 150}
+    for p, n in sizes.items():
+        fs.cache.discard(archived(fs, p, b"x" * n))
+    caplog.set_level(logging.INFO)
+    ids = {archive_id(fs, p): p for p in sizes}
+
+    def retrieving() -> list[str]:
+        return sorted(ids[a] for a in retrieval_jobs(env))
+
+    fs.setxattr("/d", "user.glacier.retrieve", b"Bulk")
+    assert retrieving() == ["/d/a", "/d/b"]  # 80 bytes; /d/c would make 140
+    assert "3 archive(s) not retrieved yet" in caplog.text and "--retrieve-max-bytes-per-hour" in caplog.text
+    fs.setxattr("/d", "user.glacier.retrieve", b"Bulk")  # the same hour: nothing more
+    assert retrieving() == ["/d/a", "/d/b"]
+    now[0] += 3601  # the next hour
+    fs.setxattr("/d", "user.glacier.retrieve", b"Bulk")
+    assert retrieving() == ["/d/a", "/d/b", "/d/c"]  # 60; /d/d would make 120
+    now[0] += 3601
+    fs.setxattr("/d", "user.glacier.retrieve", b"Bulk")
+    assert retrieving() == ["/d/a", "/d/b", "/d/c", "/d/d"]
+    now[0] += 3601
+    fs.setxattr("/d", "user.glacier.retrieve", b"Bulk")  # bigger than the limit: alone in an empty hour
+    assert retrieving() == sorted(sizes)
+    fs.setxattr("/d", "user.glacier.retrieve", b"Bulk")
+    assert len(retrieval_jobs(env)) == 5
+
+
 def test_auto_retrieve_is_capped_per_hour(slow_jobs_env, caplog):
     env = slow_jobs_env
     fs = env.fs(auto_retrieve="Bulk", auto_retrieve_max=2)
@@ -482,7 +517,8 @@ def test_auto_retrieve_cap_in_a_daemon_mount(glacier_server_factory, tmp_path):
     mnt = tmp_path / "mnt"
     try:
         res = ms.mount("--endpoint-url", server.url, "--region", "us-east-1", "--cache-dir", str(tmp_path / "cache"),
-                       "--cache-size", "1", "--auto-retrieve", "Bulk", "--auto-retrieve-max", "2", MVAULT, mnt=mnt)
+                       "--cache-size", "1", "--auto-retrieve", "Bulk", "--auto-retrieve-max", "2",
+                       "--retrieve-max-bytes-per-hour", "1G", MVAULT, mnt=mnt)  # accepted by the daemonizing command
         log = ms.log_of(res)
         for name in ("a", "b", "c", "warm"):  # each new file evicts the one before (--cache-size 1)
             (mnt / name).write_bytes(name.encode() * 100)

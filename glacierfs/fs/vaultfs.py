@@ -101,6 +101,7 @@ class VaultFS:
         auto_retrieve: str | None = None,
         auto_retrieve_max: int = 10,
         retrieve_max_jobs: int = 100,
+        retrieve_max_bytes_per_hour: int | None = None,
         upload_workers: int = 2,
         upload_delay: float = 0.5,
         retry_delay: float = 2.0,
@@ -127,7 +128,8 @@ class VaultFS:
         self.retrievals = (
             Retrievals(runner, catalog, vault, cache, on_cached=self._intact_add, on_inventory=self._bump,
                        poll_interval=poll_interval, max_poll_interval=max_poll_interval,
-                       auto_max=auto_retrieve_max, tree_max=retrieve_max_jobs)
+                       auto_max=auto_retrieve_max, tree_max=retrieve_max_jobs,
+                       tree_max_bytes_per_hour=retrieve_max_bytes_per_hour)
             if runner is not None else None
         )
         self._lock = threading.Lock()
