@@ -37,6 +37,7 @@ import copy
 import ctypes
 import errno
 import fcntl
+import functools
 import logging
 import logging.handlers
 import os
@@ -51,6 +52,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import glacierfs
+from glacierfs import hints
 from glacierfs.errors import (
     ConflictError,
     CredentialsError,
@@ -451,7 +453,9 @@ def _daemonize(args: argparse.Namespace, mnt: Path) -> int:
         code = child.poll()
         if code is not None:
             cls = _EXIT_CLASSES.get(code, StateError)
-            raise cls(f"mount failed: {_last_line(log_path, start)} (log: {log_path})")
+            # the child's hints ("; run: CMD") stay at the end of the line, so they paste as printed
+            why, sep, hint = _last_line(log_path, start).partition("; run: ")
+            raise cls(f"mount failed: {why} (log: {log_path}){sep}{hint}")
         time.sleep(0.05)
     child.kill()
     raise StateError(f"mount not ready after {READY_TIMEOUT:.0f} s (log: {log_path})")
@@ -575,16 +579,19 @@ def build_vaultfs(
         poll_interval=0.5 if ctx.is_local else 60.0,
         max_poll_interval=5.0 if ctx.is_local else 900.0,
         display_root=display_root,
-        hint_options=hint_options(args),
+        hint=functools.partial(hints.command, hints.CommonOptions.from_args(args)),
     )
 
 
 def _ensure_vault(ctx: Any, vault: str, local: bool) -> None:
+    """A missing vault: the CLI's error (``vault V does not exist in R at E; run: glacierfs vaults
+    <the mount's options>``, rendered by the error boundary); with ``--local`` it is created."""
+    if not local:
+        ctx.check_vault(vault)
+        return
     try:
         ctx.glacier.describe_vault(vault)
     except NotFoundError:
-        if not local:
-            raise NotFoundError(f"vault {vault!r} does not exist in {ctx.region}") from None
         ctx.glacier.create_vault(vault)
         log.warning("created vault %s on the local server", vault)
 

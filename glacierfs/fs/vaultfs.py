@@ -26,6 +26,7 @@ cache's lock are leaves.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from glacierfs import hints
 from glacierfs.errors import (
     BadHandle,
     Busy,
@@ -108,10 +110,11 @@ class VaultFS:
         poll_interval: float = 2.0,
         max_poll_interval: float = 300.0,
         display_root: str = "",
-        hint_options: str = "",
+        hint: Callable[..., str] | None = None,
     ) -> None:
         self.display_root = display_root  # where the user sees this vault (for log hints)
-        self.hint_options = hint_options  # shell-quoted common options for the hints' commands
+        # renders ``glacierfs WORD...`` with the mount's options (hints.command, bound by mount.py)
+        self._hint: Callable[..., str] = hint or functools.partial(hints.command, None)
         self.catalog = catalog
         self.glacier = glacier
         self.vault = vault
@@ -411,8 +414,8 @@ class VaultFS:
 
     def hint_command(self, path: str) -> str:
         """``glacierfs download`` of ``path`` as a command that works when pasted (the mount's options)."""
-        opts = f"{self.hint_options} " if self.hint_options else ""
-        return f"glacierfs download {opts}-v {shlex.quote(self.vault)} {shlex.quote(path.lstrip('/'))}"
+        rel = path.lstrip("/")
+        return self._hint("download", "-v", self.vault, *(["--"] if rel.startswith("-") else []), rel)
 
     def _not_cached(self, path: str, archive_id: str) -> None:
         """Fail at once (EAGAIN), say how to retrieve, maybe start the retrieval."""
