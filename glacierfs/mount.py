@@ -37,6 +37,7 @@ import copy
 import ctypes
 import errno
 import fcntl
+import functools
 import logging
 import logging.handlers
 import os
@@ -51,6 +52,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import glacierfs
+from glacierfs import hints
 from glacierfs.errors import (
     ConflictError,
     CredentialsError,
@@ -144,6 +146,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
         "--retrieve-max-jobs", type=_positive, default=DEFAULT_RETRIEVE_MAX_JOBS, metavar="N",
         help="setfattr -n user.glacier.retrieve on a directory starts jobs while fewer than N retrievals "
         f"run in the mount (default {DEFAULT_RETRIEVE_MAX_JOBS})",
+    )
+    p.add_argument(
+        "--retrieve-max-bytes-per-hour", metavar="SIZE", default=None,
+        help="setfattr -n user.glacier.retrieve on a directory starts jobs for at most SIZE bytes of "
+        "archives per hour, as restore --max-bytes-per-hour (e.g. 10G; default unlimited)",
     )
     p.add_argument(
         "-o", dest="fuse_options", action="append", default=[], metavar="OPTIONS",
@@ -356,6 +363,8 @@ def _child_argv(args: argparse.Namespace, mnt: Path) -> list[str]:
         argv.append(f"--local={Path(args.local).expanduser().absolute()}")
     argv += ["--cache-size", str(args.cache_size), "--concurrency", str(args.concurrency),
              "--auto-retrieve-max", str(args.auto_retrieve_max), "--retrieve-max-jobs", str(args.retrieve_max_jobs)]
+    if args.retrieve_max_bytes_per_hour:
+        argv += ["--retrieve-max-bytes-per-hour", str(args.retrieve_max_bytes_per_hour)]
     for flag in ("all_vaults", "read_only", "debug", "quiet"):
         if getattr(args, flag, False):
             argv.append(f"--{flag.replace('_', '-')}")
@@ -385,6 +394,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     args.cache_size_bytes = parse_size(args.cache_size)
     args.part_size_bytes = parse_size(args.part_size) if args.part_size else None
+    args.retrieve_max_bytes = (parse_size(args.retrieve_max_bytes_per_hour) or None
+                               if args.retrieve_max_bytes_per_hour else None)
     if args.foreground:
         return run_foreground(args, mnt)
     return _daemonize(args, mnt)
@@ -442,7 +453,9 @@ def _daemonize(args: argparse.Namespace, mnt: Path) -> int:
         code = child.poll()
         if code is not None:
             cls = _EXIT_CLASSES.get(code, StateError)
-            raise cls(f"mount failed: {_last_line(log_path, start)} (log: {log_path})")
+            # the child's hints ("; run: CMD") stay at the end of the line, so they paste as printed
+            why, sep, hint = _last_line(log_path, start).partition("; run: ")
+            raise cls(f"mount failed: {why} (log: {log_path}){sep}{hint}")
         time.sleep(0.05)
     child.kill()
     raise StateError(f"mount not ready after {READY_TIMEOUT:.0f} s (log: {log_path})")
@@ -562,19 +575,23 @@ def build_vaultfs(
         auto_retrieve=args.auto_retrieve,
         auto_retrieve_max=args.auto_retrieve_max,
         retrieve_max_jobs=args.retrieve_max_jobs,
+        retrieve_max_bytes_per_hour=args.retrieve_max_bytes,
         poll_interval=0.5 if ctx.is_local else 60.0,
         max_poll_interval=5.0 if ctx.is_local else 900.0,
         display_root=display_root,
-        hint_options=hint_options(args),
+        hint=functools.partial(hints.command, hints.CommonOptions.from_args(args)),
     )
 
 
 def _ensure_vault(ctx: Any, vault: str, local: bool) -> None:
+    """A missing vault: the CLI's error (``vault V does not exist in R at E; run: glacierfs vaults
+    <the mount's options>``, rendered by the error boundary); with ``--local`` it is created."""
+    if not local:
+        ctx.check_vault(vault)
+        return
     try:
         ctx.glacier.describe_vault(vault)
     except NotFoundError:
-        if not local:
-            raise NotFoundError(f"vault {vault!r} does not exist in {ctx.region}") from None
         ctx.glacier.create_vault(vault)
         log.warning("created vault %s on the local server", vault)
 

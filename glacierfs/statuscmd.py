@@ -1,6 +1,7 @@
 """``glacierfs status``: pending uploads, current jobs by archive path and catalog age per vault.
 
 Output: human-readable sections (``vault V: inventory DATE (age A)``, ``  upload pending: ...``,
+``  replace pending: PATH (deletes archive ID[, new archive ID])``,
 ``  job STATUS: KIND PATH (TIER, started T ago)``); ``--json`` prints one JSON object (an array
 of them without ``-v``). Finished jobs are counted in a note; ``--all`` lists them too.
 """
@@ -30,8 +31,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def vault_status(ctx: Context, vault: str, all_jobs: bool = False) -> dict[str, Any]:
     """Pending uploads, current jobs (every recorded job with ``all_jobs``) and catalog age."""
+    from glacierfs.fs.stagedir import pending_replacements
+
     catalog = ctx.catalog(vault)
     uploads = catalog.list_uploads()
+    replacing = sorted(pending_replacements(catalog.state_dir), key=lambda m: m.path)
     jobs = catalog.list_jobs()
     shown_jobs = [j for j in jobs if all_jobs or _job_is_current(j)]
     return {
@@ -39,6 +43,9 @@ def vault_status(ctx: Context, vault: str, all_jobs: bool = False) -> dict[str, 
         "inventory_date": catalog.inventory_date,
         "inventory_age": catalog.inventory_age(),
         "pending_uploads": [{"key": k, **_upload_summary(v)} for k, v in sorted(uploads.items())],
+        # a mount's replacements whose old archives are not deleted yet (new archive: None until made)
+        "pending_replacements": [{"path": m.path.lstrip("/"), "replaces": list(m.replaces), "new_archive": m.archived}
+                                 for m in replacing],
         "jobs": [_job_summary(catalog, j) for j in shown_jobs],
         "finished_jobs_not_shown": len(jobs) - len(shown_jobs),
     }
@@ -112,6 +119,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if up["size"] and up["done"] is not None:
                     pct = f" {100 * up['done'] // max(1, up['size'])}%"
                 _out(f"  upload pending: {shown(up['path'] or up['key'])} ({up['size']} bytes{pct})")
+            for rep in st["pending_replacements"]:
+                new = f", new archive {shown(rep['new_archive'])}" if rep["new_archive"] else ""
+                _out(f"  replace pending: {shown(rep['path'])} (deletes archive {shown(', '.join(rep['replaces']))}{new})")
             for job in st["jobs"]:
                 _out(_job_line(job))
             hidden += st["finished_jobs_not_shown"]
@@ -124,10 +134,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _wait_uploads(ctx: Context, vaults: list[str]) -> None:
     delay = 0.2 if ctx.is_local else 1.0
     while True:
+        from glacierfs.fs.stagedir import pending_replacements
+
         pending = sum(len(ctx.catalog(v).list_uploads()) for v in vaults)
-        if not pending:
+        replacing = sum(len(pending_replacements(ctx.catalog(v).state_dir)) for v in vaults)
+        if not pending and not replacing:
             return
-        ctx.progress.status(f"waiting for {pending} pending upload(s)")
+        ctx.progress.status(f"waiting for {pending} pending upload(s), {replacing} replaced archive delete(s)")
         time.sleep(delay)
         delay = min(delay * 1.5, 5.0)
 
@@ -148,5 +161,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("-v", "--vault", help="only this vault (default: every vault with a catalog here)")
     p.add_argument("--json", action="store_true", help="print one object (an array of them without -v) as JSON (default: text lines)")
     p.add_argument("--all", action="store_true", help="also list finished jobs (default: current jobs only)")
-    p.add_argument("--wait", action="store_true", help="first wait until no upload is pending (default: off)")
+    p.add_argument("--wait", action="store_true", help="first wait until no upload (nor a mount's delete of a replaced archive) is pending (default: off)")
     p.set_defaults(func=cmd_status)

@@ -331,8 +331,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
         parents=[copy.deepcopy(common)],
         help="return when the uploads and retrievals under PATHs are done",
         description=(
-            "Block until no upload is pending (CLI, sync or a mount's queue) and no retrieval job is "
-            "running for an archive under the PATHs (default: the whole vault). Exit 8 after --timeout."
+            "Block until no upload is pending (CLI, sync or a mount's queue), no replaced archive of a "
+            "mount is still to be deleted, and no retrieval job is running for an archive under the PATHs (default: the whole vault). Exit 8 after --timeout."
         ),
     )
     _vault_arg(p)

@@ -227,3 +227,43 @@ def test_abort_by_id_forgets_the_local_state_naming_it(env) -> None:
     assert upload_id not in _open_uploads(server, vault)
     status = sh.run(f"{g} status -v {vault}")
     assert "upload pending" not in status.stdout, status.stdout
+
+
+def test_the_mounts_not_cached_hint_works_as_printed(glacier_server_factory, tmp_path: Path) -> None:
+    """A real mount's log line for an archive that is not cached ends in a ``glacierfs download``
+    command with the mount's options (relative --cache-dir with a space, made absolute) and a name
+    starting with '-' (after ``--``); pasted into a shell as printed, it downloads the file."""
+    from tests.helpers.mounts import MountSet, skip_without_fuse, wait_until
+
+    skip_without_fuse()
+    server = glacier_server_factory()
+    server.client().create_vault(vaultName="hv")
+    mounts = MountSet()
+    mnt = tmp_path / "mnt"
+    try:
+        res = mounts.mount("--endpoint-url", server.url, "--region", "us-east-1", "--cache-dir", "my cache",
+                           "--cache-size", "1", "hv", mnt=mnt, cwd=tmp_path)
+        log = mounts.log_of(res)
+        cold, data = mnt / "-cold file.txt", b"cold bytes\n" * 10
+        cold.write_bytes(data)
+        assert subprocess.run(["sync", str(cold)], timeout=60).returncode == 0
+        (mnt / "warm").write_bytes(b"w")  # evicts the cold file (--cache-size 1)
+        assert subprocess.run(["sync", str(mnt / "warm")], timeout=60).returncode == 0
+
+        def state() -> bytes:
+            return os.getxattr(cold, "user.glacier.state")
+
+        wait_until(lambda: state() == b"archived", 30, "the cold file evicted")
+        with pytest.raises(OSError):
+            cold.read_bytes()
+        lines = [ln for ln in log.read_text().splitlines() if "is in Glacier and not cached locally" in ln]
+        assert lines, log.read_text()
+        hint = lines[-1].split(", or: ", 1)[1]
+        assert "--cache-dir" in hint and str(tmp_path / "my cache") in hint and " -- " in hint, hint
+        out = tmp_path / "out"
+        out.mkdir()
+        got = Shell(out, server).run(hint, complete_jobs=True)
+        assert got.returncode == 0, got.stderr
+        assert (out / "-cold file.txt").read_bytes() == data
+    finally:
+        mounts.cleanup()

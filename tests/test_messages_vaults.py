@@ -108,19 +108,31 @@ def _skip_without_fuse() -> None:
 
 
 def test_mount_of_a_missing_vault_says_so_and_leaves_no_state(glacier_server_module, tmp_path: Path) -> None:
-    """Only the mount's log stays (the error names it); no catalog, lock or cache folder."""
+    """The CLI's wording (vault, region, endpoint) and its hint, which works as printed in the
+    same shell (relative --cache-dir with a space: quoted, made absolute); only the mount's log
+    stays (the error names it); no catalog, lock or cache folder."""
     from tests.helpers.mounts import MountSet
 
     _skip_without_fuse()
     mounts = MountSet()
     try:
-        cache = tmp_path / "cache"
-        res = mounts.mount("--endpoint-url", glacier_server_module.url, "--cache-dir", str(cache), VAULT,
-                           mnt=tmp_path / "mnt", check=False)
+        url = glacier_server_module.url
+        res = mounts.mount("--endpoint-url", url, "--region", "us-east-1", "--cache-dir", "my cache", VAULT,
+                           mnt=tmp_path / "mnt", cwd=tmp_path, check=False)
         assert res.returncode == 3, res.stderr
         lines = res.stderr.strip().splitlines()
-        assert len(lines) == 1 and "mount failed" in lines[0] and f"{VAULT!r} does not exist" in lines[0], lines
-        left = _files_under(cache)
+        assert len(lines) == 1 and lines[0].startswith("glacierfs: error: mount failed: "), lines
+        assert f"vault {VAULT} does not exist in us-east-1 at {url} (log: " in lines[0], lines
+        sh = Shell(tmp_path, glacier_server_module)
+        cli_line = sh.run(f"glacierfs inventory --endpoint-url {url} --region us-east-1 --cache-dir 'my cache' "
+                          f"-v {VAULT}").stderr.strip()
+        assert cli_line.split("; run: ") == [f"glacierfs: error: vault {VAULT} does not exist in us-east-1 at {url}",
+                                             lines[0].split("; run: ")[1]], (cli_line, lines)
+        hint = one_hint(res)
+        assert "--cache-dir" in hint and str(tmp_path / "my cache") in hint, hint
+        listed = sh.run(hint)
+        assert listed.returncode == 0, listed.stderr
+        left = _files_under(tmp_path / "my cache")
         assert left and all(p == "logs" or p.startswith("logs/") for p in left), left
         assert os.listdir(tmp_path / "mnt") == []
     finally:

@@ -316,6 +316,41 @@ def test_setfattr_on_a_directory_retrieves_the_subtree_within_the_cap(slow_jobs_
     assert read_all(fs, "/d/e/g") == b"/d/e/g" * 10
 
 
+def test_setfattr_on_a_directory_stays_within_the_bytes_per_hour(slow_jobs_env, caplog):
+    """--retrieve-max-bytes-per-hour: a directory retrieval starts jobs for at most that many bytes
+    of archives an hour (one bigger archive alone when the hour is empty), never one twice."""
+    env = slow_jobs_env
+    fs = env.fs(retrieve_max_bytes_per_hour=100)
+    now = [1000.0]
+    fs.retrievals.clock = lambda: now[0]  # the hour's window, moved by the test
+    fs.mkdir("/d")
+    sizes = {"/d/a": 40, "/d/b": 40, "/d/c": 60, "/d/d": 60, "/d/e": 150}
+    for p, n in sizes.items():
+        fs.cache.discard(archived(fs, p, b"x" * n))
+    caplog.set_level(logging.INFO)
+    ids = {archive_id(fs, p): p for p in sizes}
+
+    def retrieving() -> list[str]:
+        return sorted(ids[a] for a in retrieval_jobs(env))
+
+    fs.setxattr("/d", "user.glacier.retrieve", b"Bulk")
+    assert retrieving() == ["/d/a", "/d/b"]  # 80 bytes; /d/c would make 140
+    assert "3 archive(s) not retrieved yet" in caplog.text and "--retrieve-max-bytes-per-hour" in caplog.text
+    fs.setxattr("/d", "user.glacier.retrieve", b"Bulk")  # the same hour: nothing more
+    assert retrieving() == ["/d/a", "/d/b"]
+    now[0] += 3601  # the next hour
+    fs.setxattr("/d", "user.glacier.retrieve", b"Bulk")
+    assert retrieving() == ["/d/a", "/d/b", "/d/c"]  # 60; /d/d would make 120
+    now[0] += 3601
+    fs.setxattr("/d", "user.glacier.retrieve", b"Bulk")
+    assert retrieving() == ["/d/a", "/d/b", "/d/c", "/d/d"]
+    now[0] += 3601
+    fs.setxattr("/d", "user.glacier.retrieve", b"Bulk")  # bigger than the limit: alone in an empty hour
+    assert retrieving() == sorted(sizes)
+    fs.setxattr("/d", "user.glacier.retrieve", b"Bulk")
+    assert len(retrieval_jobs(env)) == 5
+
+
 def test_auto_retrieve_is_capped_per_hour(slow_jobs_env, caplog):
     env = slow_jobs_env
     fs = env.fs(auto_retrieve="Bulk", auto_retrieve_max=2)
@@ -482,7 +517,8 @@ def test_auto_retrieve_cap_in_a_daemon_mount(glacier_server_factory, tmp_path):
     mnt = tmp_path / "mnt"
     try:
         res = ms.mount("--endpoint-url", server.url, "--region", "us-east-1", "--cache-dir", str(tmp_path / "cache"),
-                       "--cache-size", "1", "--auto-retrieve", "Bulk", "--auto-retrieve-max", "2", MVAULT, mnt=mnt)
+                       "--cache-size", "1", "--auto-retrieve", "Bulk", "--auto-retrieve-max", "2",
+                       "--retrieve-max-bytes-per-hour", "1G", MVAULT, mnt=mnt)  # accepted by the daemonizing command
         log = ms.log_of(res)
         for name in ("a", "b", "c", "warm"):  # each new file evicts the one before (--cache-size 1)
             (mnt / name).write_bytes(name.encode() * 100)
@@ -515,3 +551,95 @@ def test_a_manifest_records_what_it_replaces_and_survives_without_data_once_arch
     found = StagingArea(tmp_path).recover()
     assert found == {waiting: Manifest("/f", replaces=("OLD",)),
                      done: Manifest("/g", started=True, replaces=("OLD2",), archived="NEW")}
+
+
+# --------------------------------------------------------------------------- replaced archives' deletes: wait, status, kill -9
+
+
+def _held(server: Any, op: str) -> int:
+    return int(server.admin("held", method="GET")["waiting"].get(op, 0))
+
+
+def _replace_held(server: Any, m: Any, tmp_path: Path) -> tuple[Path, str, bytes]:
+    """Archive f.txt, hold DeleteArchive, replace f.txt (cp -f): returns once the new archive exists
+    and the delete of the old one waits in the server (nothing deleted yet)."""
+    f = m.mnt / "f.txt"
+    f.write_bytes(b"old\n")
+    assert run("sync", str(f)).returncode == 0, m.log()
+    old = run("getfattr", "--only-values", "-n", "user.glacier.archive_id", str(f)).stdout
+    assert old
+    server.admin("hold?ops=DeleteArchive")
+    new = b"new content\n"
+    (tmp_path / "new.bin").write_bytes(new)
+    assert run("cp", "-f", str(tmp_path / "new.bin"), str(f)).returncode == 0, m.log()
+    wait_until(lambda: _held(server, "DeleteArchive") >= 1, 60, "the delete of the replaced archive to be held")
+    return f, old, new
+
+
+def _paths_and_ids(server: Any) -> dict[str, list[str]]:
+    from glacierfs.codec import decode_description
+
+    seen: dict[str, list[str]] = {}
+    for a in server_inventory(server, MVAULT):
+        seen.setdefault(decode_description(a["ArchiveDescription"]).path or "", []).append(a["ArchiveId"])
+    return seen
+
+
+def test_wait_and_status_cover_the_delete_of_a_replaced_archive(glacier_server, mount_factory, tmp_path):
+    """The new archive exists and its upload is no longer pending, but the old archive is not
+    deleted yet (its DeleteArchive is held): `wait` does not return, `status` lists it; once
+    the delete goes through, `wait` returns and the old archive is gone from the vault."""
+    from tests.helpers.cli import Cli
+
+    server = glacier_server
+    m = mount_factory(server)
+    cli = Cli(server.url, tmp_path / "cache", tmp_path)
+    f, old, new = _replace_held(server, m, tmp_path)
+    res = cli("wait", "-v", MVAULT, "--region", "us-east-1", "--timeout", "0.5", code=8)
+    assert "1 replaced archive delete(s)" in res.stderr and "f.txt" in res.stderr, str(res)
+    res = cli("wait", "-v", MVAULT, "--region", "us-east-1", "other/dir", "--timeout", "0.5")  # not under PATH
+    st = cli("status", "-v", MVAULT, "--region", "us-east-1")
+    assert f"replace pending: f.txt (deletes archive {old}, new archive " in st.stdout, str(st)
+    waiter = cli.popen("wait", "-v", MVAULT, "--region", "us-east-1", "f.txt")
+    try:
+        assert server.admin("release")["released"] >= 1
+        _out, errs = waiter.communicate(timeout=60)
+        assert waiter.returncode == 0, errs
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
+    # wait returned: the old archive is already gone, the new one is the path's only archive
+    now = run("getfattr", "--only-values", "-n", "user.glacier.archive_id", str(f)).stdout
+    assert now != old and _paths_and_ids(server) == {"f.txt": [now]}
+    assert f.read_bytes() == new
+    assert "replace pending" not in cli("status", "-v", MVAULT, "--region", "us-east-1").stdout
+
+
+@pytest.mark.parametrize("delete_took_effect", [False, True], ids=["delete-lost", "delete-done-unanswered"])
+def test_kill_between_new_archived_and_old_deleted(glacier_server, mount_factory, tmp_path, delete_took_effect):
+    """kill -9 of the mount while its DeleteArchive of the replaced archive is held in the server:
+    either the delete never takes effect (the connection is reset), or it does with nobody left to
+    hear the answer. The next mount deletes what is left, exactly once; the new archive stays."""
+    from tests.helpers.cli import Cli
+
+    server = glacier_server
+    m = mount_factory(server)
+    f, old, new = _replace_held(server, m, tmp_path)
+    now = run("getfattr", "--only-values", "-n", "user.glacier.archive_id", str(f)).stdout
+    assert now and now != old
+    m.kill()
+    m.proc.wait(10)  # type: ignore[union-attr]
+    unmount(m.mnt)
+    first_log = m.log()
+    assert server.admin("release" if delete_took_effect else "release?drop=1")["released"] >= 1
+    ids = {p: sorted(v) for p, v in _paths_and_ids(server).items()}
+    assert ids == {"f.txt": [now] if delete_took_effect else sorted([old, now])}, ids
+
+    m2 = mount_factory(server, name="mnt")
+    Cli(server.url, tmp_path / "cache", tmp_path)("wait", "-v", MVAULT, "--region", "us-east-1", "--timeout", "60")
+    assert _paths_and_ids(server) == {"f.txt": [now]}  # the old one gone, the new one kept, no other
+    assert (m2.mnt / "f.txt").read_bytes() == new
+    logs = first_log + m2.log()
+    assert logs.count(f"deleted archive {old}") == 1, logs
+    assert f"deleted archive {now}" not in logs

@@ -237,3 +237,51 @@ def test_cli_download_expedited_without_capacity_is_one_line(glacier_server_fact
     assert err.startswith("glacierfs: error: ") and "no Expedited retrieval capacity" in err, err
     assert "InsufficientCapacityException" in err and "Standard or Bulk" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def _held_deletes(server) -> int:
+    return int(server.admin("held", method="GET")["waiting"].get("DeleteArchive", 0))
+
+
+def _until(cond, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_hold_stops_an_operation_before_it_takes_effect(glacier_server_factory, drop):
+    """``--hold DeleteArchive``: the delete waits before any effect; a release lets it go on,
+    a release with drop resets it (the archive stays); other operations are never held."""
+    import threading
+
+    server = glacier_server_factory("--hold", "DeleteArchive")
+    c = server.client()
+    c.create_vault(vaultName="v")
+    aid = c.upload_archive(vaultName="v", body=b"x")["archiveId"]
+    outcome: list[object] = []
+    t = threading.Thread(target=lambda: outcome.append(_try_delete(c, aid)))
+    t.start()
+    try:
+        _until(lambda: _held_deletes(server) == 1, "the delete to be held")
+        c.describe_vault(vaultName="v")  # not held
+        assert server.admin("release?drop=1" if drop else "release") == {"released": 1}
+    finally:
+        t.join(30)
+    assert not t.is_alive() and _held_deletes(server) == 0
+    assert (outcome[0] is not None) == drop, outcome  # a dropped request fails at the client
+    params = {"Type": "archive-retrieval", "ArchiveId": aid}
+    if drop:  # still there: nothing took effect
+        server.client().initiate_job(vaultName="v", jobParameters=params)
+    else:  # gone: InitiateJob of a deleted archive is a 404 at once
+        with pytest.raises(ClientError):
+            server.client().initiate_job(vaultName="v", jobParameters=params)
+
+
+def _try_delete(c, aid: str) -> object:
+    try:
+        c.delete_archive(vaultName="v", archiveId=aid)
+        return None
+    except (BotoCoreError, ClientError) as exc:
+        return exc

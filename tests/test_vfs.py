@@ -487,16 +487,25 @@ def test_concurrent_retrieve_asks_start_one_job(env):
 
 
 def test_not_cached_hint_is_a_command_that_works_as_printed(env, caplog):
-    fs = env.fs(cache_size=1, hint_options="--local /data --cache-dir '/my cache'", display_root="/mnt/v")
+    import functools
+
+    from glacierfs import hints
+
+    opts = hints.CommonOptions(local="/data", cache_dir="/my cache")
+    fs = env.fs(cache_size=1, hint=functools.partial(hints.command, opts), display_root="/mnt/v")
     fs.mkdir("/dir")
     write_file(fs, "/dir/cold file", b"c" * 10)
     sync(fs, "/dir/cold file")
+    write_file(fs, "/-dash", b"d" * 10)
+    sync(fs, "/-dash")
     write_file(fs, "/warm", b"w")
     sync(fs, "/warm")
     with caplog.at_level("WARNING", logger="glacierfs"):
         assert err(fs.open, "/dir/cold file", os.O_RDONLY) == errno.EAGAIN
+        assert err(fs.open, "/-dash", os.O_RDONLY) == errno.EAGAIN
     text = caplog.text
     assert "glacierfs download --local /data --cache-dir '/my cache' -v v 'dir/cold file'" in text, text
+    assert "glacierfs download --local /data --cache-dir '/my cache' -v v -- -dash" in text, text  # not an option
     assert "setfattr -n user.glacier.retrieve -v Standard '/mnt/v/dir/cold file'" in text, text
 
 

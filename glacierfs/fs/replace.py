@@ -18,7 +18,15 @@ new archive recorded, manifest not rewritten    found by path + size + tree hash
                                                 of the replaced ids): no second upload, then
                                                 the deletes
 manifest says ``archived``, deletes not done    :meth:`Replacer.finish` deletes what is left
+                                                (a delete that took effect unanswered is
+                                                NotFound then: done)
 ==============================================  ==========================================
+
+The first and last rows are tested with a real ``kill -9`` of the mount (tests/test_replace.py:
+a paced upload; the server's ``--hold`` keeping the DeleteArchive from taking effect, or letting
+it take effect unanswered); the middle one in the core. Until the
+deletes are done the manifest keeps them visible to ``glacierfs wait`` and ``status``
+(:func:`~glacierfs.fs.stagedir.pending_replacements`).
 
 Glacier charges early deletion for archives younger than 90 days: every delete of a
 replaced archive (and every ``rm``) of such an archive logs a warning with its age.

@@ -5,7 +5,10 @@ A retrieval is started only when someone asks (``setfattr -n user.glacier.retrie
 with ``--auto-retrieve``). Each job started is logged. Two limits keep a tree walk from starting
 hundreds of jobs: ``setfattr`` on a directory (:meth:`Retrievals.start_tree`) starts jobs for
 its uncached archives only while fewer than ``tree_max`` (``--retrieve-max-jobs``) retrievals
-run in this mount; ``--auto-retrieve`` (:meth:`Retrievals.auto_start`) starts at most
+run in this mount and, with ``tree_max_bytes_per_hour`` (``--retrieve-max-bytes-per-hour``), while
+the archives of the directory retrievals started here in the last hour stay within that many bytes
+(the rule of ``restore --max-bytes-per-hour``: one archive bigger than the limit is started alone
+when the hour's window is empty); ``--auto-retrieve`` (:meth:`Retrievals.auto_start`) starts at most
 ``auto_max`` (``--auto-retrieve-max``) jobs per hour, beyond that the read gets EAGAIN as for
 any uncached file and the log says the cap was hit. At mount start, jobs recorded in the catalog are followed only for
 archives whose bytes were never cached here; bytes that were cached and evicted are not fetched
@@ -19,8 +22,8 @@ Threading contract
   through :class:`~glacierfs.jobs.JobRunner` (network, no lock held).
 * ``reattach`` (one-shot at start) and ``inventory`` (until the first inventory is imported).
 
-``Retrievals._lock`` guards ``_table``, the fields of every :class:`Retrieval`, the hourly window
-``_auto_started`` and ``_capped``; it is a leaf
+``Retrievals._lock`` guards ``_table``, the fields of every :class:`Retrieval`, the hourly windows
+``_auto_started`` and ``_tree_bytes`` and ``_capped``; it is a leaf
 lock (nothing else is taken while holding it) and is never held across a network call. A
 retrieval being started is in the table as ``starting`` before the job is asked for, so a
 second ask for the same archive within this process joins it (the cross-process guard lives
@@ -97,10 +100,15 @@ class Retrievals:
         max_poll_interval: float = 300.0,
         auto_max: int = 10,
         tree_max: int = 100,
+        tree_max_bytes_per_hour: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runner = runner
         self.auto_max = max(0, auto_max)
         self.tree_max = max(1, tree_max)
+        self.tree_max_bytes_per_hour = tree_max_bytes_per_hour or None  # None: unlimited
+        self.clock = clock  # the hourly windows' time (a test moves it)
+        self._tree_bytes: deque[tuple[float, int]] = deque()  # (time, size) of directory retrievals this hour
         self._auto_started: deque[float] = deque()  # monotonic times of auto-retrievals this hour
         self._capped = [0, -1e9]  # reads refused by the auto cap since the last log line, its time
         self.catalog = catalog
@@ -159,39 +167,64 @@ class Retrievals:
 
     def start_tree(self, prefix: str, tier: str, shown: str) -> int:
         """Retrieve the archives below directory ``prefix`` that are not cached and not being
-        retrieved, while fewer than ``tree_max`` retrievals run here; returns the jobs started."""
+        retrieved, while fewer than ``tree_max`` retrievals run here and within the hourly byte
+        budget; returns the jobs started."""
         room = self.tree_max - self.in_flight()
-        todo: list[tuple[str, str, int]] = []
-        cached = running = over = 0
+        limit = self.tree_max_bytes_per_hour
+        now = self.clock()
+        candidates: list[tuple[str, str, int]] = []
+        cached = running = over = over_bytes = 0
         for path, archive_id, size, _mtime, _th in self.catalog.iter_entries(prefix):
             if self.cache.has(archive_id):
                 cached += 1
             elif self.running(archive_id):
                 running += 1
-            elif len(todo) < room:
-                todo.append((path, archive_id, int(size)))
             else:
-                over += 1
+                candidates.append((path, archive_id, int(size)))
+        todo: list[tuple[str, str, int]] = []
+        with self._lock:  # the hour's bytes are reserved before the jobs start: two setfattr share one budget
+            while self._tree_bytes and self._tree_bytes[0][0] <= now - 3600:
+                self._tree_bytes.popleft()
+            window = sum(size for _t, size in self._tree_bytes)
+            for path, archive_id, size in candidates:
+                if len(todo) >= room:
+                    over += 1
+                elif limit is not None and (over_bytes or (window and window + size > limit)):
+                    over_bytes += 1
+                else:
+                    todo.append((path, archive_id, size))
+                    window += size
+                    self._tree_bytes.append((now, size))
         started = failed = started_bytes = 0
         for path, archive_id, size in todo:
             try:
                 new = self.start(archive_id, tier)
             except (GlacierFSError, OSError) as exc:
                 failed += 1
+                new = False
                 log.error("/%s: retrieval (%s) not started: %s", path, tier, exc)
-                continue
-            if new:
-                started += 1
-                started_bytes += size
-                log.info("retrieval (%s) started for /%s (%s)", tier, path, archive_id)
             else:
+                if new:
+                    started += 1
+                    started_bytes += size
+                    log.info("retrieval (%s) started for /%s (%s)", tier, path, archive_id)
+                    continue
                 running += 1
+            with self._lock:  # not started by this call: its bytes are not spent
+                try:
+                    self._tree_bytes.remove((now, size))
+                except ValueError:
+                    pass
         log.info("%s: %d retrieval job(s) started (%d bytes%s), %d already running, %d cached, %d failed to start",
                  shown, started, started_bytes, _estimate(tier, started, started_bytes), running, cached, failed)
         if over:
             log.warning("%s: %d archive(s) not retrieved yet: at most %d retrievals run at a time "
                         "(--retrieve-max-jobs); set the attribute again once some are cached", shown, over,
                         self.tree_max)
+        if over_bytes:
+            log.warning("%s: %d archive(s) not retrieved yet: directory retrievals of at most %d bytes start per "
+                        "hour (--retrieve-max-bytes-per-hour); set the attribute again later", shown, over_bytes,
+                        limit)
         return started
 
     def auto_start(self, archive_id: str, tier: str, shown: str) -> bool:

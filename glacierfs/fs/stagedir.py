@@ -64,6 +64,30 @@ class Manifest:
         return data
 
 
+def pending_replacements(state_dir: Path) -> list[Manifest]:
+    """The manifests under ``state_dir/staging`` that still replace archives (read only, no lock).
+
+    For ``glacierfs wait``/``status`` in another process than the mount: a manifest with
+    ``replaces`` means old archives are still to be deleted (before or after the new archive
+    exists); an unreadable or vanishing manifest is skipped (the mount owns the directory).
+    """
+    found: list[Manifest] = []
+    try:
+        entries = list(os.scandir(Path(state_dir) / "staging"))
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.name.endswith(".json"):
+            continue
+        try:
+            m = Manifest.from_json(json.loads(Path(entry.path).read_text()))
+        except (OSError, ValueError):
+            continue
+        if m.replaces:
+            found.append(m)
+    return found
+
+
 class StagingArea:
     """The ``staging/`` directory: data files and manifests by staging id."""
 

@@ -26,6 +26,7 @@ cache's lock are leaves.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from glacierfs import hints
 from glacierfs.errors import (
     BadHandle,
     Busy,
@@ -101,16 +103,18 @@ class VaultFS:
         auto_retrieve: str | None = None,
         auto_retrieve_max: int = 10,
         retrieve_max_jobs: int = 100,
+        retrieve_max_bytes_per_hour: int | None = None,
         upload_workers: int = 2,
         upload_delay: float = 0.5,
         retry_delay: float = 2.0,
         poll_interval: float = 2.0,
         max_poll_interval: float = 300.0,
         display_root: str = "",
-        hint_options: str = "",
+        hint: Callable[..., str] | None = None,
     ) -> None:
         self.display_root = display_root  # where the user sees this vault (for log hints)
-        self.hint_options = hint_options  # shell-quoted common options for the hints' commands
+        # renders ``glacierfs WORD...`` with the mount's options (hints.command, bound by mount.py)
+        self._hint: Callable[..., str] = hint or functools.partial(hints.command, None)
         self.catalog = catalog
         self.glacier = glacier
         self.vault = vault
@@ -127,7 +131,8 @@ class VaultFS:
         self.retrievals = (
             Retrievals(runner, catalog, vault, cache, on_cached=self._intact_add, on_inventory=self._bump,
                        poll_interval=poll_interval, max_poll_interval=max_poll_interval,
-                       auto_max=auto_retrieve_max, tree_max=retrieve_max_jobs)
+                       auto_max=auto_retrieve_max, tree_max=retrieve_max_jobs,
+                       tree_max_bytes_per_hour=retrieve_max_bytes_per_hour)
             if runner is not None else None
         )
         self._lock = threading.Lock()
@@ -409,8 +414,8 @@ class VaultFS:
 
     def hint_command(self, path: str) -> str:
         """``glacierfs download`` of ``path`` as a command that works when pasted (the mount's options)."""
-        opts = f"{self.hint_options} " if self.hint_options else ""
-        return f"glacierfs download {opts}-v {shlex.quote(self.vault)} {shlex.quote(path.lstrip('/'))}"
+        rel = path.lstrip("/")
+        return self._hint("download", "-v", self.vault, *(["--"] if rel.startswith("-") else []), rel)
 
     def _not_cached(self, path: str, archive_id: str) -> None:
         """Fail at once (EAGAIN), say how to retrieve, maybe start the retrieval."""

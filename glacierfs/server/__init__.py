@@ -14,7 +14,7 @@ Modules, one concern each: :mod:`.store` (state rules, SQLite metadata), :mod:`.
 router), :mod:`.request` (request plumbing), :mod:`.wire` (wire format and parsers),
 :mod:`.ops_vaults`, :mod:`.ops_archives`, :mod:`.ops_jobs` (operations), :mod:`.admin`
 (``--admin`` hooks), :mod:`.pacing` (``--bandwidth``), :mod:`.ids`, :mod:`.clock`,
-:mod:`.faults`, :mod:`.sigv4`, :mod:`.command` (CLI).
+:mod:`.faults`, :mod:`.hold` (``--hold``), :mod:`.sigv4`, :mod:`.command` (CLI).
 
 :func:`start_server` runs it in-process: it takes an exclusive ``flock`` on
 ``DATA_DIR/.lock`` (a second server on the same dir gets :class:`DataDirInUse`), writes
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .faults import FaultPlan, parse_spec
+from .hold import Holds
 from .httpd import GlacierHTTPServer
 from .sigv4 import SigV4Verifier
 from .store import Settings, Store, is_disk_full
@@ -99,6 +100,7 @@ class ServerHandle:
         self._done = True
         self._stop.set()
         self.httpd.shutdown()
+        self.httpd.options.holds.release(drop=True)  # held requests end without effect
         self.httpd.close_connections()
         self.httpd.server_close()
         self._ticker.join(timeout=10)
@@ -152,6 +154,8 @@ def start_server(
     admin: bool = False,
     latency: float = 0.0,
     bandwidth: float | None = None,
+    hold: set[str] | None = None,
+    hold_seconds: float = 300.0,
     **unknown: Any,
 ) -> ServerHandle:
     """Start a server on ``data_dir`` in background threads and return its handle.
@@ -161,7 +165,8 @@ def start_server(
     inside InitiateJob; ``inventory_interval`` (default 60 s) is the snapshot schedule of
     changed vaults. ``admin`` enables the ``/_admin/`` endpoints (off by default, as
     ``serve --admin``). ``latency`` (seconds) holds every response back; ``bandwidth`` (bytes/s)
-    caps each connection's transfer. ``loose_checksums`` is accepted for compatibility: the
+    caps each connection's transfer. ``hold`` (operation names) holds their requests before they
+take effect until ``/_admin/release`` or ``hold_seconds`` (:mod:`.hold`). ``loose_checksums`` is accepted for compatibility: the
     API reference's MiB rule is now the default, ``strict_range_checksum`` selects the dev
     guide's tree-hash rule. Options mirror ``glacierfs serve``'s (see :mod:`.command`).
     """
@@ -182,7 +187,7 @@ def start_server(
         options = Options(
             verify_content_sha256=verify_content_sha256, omit_nulls=omit_nulls,
             strict_range_checksum=strict_range_checksum and not loose_checksums, admin=admin,
-            latency=latency, bandwidth=bandwidth,
+            latency=latency, bandwidth=bandwidth, holds=Holds(hold, hold_seconds),
             short_pages=short_pages, body_timeout=body_timeout, faults=FaultPlan(fractions, seed, faults_ops, slow_seconds),
             sigv4=SigV4Verifier(*sigv4_keys, region=region) if sigv4_keys else None,
         )

@@ -17,7 +17,12 @@ and bounded (a bad one is 400 and changes nothing):
   0 <= N <= ``MAX_ADVANCE`` and the clock at most ``MAX_CLOCK_OFFSET`` ahead;
 * ``POST /_admin/vaults/{vault}/populate?count=N&size=S[&snapshot=1]`` (or the same keys plus
   ``descriptions`` in a JSON body) - add N archives whose bodies are generated
-  deterministically (no upload, no disk) -> ``{"count", "archive_ids" (null above 1000)}``.
+  deterministically (no upload, no disk) -> ``{"count", "archive_ids" (null above 1000)}``;
+* ``POST /_admin/hold?ops=OP[,OP]`` - hold every request of those operations before it takes
+  effect (:mod:`.hold`) -> ``{"ops", "waiting"}``; ``GET /_admin/held`` - the same answer
+  (``waiting``: held requests per operation); ``POST /_admin/release[?drop=1]`` - stop holding,
+  the held requests go on (with ``drop``: their connections are reset, nothing took effect)
+  -> ``{"released": N}``.
 
 Threading: runs on a request thread; the store serializes what it changes.
 """
@@ -56,6 +61,9 @@ class AdminOps(Request):
         if method == "GET" and segs == ["status"]:
             self._send_json(200, {"url": self.server.url, "now": iso_ms(store.now()), "account": store.settings.account})
             return
+        if method == "GET" and segs == ["held"]:
+            self._send_json(200, self.options.holds.held())
+            return
         if method == "GET" and segs == ["sns"]:
             self._send_json(200, {"messages": store.sns_messages(q.get("topic"))})
             return
@@ -65,6 +73,19 @@ class AdminOps(Request):
             changed = store.snapshot(segs[1], force=True)
             v = store.vault(segs[1])
             self._send_json(200, {"changed": changed, "InventoryDate": iso_ms(v["inv_date"])})
+        elif segs == ["hold"]:
+            from .faults import FaultSpecError, parse_ops
+
+            try:
+                ops = parse_ops(q.get("ops"))
+            except FaultSpecError as exc:
+                raise invalid(str(exc)) from None
+            if not ops:
+                raise invalid("ops must name one or more operations")
+            self.options.holds.hold(ops)
+            self._send_json(200, self.options.holds.held())
+        elif segs == ["release"]:
+            self._send_json(200, {"released": self.options.holds.release(drop=q.get("drop") in ("1", "true"))})
         elif segs == ["inventory"]:
             self._send_json(200, {"vaults": store.snapshot_all()})
         elif segs == ["jobs", "complete"]:

@@ -103,6 +103,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="comma-separated operation names the faults apply to (default all)")
     p.add_argument("--slow-seconds", type=_seconds, default=2.0, metavar="SECONDS",
                    help="how long a 'slow' fault holds a response back (default 2)")
+    p.add_argument("--hold", metavar="OPS", default=None,
+                   help="hold every request of these operations (comma-separated) before it takes effect,"
+                        " until POST /_admin/release (needs --admin) or --hold-seconds (default none held)")
+    p.add_argument("--hold-seconds", type=_positive_seconds, default=300.0, metavar="SECONDS",
+                   help="a held request goes on by itself after this long (default 300)")
     p.add_argument("--seed", type=int, default=None, help="seed for ids and faults (reproducible runs)")
     p.add_argument("--omit-nulls", action="store_true", help="leave null fields out of responses")
     p.add_argument("--strict-range-checksum", action="store_true",
@@ -155,6 +160,10 @@ def run(args: argparse.Namespace) -> int:
         ops = parse_ops(args.faults_ops)
     except FaultSpecError as exc:
         return _fail(f"--faults-ops: {exc}", 2)
+    try:
+        hold = parse_ops(args.hold)
+    except FaultSpecError as exc:
+        return _fail(f"--hold: {exc}", 2)
     keys = None
     if args.verify_sigv4:
         access = args.access_key or os.environ.get("AWS_ACCESS_KEY_ID")
@@ -187,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
             verify_content_sha256=not args.no_content_sha256_check, omit_nulls=args.omit_nulls,
             strict_range_checksum=args.strict_range_checksum, short_pages=args.short_pages,
             body_timeout=args.body_timeout, slow_seconds=args.slow_seconds, sigv4_keys=keys, admin=args.admin,
+            hold=hold, hold_seconds=args.hold_seconds,
             latency=args.latency, bandwidth=args.bandwidth,
         )
     except DataDirInUse as exc:

@@ -132,6 +132,8 @@ class Handler(VaultOps, ArchiveOps, JobOps, AdminOps):
     def _api(self, method: str, segs: list[str]) -> None:
         op, fn, args = self._route(method, segs)
         self._op = op
+        if self.options.holds.wait(op):  # held before it takes effect; released with drop: reset
+            self._reset()
         self._draw = self.options.faults.draw(op)
         self._fault, self._corrupt = self._draw.fault, self._draw.corrupt
         if self._fault == "500":

@@ -32,6 +32,7 @@ from glacierfs.treehash import MiB
 from .apierror import invalid
 from .clock import iso_ms
 from .faults import FaultPlan
+from .hold import Holds
 from .sigv4 import SigV4Verifier
 from .store import Store
 
@@ -78,6 +79,7 @@ class Options:
     admin: bool = False  # the /_admin/ endpoints exist only when this is set (serve --admin)
     latency: float = 0.0  # seconds each response is held back (serve --latency)
     bandwidth: float | None = None  # bytes/s each connection's transfer is capped at (serve --bandwidth)
+    holds: Holds = field(default_factory=Holds)  # operations held before they take effect (serve --hold)
 
 
 def _no_constant(name: str) -> Any:
