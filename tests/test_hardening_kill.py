@@ -71,15 +71,24 @@ def test_cli_sigkilled_at_random_points_of_20_uploads_then_rerun(glacier_server,
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(LINGER_HOOK)
-    args = ("upload", "-q", "-v", "v", "--part-size", "1M", "--concurrency", "2", *files)
+    options = ("--part-size", "1M", "--concurrency", "2", "--jobs", "2", *files)
+    args = ("upload", "-q", "-v", "v", *options)
+    env = cli.env()
+    env["PYTHONPATH"] = f"{hook}{os.pathsep}{env['PYTHONPATH']}"
+    # The kill points scale with this machine's speed: one whole run into another vault first
+    # (however fast or loaded the machine, each kill lands within 20-70% of a whole run).
+    glacier_server.client().create_vault(vaultName="calibration")
+    t0 = time.monotonic()
+    cal = subprocess.run(cli.argv(("upload", "-q", "-v", "calibration", *options)), cwd=cli.cwd, env=env,
+                         capture_output=True, text=True, timeout=240, check=False)
+    whole = time.monotonic() - t0
+    assert cal.returncode == 0, cal.stderr
     kills: list[float] = []
     printed: dict[str, str] = {}
     for _ in range(10):
-        env = cli.env()
-        env["PYTHONPATH"] = f"{hook}{os.pathsep}{env['PYTHONPATH']}"
         proc = subprocess.Popen(cli.argv(args), cwd=cli.cwd, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        delay = rng.uniform(0.4, 2.5)
+        delay = rng.uniform(0.2, 0.7) * whole
         try:
             killed = kill_at(proc, delay)
         finally:
