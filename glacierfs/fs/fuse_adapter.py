@@ -264,8 +264,9 @@ class GlacierOperations(mfusepy.Operations):
 
         ``fuse_buf_copy`` (the GIL released for the call) splices from the kernel's pipe or
         copies from libfuse's buffer straight to the staged descriptor at ``offset``; the
-        plain ``write`` made a ``bytes`` of every request first (measured: cp of 1 GiB into
-        the mount, docs/performance.md).
+        plain ``write`` made a ``bytes`` of every request first (measured: ~10% of the mount's
+        CPU for a cp into it, docs/performance.md). A short copy is returned as a short write;
+        a failed one (nothing copied) as its errno.
         """
         fd = self._core.write_fd(fh)
         size = _buf_size(buf)
