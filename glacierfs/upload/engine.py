@@ -17,14 +17,13 @@ Complete is ``combine(part hashes)``; the service's echo of it is checked by the
 Threading contract
     ``upload``/``abort`` run on the caller's thread (the *main* thread of this upload), which
     owns the :class:`~glacierfs.upload.state.UploadState`, the stats and every catalog write.
-    Part workers (``part-N``, a pool of ``concurrency`` threads per upload; by default
-    ``parts.default_concurrency``: up to 8 for a file of many streamed parts) only read the file
+    Part workers (``part-N``, ``connections_for`` threads per upload: up to 8) only read the file
     (``os.pread`` on a read-only descriptor) and send one part each; their results come back
     through futures and are folded into the state by the main thread. Verification workers
-    (``verify-N``) and the re-hash before Complete (``treehash-N``, one per core, after the
-    last part was read) only hash ranges. No lock is shared between threads; an engine is used by one
-    thread at a time (the mount keeps one per worker thread). Across threads and processes the
-    per-key owner lock (``lock.py``) makes the key's state single-writer.
+    (``verify-N``) and the re-hash (``treehash-N``, one per core) only hash ranges. No lock is
+    shared between threads; an engine is used by one thread at a time (the mount keeps one per
+    worker thread). Across processes the per-key owner lock (``lock.py``) makes the key's state
+    single-writer.
 
 One owner per upload
     ``upload(key)`` takes the key's flock (``<vault state dir>/locks/``) without waiting
@@ -117,7 +116,7 @@ from glacierfs.upload.parts import (
     MAX_PARTS,
     PartJob,
     choose_part_size,
-    default_concurrency,
+    connections_for,
     hash_and_body,
     send_part,
     verify_server_parts,
@@ -590,7 +589,7 @@ class UploadEngine:
         upload_id = state.upload_id
         assert upload_id is not None
         error: BaseException | None = None
-        connections = self._connections(job)
+        connections = connections_for(job, self.concurrency, self._pool)
         with ThreadPoolExecutor(max_workers=connections, thread_name_prefix="part") as pool:
             inflight: dict[Future[tuple[str, int]], int] = {}
             try:
@@ -629,13 +628,6 @@ class UploadEngine:
         if error is not None:
             raise error
 
-    def _connections(self, job: PartJob) -> int:
-        """Parts in flight for ``job``: ``concurrency``, or the file's default within the pool."""
-        if self.concurrency is not None:
-            return self.concurrency
-        n = default_concurrency(job.size, job.part_size)
-        return min(n, self._pool) if self._pool else n
-
     def _check_unchanged(self, job: PartJob, state: UploadState, stats: UploadStats, tree: str) -> None:
         """The bytes sent must be the file we identified: never complete a changed file.
 
@@ -658,9 +650,7 @@ class UploadEngine:
             reason = f"{job.source} changed while it was uploaded"
         else:
             try:
-                # On every core: this pass must start after the last part was read (a write to a
-                # part already sent is caught only by re-reading it after), so it cannot overlap
-                # the upload; splitting it across cores is what shortens it (1.6 CPU s per GiB).
+                # after the last part was read (it cannot overlap the upload), on every core
                 whole = tree_hash_file(job.source)
             except OSError as exc:
                 whole = f"unreadable ({exc.strerror})"

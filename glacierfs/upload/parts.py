@@ -72,6 +72,14 @@ def default_concurrency(size: int, part_size: int) -> int:
     return max(1, min(cap, -(-size // part_size)))
 
 
+def connections_for(job: PartJob, concurrency: int | None, pool: int | None) -> int:
+    """Parts in flight for ``job``: ``concurrency`` if set, else the file's default within ``pool``."""
+    if concurrency is not None:
+        return concurrency
+    n = default_concurrency(job.size, job.part_size)
+    return min(n, pool) if pool else n
+
+
 def choose_part_size(size: int, requested: int | None = None) -> int:
     """The part size for ``size`` bytes: :func:`default_part_size`, or ``requested`` (if it fits)."""
     if requested is not None and not is_valid_part_size(requested):
