@@ -124,7 +124,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
     vault = check_vault_name(args.vault)
     part_size = parse_size(args.part_size) if args.part_size else None
-    if args.concurrency < 1:
+    if args.concurrency is not None and args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
@@ -590,7 +590,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
         help="multipart part size: 1M, 64MiB, 1G or bytes (default: the smallest power-of-two MiB "
         "of at least 16 MiB that keeps the file within 10,000 parts; a resumed upload keeps its own)",
     )
-    p.add_argument("--concurrency", type=int, default=4, metavar="N", help="parallel part uploads per file (default: 4)")
+    p.add_argument("--concurrency", type=int, default=None, metavar="N",
+                   help="parallel part uploads per file (default: one per part, up to 8; 4 for parts of 8 MiB or less)")
     p.add_argument("--jobs", "--files-in-flight", dest="jobs", type=int, default=4, metavar="N",
                    help="files uploaded at once (default: 4); results are printed in argument order")
     p.add_argument("--description", metavar="TEXT", help="archive description sent as-is (default: mt2 of the path)")

@@ -280,7 +280,7 @@ class JobRunner:
         progress: Progress | None = None,
         poll: Backoff | None = None,
         chunk_size: int | None = None,
-        concurrency: int = 2,
+        concurrency: int | None = None,
         attempts: int = 5,
         deadlines: Deadlines | None = None,
         lock_dir: Path | None = None,
@@ -295,7 +295,7 @@ class JobRunner:
         self.progress = progress or NULL_PROGRESS
         self.poll = poll or Backoff()
         self.chunk_size = chunk_size
-        self.concurrency = max(1, concurrency)
+        self.concurrency = None if concurrency is None else max(1, concurrency)  # None: per archive
         self.attempts = max(1, attempts)
         self.deadlines = deadlines or Deadlines()
         self.sleep = sleep

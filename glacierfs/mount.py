@@ -128,7 +128,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
         "the vault is created if missing",
     )
     p.add_argument("--cache-size", default=DEFAULT_CACHE_SIZE, metavar="SIZE", help="bound of the data cache")
-    p.add_argument("--concurrency", type=int, default=4, metavar="N", help="parallel part uploads per file")
+    p.add_argument("--concurrency", type=int, default=None, metavar="N",
+                   help="parallel part uploads per file (default: as glacierfs upload, up to 8)")
     p.add_argument("--part-size", metavar="SIZE", help="multipart part size (default: chosen per file)")
     p.add_argument("--read-only", action="store_true", help="mount read-only (retrievals still allowed)")
     p.add_argument(
@@ -200,7 +201,7 @@ def _fix_positionals(args: argparse.Namespace) -> None:
         from glacierfs.names import check_vault_name
 
         check_vault_name(args.vault)
-    if args.concurrency < 1:
+    if args.concurrency is not None and args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
 
 
@@ -361,7 +362,9 @@ def _child_argv(args: argparse.Namespace, mnt: Path) -> list[str]:
             argv += [f"--{opt.replace('_', '-')}", str(value)]
     if args.local:
         argv.append(f"--local={Path(args.local).expanduser().absolute()}")
-    argv += ["--cache-size", str(args.cache_size), "--concurrency", str(args.concurrency),
+    if args.concurrency is not None:
+        argv += ["--concurrency", str(args.concurrency)]
+    argv += ["--cache-size", str(args.cache_size),
              "--auto-retrieve-max", str(args.auto_retrieve_max), "--retrieve-max-jobs", str(args.retrieve_max_jobs)]
     if args.retrieve_max_bytes_per_hour:
         argv += ["--retrieve-max-bytes-per-hour", str(args.retrieve_max_bytes_per_hour)]

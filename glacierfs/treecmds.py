@@ -64,7 +64,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from glacierfs.tree.sync import dry_run_result, plan_sync, run_sync
 
     vault = _vault(args)
-    if args.jobs < 1 or args.concurrency < 1:
+    if args.jobs < 1 or (args.concurrency is not None and args.concurrency < 1):
         raise UsageError("--jobs and --concurrency must be at least 1")
     part_size = None
     if args.part_size:
@@ -261,7 +261,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
                    help="skip matching files/directories (a name at any depth, or a path if it has '/')")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--jobs", type=int, default=4, metavar="N", help="files in flight at once (4)")
-    p.add_argument("--concurrency", type=int, default=2, metavar="N", help="parallel parts per file (2)")
+    p.add_argument("--concurrency", type=int, default=None, metavar="N",
+                   help="parallel parts per file (default: as glacierfs upload, up to 8)")
     p.add_argument("--part-size", metavar="SIZE", help="multipart part size: 1M, 64MiB, 1G or bytes")
     p.set_defaults(func=cmd_sync)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
@@ -143,16 +143,42 @@ def tree_hash_stream(stream: BinaryIO, length: int | None = None, chunk: int = 4
     return hasher.hexdigest()
 
 
-def _hash_fd_range(fd: int, start: int, length: int) -> str:
-    """Tree hash of ``length`` bytes at ``start`` of an open descriptor (thread-safe: pread)."""
-    hasher = TreeHasher()
+READ_BLOCK = 4 * MiB  # four leaves a read: few syscalls, and one buffer per thread
+
+
+def read_range(
+    fd: int, start: int, length: int, sink: Callable[[memoryview], None], block: int = READ_BLOCK
+) -> None:
+    """Feed ``length`` bytes at ``start`` of ``fd`` to ``sink`` in blocks (thread-safe: preadv).
+
+    One buffer is reused for every block: a fresh 4 MiB bytes object per read costs its page
+    faults and zeroing each time (measured: 6-7% more CPU per hashed byte). ``sink`` must not
+    keep the view past its call.
+    """
+    buf = memoryview(bytearray(min(block, max(length, 1))))
     pos, end = start, start + length
     while pos < end:
-        data = os.pread(fd, min(4 * MiB, end - pos), pos)
-        if not data:
+        want = min(len(buf), end - pos)
+        got = os.preadv(fd, [buf[:want]], pos) if _preadv else _pread_into(fd, buf, want, pos)
+        if not got:
             raise EOFError(f"file ended at offset {pos}, expected {end}")
-        hasher.update(data)
-        pos += len(data)
+        sink(buf[:got])
+        pos += got
+
+
+_preadv = hasattr(os, "preadv")
+
+
+def _pread_into(fd: int, buf: memoryview, want: int, pos: int) -> int:  # pragma: no cover - no preadv
+    data = os.pread(fd, want, pos)
+    buf[: len(data)] = data
+    return len(data)
+
+
+def _hash_fd_range(fd: int, start: int, length: int) -> str:
+    """Tree hash of ``length`` bytes at ``start`` of an open descriptor (thread-safe: preadv)."""
+    hasher = TreeHasher()
+    read_range(fd, start, length, hasher.update)
     return hasher.hexdigest()
 
 

@@ -39,6 +39,9 @@ LATENCIES = (0.0, 0.05)
 # --quick: every row at reduced sizes, all of them in under a minute (they judge no target)
 QUICK_FILE = 32 * MiB
 QUICK_FILES, QUICK_SAMPLE = 30, 3
+# GLACIERFS_BENCH_WAN_MIB=N: the one-file rows at N MiB (a before/after check of one change at a
+# size between --quick's and the issue's; such a run judges no target either)
+SIZE_OVERRIDE = int(os.environ.get("GLACIERFS_BENCH_WAN_MIB", "0") or 0) * MiB
 FULL_FILES, FULL_SAMPLE = 1000, 40
 
 
@@ -111,7 +114,8 @@ def rate(size: int, t: float) -> str:
 
 
 def bench_one_file(work: Path, quick: bool) -> list[Row]:
-    size = QUICK_FILE if quick else file_size(quick)
+    size = SIZE_OVERRIDE or (QUICK_FILE if quick else file_size(quick))
+    quick = quick or bool(SIZE_OVERRIDE)
     src = make_file(work / f"src-{size}.bin", size)
     rows: list[Row] = []
     fuse = procs.fuse_available()
@@ -141,7 +145,7 @@ def bench_one_file(work: Path, quick: bool) -> list[Row]:
                 "speed vs best >= 0.8",
                 judged(quick, t_best / t_cli >= 0.8),
                 f"best case: boto3, 8 threads, {best['part_size'] // MiB} MiB parts; glacierfs: "
-                f"{default_part_mib(size)} MiB parts, 4 connections; " + cpu_note(ours, theirs, c1 - c0, c3 - c2),
+                f"{default_part_mib(size)} MiB parts, {default_connections(size)} connections; " + cpu_note(ours, theirs, c1 - c0, c3 - c2),
             ))
             if fuse:
                 rows.append(Row(f"mount rows {size_label(size)} @ {at}", "skipped", fuse, None, "-"))
@@ -150,6 +154,12 @@ def bench_one_file(work: Path, quick: bool) -> list[Row]:
             rows.append(restore_row(srv, base, cache, archive_id, size, at, quick))
         shutil.rmtree(base, ignore_errors=True)
     return rows
+
+
+def default_connections(size: int) -> int:
+    from glacierfs.upload import default_concurrency, default_part_size
+
+    return default_concurrency(size, default_part_size(size))
 
 
 def default_part_mib(size: int) -> int:
@@ -218,9 +228,15 @@ def restore_row(srv: procs.Server, base: Path, cache: Path, archive_id: str, siz
     return Row(f"restore {size_label(size)} @ {at} (job done; download + verify)", rate(size, t_ours),
                f"best case {rate(size, t_best)}", t_best / t_ours, "speed vs best >= 0.8",
                judged(quick, t_best / t_ours >= 0.8),
-               "best case: boto3, 8 ranged GetJobOutput threads, tree hash checked; glacierfs: 2 threads, "
-               f"{download_chunk_mib(size)} MiB ranges, verified whole, fsynced, moved into place; "
+               "best case: boto3, 8 ranged GetJobOutput threads, tree hash checked; glacierfs: "
+               f"{download_threads(size)} threads, {download_chunk_mib(size)} MiB ranges, verified whole, fsynced, moved into place; "
                + cpu_note(ours, theirs, c1 - c0, c3 - c2))
+
+
+def download_threads(size: int) -> int:
+    from glacierfs.download import chunk_size_for, download_concurrency
+
+    return download_concurrency(size, chunk_size_for(size))
 
 
 def download_chunk_mib(size: int) -> int:

@@ -19,6 +19,7 @@ import pytest
 
 from glacierfs.catalog import JobRecord
 from glacierfs.client import JobNotFoundError, NoInventoryError
+from glacierfs.download import download_concurrency
 from glacierfs.errors import (
     IntegrityError,
     NotFoundError,
@@ -243,6 +244,13 @@ def test_chunk_size_is_power_of_two_mib_and_smaller_for_small_archives() -> None
     for size in (1, 3 * MiB, 100 * MiB, 5 << 30):
         c = chunk_size_for(size)
         assert c & (c - 1) == 0 and c >= MiB
+
+
+def test_download_threads_one_per_chunk_up_to_eight() -> None:
+    assert download_concurrency(1, MiB) == 1
+    assert download_concurrency(3 * MiB, MiB) == 3
+    assert download_concurrency(1 << 30, chunk_size_for(1 << 30)) == 8  # 16 ranges of 64 MiB
+    assert download_concurrency(10 << 30, 64 * MiB) == 8
 
 
 def test_parse_iso() -> None:

@@ -111,6 +111,26 @@ def test_cat_uncached_fails_fast_then_retrieve(glacier_server_factory, mount_fac
     assert res.returncode != 0 and "Invalid argument" in res.stderr
 
 
+def test_writes_at_any_offset_reach_the_archive(glacier_server, mount_factory, tmp_path):
+    """Writes go through FUSE write_buf (libfuse copies into the staged file): order and offsets kept."""
+    m = mount_factory(glacier_server)
+    mib = 1 << 20
+    data = os.urandom(3 * mib + 123)
+    f = m.mnt / "pieces.bin"
+    fd = os.open(f, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        assert os.pwrite(fd, data[2 * mib:], 2 * mib) == len(data) - 2 * mib  # the tail first
+        assert os.pwrite(fd, data[:10], 0) == 10
+        assert os.pwrite(fd, data[10:2 * mib], 10) == 2 * mib - 10  # more than one request
+    finally:
+        os.close(fd)
+    assert run("sync", str(f)).returncode == 0, m.log()
+    assert f.read_bytes() == data
+    local = tmp_path / "pieces.bin"
+    local.write_bytes(data)
+    assert getfattr(f, "user.glacier.treehash") == _treehash(local)
+
+
 def test_rm_deletes_archive_in_vault(glacier_server, mount_factory, tmp_path):
     m = mount_factory(glacier_server)
     (tmp_path / "a.txt").write_bytes(b"first\n" * 100)

@@ -11,7 +11,7 @@ import pytest
 
 from glacierfs.errors import UsageError
 from glacierfs.treehash import MiB
-from glacierfs.upload import THROUGHPUT_PART_SIZE, choose_part_size, default_part_size
+from glacierfs.upload import THROUGHPUT_PART_SIZE, choose_part_size, default_concurrency, default_part_size
 
 
 @pytest.mark.parametrize(("size", "part"), [
@@ -48,3 +48,15 @@ def test_invalid_requested_part_size(bad):
 def test_too_large_for_glacier():
     with pytest.raises(UsageError, match="larger than Glacier"):
         choose_part_size(10_000 * 4096 * MiB + 1)
+
+
+@pytest.mark.parametrize(("size", "part", "connections"), [
+    (0, 16 * MiB, 1),
+    (1000, 16 * MiB, 1),
+    (3 * 16 * MiB, 16 * MiB, 3),  # one per part
+    (1024 * MiB, 16 * MiB, 8),  # streamed parts: up to 8 (the WAN bench's best case)
+    (1024 * MiB, 8 * MiB, 4),  # parts held in memory whole (<= BUFFER_LIMIT): at most 4
+    (100 * MiB, MiB, 4),
+])
+def test_default_concurrency_is_one_per_part_up_to_the_cap(size, part, connections):
+    assert default_concurrency(size, part) == connections

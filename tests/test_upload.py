@@ -25,6 +25,7 @@ from glacierfs.client import ConnectionSettings, Glacier, make_glacier
 from glacierfs.errors import StateError, UsageError
 from glacierfs.treehash import MiB, tree_hash_file
 from glacierfs.upload import UploadEngine
+from glacierfs.upload.parts import PartJob, connections_for
 
 REPO = Path(__file__).resolve().parent.parent
 VAULT = "uploads"
@@ -167,6 +168,16 @@ def test_concurrency_is_bounded_by_the_connection_pool(caplog):
     with caplog.at_level(logging.WARNING, logger="glacierfs.upload"):
         engine = UploadEngine(g, None, VAULT, concurrency=5)
     assert engine.concurrency == 2 and "limited to the 2 pooled connections" in caplog.text
+
+
+def test_default_concurrency_follows_the_file_within_the_connection_pool():
+    g = make_glacier(ConnectionSettings(endpoint_url="http://127.0.0.1:9", max_pool_connections=2))
+    engine = UploadEngine(g, None, VAULT)
+    assert engine.concurrency is None  # chosen per file
+    big, small = PartJob("k", Path("f"), -1, 1024 * MiB, 16 * MiB), PartJob("k", Path("f"), -1, 1000, 16 * MiB)
+    assert connections_for(big, engine.concurrency, 2) == 2  # a pool of 2
+    assert connections_for(big, None, 32) == 8 and connections_for(small, None, 32) == 1
+    assert connections_for(big, 3, 32) == 3  # --concurrency
 
 
 def test_invalid_part_size_option():
@@ -501,6 +512,7 @@ from pathlib import Path
 from glacierfs.catalog import Catalog
 from glacierfs.client import ConnectionSettings, make_glacier
 from glacierfs.upload import UploadEngine
+from glacierfs.upload.parts import PartJob, connections_for
 
 url, cache, vault, path, linger = sys.argv[1:6]
 glacier = make_glacier(ConnectionSettings(endpoint_url=url, access_key="testing", secret_key="testing"))

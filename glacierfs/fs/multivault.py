@@ -337,6 +337,10 @@ class MultiVaultFS:
         fs, h = self._unwrap(fh)
         return fs.write(h, data, offset)
 
+    def write_fd(self, fh: int) -> int:
+        fs, h = self._unwrap(fh)
+        return fs.write_fd(h)
+
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         if fh is not None:
             fs, h = self._unwrap(fh)

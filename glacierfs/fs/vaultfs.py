@@ -465,11 +465,15 @@ class VaultFS:
         return os.pread(self._handle(fh).fd, size, offset)
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
+        return os.pwrite(self.write_fd(fh), data, offset)
+
+    def write_fd(self, fh: int) -> int:
+        """The staged file's descriptor for a write through handle ``fh`` (the file is dirty now)."""
         h = self._handle(fh)
         if not h.writer or h.pending is None:
             raise BadHandle()
         h.pending.dirty = True  # a bool store; read at the commit (see WriteBack.commit)
-        return os.pwrite(h.fd, data, offset)
+        return h.fd
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         if fh is not None:

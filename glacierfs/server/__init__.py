@@ -32,14 +32,11 @@ import math
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .faults import FaultPlan, parse_spec
-from .hold import Holds
-from .httpd import GlacierHTTPServer
-from .sigv4 import SigV4Verifier
-from .store import Settings, Store, is_disk_full
-from .wire import Options
+if TYPE_CHECKING:  # imported where used: `glacierfs upload` (via `serve`'s parser) needs none of it
+    from .httpd import GlacierHTTPServer
+    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +70,8 @@ class ServerHandle:
         self._ticker.start()
 
     def _tick(self) -> None:
+        from .store import is_disk_full
+
         full = False
         while not self._stop.wait(TICK):
             try:
@@ -179,6 +178,13 @@ take effect until ``/_admin/release`` or ``hold_seconds`` (:mod:`.hold`). ``loos
     root = Path(data_dir).absolute()
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(root, 0o700)
+    from .faults import FaultPlan, parse_spec
+    from .hold import Holds
+    from .httpd import GlacierHTTPServer
+    from .sigv4 import SigV4Verifier
+    from .store import Settings, Store
+    from .wire import Options
+
     fractions = parse_spec(faults) if isinstance(faults, str) or faults is None else dict(faults)
     lock_fd = _lock(root)
     try:

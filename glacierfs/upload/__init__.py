@@ -7,6 +7,7 @@ from glacierfs.upload.parts import (
     MAX_PARTS,
     THROUGHPUT_PART_SIZE,
     choose_part_size,
+    default_concurrency,
     default_part_size,
 )
 from glacierfs.upload.state import Identity, UnreadableState, UploadState
@@ -25,5 +26,6 @@ __all__ = [
     "UploadState",
     "UploadStats",
     "choose_part_size",
+    "default_concurrency",
     "default_part_size",
 ]

@@ -17,12 +17,13 @@ Complete is ``combine(part hashes)``; the service's echo of it is checked by the
 Threading contract
     ``upload``/``abort`` run on the caller's thread (the *main* thread of this upload), which
     owns the :class:`~glacierfs.upload.state.UploadState`, the stats and every catalog write.
-    Part workers (``part-N``, a pool of ``concurrency`` threads per upload) only read the file
+    Part workers (``part-N``, ``connections_for`` threads per upload: up to 8) only read the file
     (``os.pread`` on a read-only descriptor) and send one part each; their results come back
     through futures and are folded into the state by the main thread. Verification workers
-    (``verify-N``) only hash ranges. No lock is shared between threads; an engine is used by one
-    thread at a time (the mount keeps one per worker thread). Across threads and processes the
-    per-key owner lock (``lock.py``) makes the key's state single-writer.
+    (``verify-N``) and the re-hash (``treehash-N``, one per core) only hash ranges. No lock is
+    shared between threads; an engine is used by one thread at a time (the mount keeps one per
+    worker thread). Across processes the per-key owner lock (``lock.py``) makes the key's state
+    single-writer.
 
 One owner per upload
     ``upload(key)`` takes the key's flock (``<vault state dir>/locks/``) without waiting
@@ -92,7 +93,6 @@ plus one at the end of the phase; all status transitions are written immediately
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
 import stat as _stat
@@ -103,18 +103,19 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from glacierfs.client import FileSlice, Glacier
 from glacierfs.errors import IntegrityError, NotFoundError, ServiceError, StateError, UsageError
 from glacierfs.progress import NULL_PROGRESS, Bar, Progress
-from glacierfs.timeutil import now_iso
+from glacierfs.timeutil import now_iso, parse_iso
 from glacierfs.treehash import MiB, combine, is_valid_part_size, tree_hash_file
 from glacierfs.upload.lock import UploadLock
 from glacierfs.upload.parts import (
     MAX_PARTS,
     PartJob,
     choose_part_size,
+    connections_for,
     hash_and_body,
     send_part,
     verify_server_parts,
@@ -201,20 +202,21 @@ class UploadEngine:
         vault: str,
         *,
         part_size: int | None = None,
-        concurrency: int = 4,
+        concurrency: int | None = None,
         progress: Progress | None = None,
         single_request: bool = False,
         part_attempts: int = 3,
         lock_dir: Path | None = None,
         stop: threading.Event | None = None,
     ) -> None:
-        if concurrency < 1:
+        if concurrency is not None and concurrency < 1:
             raise UsageError("concurrency must be at least 1")
         if part_size is not None:
             choose_part_size(MiB, part_size)  # validate now, with the clear message
         settings = getattr(glacier, "settings", None)
         pool = getattr(settings, "max_pool_connections", None)
-        if pool and concurrency > pool:
+        self._pool = pool
+        if pool and concurrency is not None and concurrency > pool:
             # more threads than pooled connections would open and drop a connection per part
             log.warning("concurrency %d limited to the %d pooled connections", concurrency, pool)
             concurrency = pool
@@ -222,7 +224,7 @@ class UploadEngine:
         self.catalog = catalog
         self.vault = vault
         self.part_size = part_size
-        self.concurrency = concurrency
+        self.concurrency = concurrency  # None: default_concurrency() of each file
         self.progress = progress or NULL_PROGRESS
         self.single_request = single_request
         self.part_attempts = max(1, part_attempts)
@@ -517,7 +519,7 @@ class UploadEngine:
         directory, another machine) that is just starting. An empty upload holds no data and
         costs nothing; the service drops it after a day without activity.
         """
-        since = _dt.datetime.fromtimestamp(state.created - 120, _dt.UTC)
+        since = state.created - 120
         try:
             uploads = self.glacier.list_uploads(self.vault)
         except ServiceError as exc:
@@ -532,7 +534,7 @@ class UploadEngine:
                 continue
             if int(up.get("PartSizeInBytes") or 0) != state.part_size:
                 continue
-            created = _parse_date(up.get("CreationDate"))
+            created = parse_iso(str(up.get("CreationDate") or ""))
             if created is not None and created < since:
                 continue
             log.info("open upload %s may be left by an interrupted start; not provably ours, left alone", uid[:16])
@@ -586,13 +588,14 @@ class UploadEngine:
         upload_id = state.upload_id
         assert upload_id is not None
         error: BaseException | None = None
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="part") as pool:
+        connections = connections_for(job, self.concurrency, self._pool)
+        with ThreadPoolExecutor(max_workers=connections, thread_name_prefix="part") as pool:
             inflight: dict[Future[tuple[str, int]], int] = {}
             try:
                 while todo or inflight:
                     if error is None and self.stop is not None and self.stop.is_set():
                         error = StateError(f"the upload of {job.source} was stopped; run the command again to resume it")
-                    while todo and error is None and len(inflight) < self.concurrency:
+                    while todo and error is None and len(inflight) < connections:
                         index = todo.popleft()
                         fut = pool.submit(send_part, self.glacier, self.vault, upload_id, job, index, self.part_attempts)
                         inflight[fut] = index
@@ -646,7 +649,8 @@ class UploadEngine:
             reason = f"{job.source} changed while it was uploaded"
         else:
             try:
-                whole = tree_hash_file(job.source, workers=1)
+                # after the last part was read (it cannot overlap the upload), on every core
+                whole = tree_hash_file(job.source)
             except OSError as exc:
                 whole = f"unreadable ({exc.strerror})"
             if not unchanged():
@@ -783,14 +787,3 @@ class UploadEngine:
             )
         self.catalog.remove_upload(key)
         return archive
-
-
-def _parse_date(value: Any) -> _dt.datetime | None:
-    if not value:
-        return None
-    if isinstance(value, _dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=_dt.UTC)
-    try:
-        return _dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
