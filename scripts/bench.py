@@ -4,15 +4,16 @@ Every figure is printed next to a baseline measured in the same run on the same 
 because these machines are noisy: the ratio is the number to compare across runs.
 Benchmarks never fail on a missed target; they print the target and whether it was met.
 
-    scripts/bench                      full mode: 1 GiB files, 1,000,000-archive vault (~5 min, ~10 GB)
-    scripts/bench --quick              small sizes (64 MiB files, 20,000 archives), ~30 s
-    scripts/bench --only cp,upload     a subset (names below)
+    scripts/bench                      full mode: 1 GiB files, 1,000,000-archive vault (~11 min, ~15 GB)
+    scripts/bench --quick              every row at small sizes (32-128 MiB files, 30 files, 20,000 archives), under a minute
+    scripts/bench --only wan1g,rss     a subset (names below)
     scripts/bench --json out.json      also write the rows as JSON
 
 Benchmarks (``--only`` names):
   treehash  tree hash of a file: glacierfs (all cores) vs botocore.utils.calculate_tree_hash
-  cp        cp of a file into the mount vs cp into a local directory + sync of the file
-  upload    upload of a file to the local server, CLI and mount, vs tree-hashing it
+  wan1g     at 0 and 50 ms latency: 1 GiB upload (CLI defaults vs a boto3 best case), mount cp
+            until archived (vs the CLI) and until it returns (vs local cp + sync), restore
+  wanfiles  at 0 and 50 ms latency: 1,000 files of 1 MiB, CLI and mount vs an aws CLI loop
   catalog   catalog import of a JSON inventory (separate process): seconds and peak RSS
   bigvault  the mounted big vault: mount-ready time, ls -l of the big directory cold/warm, stat
   rss       peak RSS of the mount process while 4 files are copied in and uploaded

@@ -59,6 +59,7 @@ RSS_SIZE = int(os.environ.get("GLACIERFS_EXPORT_RSS_SIZE", 1024 * MiB + 777))
 RSS_LIMIT = 200 * MiB
 DRYRUN_ARCHIVES = int(os.environ.get("GLACIERFS_EXPORT_DRYRUN_ARCHIVES", 1_000_000))
 DRYRUN_LIMIT_S = 10.0
+RESTORE_DRYRUN_LIMIT_S = 20.0  # as tests/test_restore.py: interpreter and boto3 start on a loaded machine
 KILL_TRIALS = 6
 SEED = 20261201
 
@@ -589,11 +590,14 @@ def test_delete_source_select_and_the_hourly_budget(
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_dry_run_of_a_big_vault_prints_its_plan_quickly(tmp_path: Path) -> None:
+def test_dry_run_of_a_big_vault_prints_its_plan_quickly(glacier_server: Any, tmp_path: Path) -> None:
+    """Export's plan of a 1,000,000-archive vault (under 10 s), and restore's plan of the same
+    vault from the same catalog (issue 11: "in seconds"; restore also sweeps ListJobs once)."""
     from glacierfs.catalog import Catalog
     from glacierfs.inventory import InventoryItem
 
-    url = "http://127.0.0.1:9"  # nothing listens there: the dry run needs only the catalog
+    glacier_server.client().create_vault(vaultName="big")
+    url = glacier_server.url.rstrip("/")  # export's dry run needs only the catalog, restore's one ListJobs
     t0 = time.monotonic()
     with Catalog.open(tmp_path / "cache", url, "us-east-1", "big") as cat:
         cat.import_inventory(
@@ -616,6 +620,14 @@ def test_dry_run_of_a_big_vault_prints_its_plan_quickly(tmp_path: Path) -> None:
                 env={"JOB_COMPLETION_INDEX": "3"}, timeout=120)
     n = int(shard.lines[0].split(": ")[1].split(" ")[0])
     assert shard.lines[0].startswith("export plan (shard 3/4)") and 0.2 < n / DRYRUN_ARCHIVES < 0.3, shard
+    t0 = time.monotonic()
+    plan = cli("restore", "-v", "big", "-o", str(tmp_path / "restored"), "--dry-run", timeout=120)
+    took = time.monotonic() - t0
+    print(f"restore dry run of {DRYRUN_ARCHIVES} archives: {took:.2f} s")
+    assert plan.lines[0].startswith(f"restore plan: {DRYRUN_ARCHIVES} archive(s)"), plan
+    assert any("Bulk" in line for line in plan.lines) and any("Expedited" in line for line in plan.lines), plan
+    assert took < RESTORE_DRYRUN_LIMIT_S, f"restore's dry run took {took:.2f} s"
+    assert not (tmp_path / "restored").exists()
 
 
 @pytest.mark.timeout(300)
