@@ -737,15 +737,14 @@ class WriteBack:
                 p.state = "queued" if retry else "failed"
             else:
                 retry = False  # reopened meanwhile: its release queues it
-            if p.state == "failed":
-                p.done.set()
             attempts = p.attempts
+            failed = p.state == "failed"
         if retry:
             delay = self._retry_delay * (2 ** (attempts - 1))
             log.warning("upload of %s failed (%s); retrying in %.0f s", p.path, p.error, delay)
             self._schedule.put(p, delay)
             return
-        if p.state != "failed":
+        if not failed:
             return
         if permanent:
             log.error("upload of %s failed: %s (the file stays in the mount, marked failed: rm it, or write "
@@ -758,3 +757,4 @@ class WriteBack:
                 self.area.write_manifest(p.sid, p.manifest())
             except OSError:
                 pass
+        p.done.set()  # last: a waiting fsync returns after the failure is logged and recorded
