@@ -514,6 +514,7 @@ def test_three_concurrent_shards_export_the_whole_vault_once(
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+@pytest.mark.alone  # scripts/test runs it with no other test running (see there)
 def test_peak_rss_stays_bounded_while_exporting_a_large_archive(
     glacier_server: Any, s3_server: S3Server, bucket: str, tmp_path: Path
 ) -> None:
