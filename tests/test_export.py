@@ -52,6 +52,7 @@ from glacierfs.export.plan import (
 from glacierfs.export.run import EXPIRY_MARGIN, OUTPUT_LIFETIME, output_expiring, parse_iso
 from glacierfs.treehash import MiB, tree_hash
 from tests.helpers.cli import Cli
+from tests.helpers.peakrss import run_measured
 from tests.helpers.s3_server import S3Server
 
 LARGE_SIZE = int(os.environ.get("GLACIERFS_EXPORT_LARGE", 300 * MiB + 12_345))
@@ -514,7 +515,6 @@ def test_three_concurrent_shards_export_the_whole_vault_once(
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.alone  # scripts/test runs it with no other test running (see there)
 def test_peak_rss_stays_bounded_while_exporting_a_large_archive(
     glacier_server: Any, s3_server: S3Server, bucket: str, tmp_path: Path
 ) -> None:
@@ -523,18 +523,12 @@ def test_peak_rss_stays_bounded_while_exporting_a_large_archive(
     glacier_server.snapshot("rv")
     cli = export_cli(glacier_server, tmp_path)
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
-        proc = subprocess.Popen(
+        run = run_measured(
             cli.argv(["export", "-q", "-v", "rv", f"s3://{bucket}", *s3_args(s3_server), "--storage-class", "STANDARD"]),
-            cwd=cli.cwd, env=cli.env(), stdout=out, stderr=err,
+            cwd=cli.cwd, env=cli.env(), stdout=out, stderr=err, result_file=tmp_path / "rusage", timeout=540,
         )
-        try:
-            _pid, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, (tmp_path / "err").read_text()
-    peak = usage.ru_maxrss * 1024
+    assert run.returncode == 0, (tmp_path / "err").read_text()
+    peak = run.peak_rss
     print(f"peak RSS exporting {RSS_SIZE} bytes: {peak / MiB:.1f} MiB")
     assert peak < RSS_LIMIT, f"peak RSS {peak / MiB:.1f} MiB"
     s3 = s3_server.client()
