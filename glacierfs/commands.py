@@ -530,6 +530,7 @@ def cmd_vaults_delete(args: argparse.Namespace) -> int:
     with open_context(args) as ctx:
         ctx.glacier.delete_vault(name)
         _out(f"deleted {name}")
+        ctx.forget_vault(name)
     return 0
 
 
@@ -707,7 +708,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     q.set_defaults(func=cmd_vaults_create)
     q = vsub.add_parser("delete", parents=[copy.deepcopy(common)], help="delete an empty vault",
                         description="Delete vault NAME; Glacier refuses a vault that held archives at its "
-                        "last inventory or was written since (exit 9).")
+                        "last inventory or was written since (exit 9). Then removes the vault's local state "
+                        "here (catalog, cached data), unless it is mounted or its mount staging holds "
+                        "files that are not archives (one note says so).")
     q.add_argument("name", metavar="NAME", help="vault name")
     q.set_defaults(func=cmd_vaults_delete)
     q = vsub.add_parser("list", parents=[copy.deepcopy(common)], help="list vaults (the default)",

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from glacierfs.errors import CredentialsError, NotFoundError, UsageError
+from glacierfs.output import note
 from glacierfs.progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -115,6 +116,18 @@ class Context:
             raise NotFoundError(
                 f"vault {vault} does not exist in {self.region} at {where}", code=exc.code, hint=("vaults",)
             ) from None
+
+    def forget_vault(self, vault: str) -> None:
+        """After DeleteVault: remove the vault's local state, or say in one note why it stays."""
+        from glacierfs.catalog import remove_vault_state, vault_dir
+
+        cat = self._catalogs.pop(vault, None)
+        if cat is not None:
+            cat.close()
+        where = vault_dir(self.cache_root, self.endpoint_id, self.region, vault)
+        kept = remove_vault_state(where)
+        if kept is not None:
+            note(f"the local state of {vault} is kept in {where}: {kept}")
 
     def known_vaults(self) -> list[str]:
         """The vaults that have a catalog here for this endpoint and region (no request)."""

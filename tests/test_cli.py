@@ -7,6 +7,7 @@ found (a missing local file included), 5 service, 6 integrity, 7 state, 8 not re
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -59,6 +60,53 @@ def test_vaults_create_list_delete(cli: Cli) -> None:
     assert json.loads(cli("vaults", "--json").stdout)[0]["VaultName"] == "b.v-2_x"
     assert cli("vaults", "delete", "photos").lines == ["deleted photos"]
     assert [line.split("\t")[0] for line in cli("vaults").lines] == ["b.v-2_x"]
+
+
+def _state_dir(cli: Cli, vault: str) -> Path:
+    (d,) = cli.cache_dir.glob(f"*/*/{vault}")
+    return d
+
+
+def test_vaults_delete_removes_the_local_state_unless_a_mount_or_staged_files_need_it(
+    cli: Cli, glacier_server, work: Path
+) -> None:
+    """A later vault of the same name must not inherit the deleted one's catalog; a running
+    mount and files staged in a mount (perhaps their only copy) keep it, with one note."""
+    cli("vaults", "create", "gone")
+    write(work / "a.bin", 1000)
+    aid = cli("upload", "-v", "gone", "a.bin").stdout.split()[0]
+    assert cli("inventory", "-v", "gone").lines  # the catalog knows a.bin
+    cli("delete", "-v", "gone", f"-a={aid}")
+    glacier_server.snapshot("gone")  # the service deletes a vault empty as of its last inventory
+    state = _state_dir(cli, "gone")
+    res = cli("vaults", "delete", "gone")
+    assert res.lines == ["deleted gone"] and res.stderr == "", str(res)
+    assert not state.exists()
+    cli("vaults", "create", "gone")
+    assert cli("inventory", "-v", "gone").lines == []
+
+    # staged files that are not archives: kept, and said so
+    cli("inventory", "-v", "gone")
+    state = _state_dir(cli, "gone")
+    (state / "staging").mkdir(mode=0o700, exist_ok=True)
+    (state / "staging" / "s1.data").write_bytes(b"only copy")
+    res = cli("vaults", "delete", "gone")
+    assert res.lines == ["deleted gone"]
+    assert f"the local state of gone is kept in {state}: 1 file(s) written into a mount" in res.stderr, str(res)
+    assert (state / "staging" / "s1.data").read_bytes() == b"only copy"
+
+    # a running mount (its lock held): kept
+    (state / "staging" / "s1.data").unlink()
+    cli("vaults", "create", "gone")
+    fd = os.open(state / "mount.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.pwrite(fd, b"4242", 0)
+        res = cli("vaults", "delete", "gone")
+        assert "kept in" in res.stderr and "it is mounted (process 4242)" in res.stderr, str(res)
+        assert state.is_dir()
+    finally:
+        os.close(fd)
 
 
 def test_vaults_errors(cli: Cli, glacier_server, work: Path) -> None:

@@ -23,9 +23,11 @@ Layout
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import stat
 import threading
@@ -63,6 +65,41 @@ def vault_dir(cache_root: Path | str, endpoint_id: str, region: str, vault: str)
     ``catalog/`` below it; upload locks, data caches, staging and partial downloads go next to it.
     """
     return Path(cache_root) / _component(endpoint_id) / _component(region) / _component(vault)
+
+
+def remove_vault_state(path: Path) -> str | None:
+    """Remove the client state of a vault the service has just deleted; why it was kept, if kept.
+
+    A stale catalog would show the deleted vault's archives again if a vault of the same name is
+    created later. Kept: while a mount of it runs (its ``mount.lock`` is held), and while its
+    ``staging/`` holds files written into a mount that never became archives (their only copy,
+    perhaps: ``mv`` into the mount removed the source). Logs (``<cache root>/logs``) stay.
+    """
+    if not path.is_dir():
+        return None
+    try:
+        fd = os.open(path / "mount.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        return f"its lock cannot be opened ({exc.strerror})"
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            return f"it is mounted (process {pid or '?'})"
+        try:
+            staged = sum(1 for e in os.scandir(path / "staging") if e.name.endswith(".data"))
+        except FileNotFoundError:
+            staged = 0
+        if staged:
+            return f"{staged} file(s) written into a mount that are not archives are in its staging/"
+        shutil.rmtree(path)
+        log.info("removed the local state of a deleted vault: %s", path)
+        return None
+    except OSError as exc:
+        return f"it cannot be removed ({exc.strerror}: {exc.filename})"
+    finally:
+        os.close(fd)
 
 
 def list_vaults(cache_root: Path | str, endpoint_id: str, region: str) -> list[str]:
