@@ -285,3 +285,30 @@ def _try_delete(c, aid: str) -> object:
         return None
     except (BotoCoreError, ClientError) as exc:
         return exc
+
+
+def test_a_held_request_goes_on_by_itself_after_hold_seconds(glacier_server_factory):
+    """Nothing waits forever: with no release, a held DeleteArchive takes effect once
+    ``--hold-seconds`` have passed (and the next one is held again)."""
+    import threading
+
+    server = glacier_server_factory("--hold", "DeleteArchive", "--hold-seconds", "1")
+    c = server.client()
+    c.create_vault(vaultName="v")
+    aid = c.upload_archive(vaultName="v", body=b"x")["archiveId"]
+    outcome: list[object] = []
+    t = threading.Thread(target=lambda: outcome.append(_try_delete(c, aid)))
+    t.start()
+    try:
+        _until(lambda: bool(outcome) or _held_deletes(server) == 1, "the delete to be held")
+        t.join(60)  # no release: the hold ends by itself
+        ended_by_itself = not t.is_alive()
+    finally:
+        if t.is_alive():
+            server.admin("release")
+            t.join(30)
+    assert ended_by_itself, "the held delete still waited after 60 s"
+    assert outcome == [None], outcome
+    with pytest.raises(ClientError):  # it took effect: the archive is gone
+        c.initiate_job(vaultName="v", jobParameters={"Type": "archive-retrieval", "ArchiveId": aid})
+    assert server.admin("held", method="GET")["ops"] == ["DeleteArchive"]
