@@ -159,13 +159,12 @@ def _mmap_large_buffers() -> None:
     """Have glibc mmap every buffer of 256 KiB or more (so free() returns it to the OS).
 
     The run reads and sends 1 MiB chunks from a dozen threads; with glibc's sliding mmap
-    threshold those land in per-thread arenas that keep them after free, and peak RSS then
-    varies with the interleaving (148-192 MiB measured for one 1 GiB archive). A fixed
-    threshold keeps it at the part buffers' bound. glibc also makes a new arena whenever a
-    thread finds the others locked, so on a busy machine (threads preempted holding an arena
-    lock) a dozen arenas each keep their freed memory (83 MiB alone, 206 MiB in a loaded
-    parallel test run): two arenas suffice for threads that mostly wait on sockets. No-op where
-    there is no glibc.
+    threshold those land in per-thread arenas that keep them after free. A fixed threshold
+    keeps RSS near the part buffers' bound, and at most two arenas suffice for threads that
+    mostly wait on sockets. Measured for one 1 GiB archive (tests/test_export.py, on a loaded
+    machine): 97 MiB with neither, 85 MiB with the threshold, 83 MiB with both. (Readings of
+    200+ MiB in earlier parallel test runs were the pytest worker's own size, counted in the
+    child's ``ru_maxrss`` by exec: tests/helpers/peakrss.py.) No-op where there is no glibc.
     """
     import ctypes
     import ctypes.util
