@@ -119,6 +119,10 @@ def test_cli_sigkilled_at_random_points_of_20_uploads_then_rerun(glacier_server,
 # --------------------------------------------------------------------------- the mount
 
 
+def _held(server, op: str) -> int:
+    return int(server.admin("held", method="GET")["waiting"].get(op, 0))
+
+
 def _mount_helpers():
     from tests.helpers import mounts
 
@@ -170,15 +174,30 @@ def test_mount_sigkilled_at_random_points_of_20_uploads_then_remounted(
         except OSError as exc:
             pytest.skip(f"the mount does not accept a small write yet ({exc}); log:\n{m.log()}")
         (m.mnt / "d").mkdir()
-        for _ in range(5):
+        for n in range(5):
             delay = rng.uniform(0.2, 2.0)
             todo = [rel for rel in files if not _complete(m.mnt / rel, files[rel])]
-            t = threading.Thread(target=copy_all, args=(m, todo, time.monotonic() + delay), daemon=True)
-            t.start()
-            time.sleep(delay)
-            kills.append(round(delay, 2))
-            copied = sum(_complete(m.mnt / rel, files[rel]) for rel in files)
-            m.kill()  # SIGKILL the mount process, then unmount the dead mount point
+            # odd rounds kill on a condition, not a clock: between an upload's last part and its
+            # Complete (held by the server, then dropped: it never takes effect)
+            held = n % 2 == 1 and bool(todo)
+            if held:
+                glacier_server.admin("hold?ops=CompleteMultipartUpload")
+            try:
+                t = threading.Thread(target=copy_all, args=(m, todo, time.monotonic() + (300 if held else delay)),
+                                     daemon=True)
+                t.start()
+                if held:
+                    tm.wait_until(lambda: _held(glacier_server, "CompleteMultipartUpload"), 120,
+                                  f"{ctx}: a Complete of the mount to be held\n{m.log()}")
+                    kills.append(-1.0)  # -1: at a held Complete
+                else:
+                    time.sleep(delay)
+                    kills.append(round(delay, 2))
+                copied = sum(_complete(m.mnt / rel, files[rel]) for rel in files)
+                m.kill()  # SIGKILL the mount process, then unmount the dead mount point
+            finally:
+                if held:
+                    glacier_server.admin("release?drop=1")
             t.join(60)
             rounds.append((copied, len(open_uploads(glacier_server, "mv"))))
             m = mount()
