@@ -4,12 +4,16 @@
   left either), no open multipart upload;
 * :func:`retrieval_jobs` - the vault's retrieval jobs per archive (one each: no second job);
 * :data:`LINGER_HOOK` / :func:`linger_env` - a ``sitecustomize`` that slows the exporter's S3
-  calls, so a SIGKILL lands inside a run.
+  calls, so a SIGKILL lands inside a run;
+* :func:`claim_bodies` - the exporters' claims in a bucket; :func:`wait_until` - poll a condition.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +84,33 @@ _linger(c.Glacier, "initiate_retrieval", 0.1)
 """
 
 
-def linger_env(cli: Cli, directory: Path) -> dict[str, str]:
-    """The CLI's environment with :data:`LINGER_HOOK` on its path (written into ``directory``)."""
+def linger_env(cli: Cli, directory: Path, extra: str = "") -> dict[str, str]:
+    """The CLI's environment with :data:`LINGER_HOOK` (and ``extra`` code) on its path, in ``directory``."""
     directory.mkdir(exist_ok=True)
-    (directory / "sitecustomize.py").write_text(LINGER_HOOK)
+    (directory / "sitecustomize.py").write_text(LINGER_HOOK + extra)
     env = cli.env()
     env["PYTHONPATH"] = f"{directory}{os.pathsep}{env['PYTHONPATH']}"
     return env
+
+
+CLAIMS_PREFIX = "_glacierfs-claims/"
+
+
+def claim_bodies(s3: Any, bucket: str, prefix: str = "") -> dict[str, dict[str, Any]]:
+    """archive id -> the JSON body of its claim under ``prefix`` ('' or ending with '/')."""
+    out: dict[str, dict[str, Any]] = {}
+    base = prefix + CLAIMS_PREFIX
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
+        for obj in page.get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+            out[obj["Key"][len(base):]] = json.loads(body)
+    return out
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``predicate`` until it is true; AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
