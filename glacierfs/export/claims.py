@@ -257,9 +257,12 @@ class Claims:
         found = self._read(archive_id)  # our renewal may have moved the ETag, or we never knew it
         if found is None:
             return
-        if found.run == self.run and found.etag:
-            self.s3.delete_if(self.bucket, self.key(archive_id), found.etag)
-        elif found.run != self.run:
+        if found.run == self.run:
+            if found.etag:
+                self.s3.delete_if(self.bucket, self.key(archive_id), found.etag)
+            else:  # an endpoint that sends no ETag: nothing to compare, and it is ours
+                self.s3.delete_object(self.bucket, self.key(archive_id))
+        else:
             log.info("archive %s: its claim is held by %s now; left", archive_id, found.describe())
 
     def release_if_ours(self, archive_id: str) -> None:
