@@ -37,6 +37,7 @@ def _state_dir(catalog: Any) -> Path:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from glacierfs.context import open_context
+    from glacierfs.export.claims import claim_owner
     from glacierfs.export.manifest import Manifest, NoManifest
     from glacierfs.export.plan import (
         MIN_PART,
@@ -67,6 +68,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     min_part = parse_size(args.part_size) if args.part_size else MIN_PART
     if min_part < 8 << 20 or min_part & (min_part - 1):
         raise UsageError("--part-size must be a power of two of at least 8MiB")
+    args.take_over_seconds = _take_over(args.take_over_claims_older_than)
+    claim_owner(args.claim_owner, args.shard, "")  # a bad NAME is refused before anything starts
 
     with open_context(args) as ctx:
         catalog = ctx.catalog(vault)
@@ -103,7 +106,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, ctx: Any, vault: str, catalog: Any, runner: Any, s3: Any, dest: Any,
          selection: Any, plan: Any, manifest: Any, max_bph: int | None, min_part: int) -> int:
-    from glacierfs.export.claims import Claims
+    from glacierfs.export.claims import Claims, claim_owner
     from glacierfs.export.plan import item_for, select
     from glacierfs.export.run import ExportRun, Options
     from glacierfs.export.state import ExportState
@@ -121,7 +124,11 @@ def _run(args: argparse.Namespace, ctx: Any, vault: str, catalog: Any, runner: A
     spool.mkdir(mode=0o700, exist_ok=True)
     try:
         slots = threading.BoundedSemaphore(args.parts_in_flight)
-        claims = Claims(s3, dest.bucket, dest.prefix, state.owner())
+        owner, note = claim_owner(args.claim_owner, args.shard, state.owner())
+        if note:
+            log.warning("%s", note)
+        log.info("claims of this run: owner %s", owner)
+        claims = Claims(s3, dest.bucket, dest.prefix, owner, take_over_after=args.take_over_seconds)
         streamer = ArchiveStreamer(
             ctx.glacier, vault, s3, dest.bucket, state, storage_class=args.storage_class, slots=slots,
             parts_in_flight=args.parts_in_flight, min_part=min_part, spool_dir=spool, claims=claims,
@@ -140,7 +147,8 @@ def _run(args: argparse.Namespace, ctx: Any, vault: str, catalog: Any, runner: A
         print(
             f"glacierfs: export: {summary.exported} exported, {summary.present} already present, "
             f"{summary.deleted} source archive(s) deleted, {summary.failed} failed"
-            + (f", {summary.busy} claimed by another exporter" if summary.busy else ""),
+            + (f", {summary.busy} claimed by another exporter" if summary.busy else "")
+            + (f", {summary.taken_over} claim(s) taken over" if summary.taken_over else ""),
             file=sys.stderr,
         )
     if summary.failed:
@@ -150,9 +158,35 @@ def _run(args: argparse.Namespace, ctx: Any, vault: str, catalog: Any, runner: A
     if summary.busy:
         raise NotReadyError(
             f"{summary.busy} archive(s) are being exported by another exporter (first claim: {summary.first_busy}); "
-            "re-run later to check them, or delete a claim whose exporter will not come back"
+            "re-run later to check them; claims whose exporter will not come back: "
+            "--take-over-claims-older-than DURATION"
         )
     return 0
+
+
+def _take_over(text: str | None) -> float | None:
+    """``--take-over-claims-older-than`` in seconds; at least MIN_TAKE_OVER (live claims are renewed well within)."""
+    from glacierfs.export.claims import CLAIM_RENEW, MIN_TAKE_OVER
+    from glacierfs.timeutil import parse_duration
+
+    if text is None:
+        return None
+    seconds = parse_duration(text)
+    if seconds < MIN_TAKE_OVER:
+        raise UsageError(
+            f"--take-over-claims-older-than {text}: must be at least {_span(MIN_TAKE_OVER)} (a live "
+            f"exporter renews its claims every {_span(CLAIM_RENEW)})"
+        )
+    return seconds
+
+
+def _span(seconds: float) -> str:
+    """``1h``, ``15min``, ``1.5s``: as --take-over-claims-older-than takes it."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}min"
+    return f"{seconds:g}s"
 
 
 def _mmap_large_buffers() -> None:
@@ -207,6 +241,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--max-bytes-per-hour", metavar="SIZE", help="start jobs for at most SIZE bytes per hour")
     p.add_argument("--shard", metavar="K/N", help="export only shard K of N (archive id hash); auto/N reads "
                    "K from AWS_BATCH_JOB_ARRAY_INDEX or JOB_COMPLETION_INDEX")
+    p.add_argument("--claim-owner", metavar="NAME",
+                   help="the owner named in this run's claims; a run with the same owner continues them (default: "
+                   "env GLACIERFS_CLAIM_OWNER, else under --shard auto/N aws-batch:$AWS_BATCH_JOB_ID, else this "
+                   "cache dir's id)")
+    p.add_argument("--take-over-claims-older-than", metavar="DURATION",
+                   help="take over claims of other owners not renewed for DURATION (e.g. 6h; at least 1h): "
+                   "their exporters will not come back")
     p.add_argument("--manifest", metavar="FILE", help="write a CSV: archive id, tree hash, size, key, status")
     p.add_argument("--delete-source", action="store_true",
                    help="delete each archive once its object is verified in S3")

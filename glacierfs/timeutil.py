@@ -2,15 +2,17 @@
 
 * :func:`now_iso` / :func:`parse_iso` / :func:`iso_epoch`: Glacier's ``2012-03-20T17:03:43.221Z``
   <-> epoch seconds (``iso_epoch`` raises IntegrityError where a date must be valid);
-* :func:`fmt_duration` (``90s``, ``12min``, ``3h05``) and :func:`fmt_ago` (``never`` for None).
+* :func:`fmt_duration` (``90s``, ``12min``, ``3h05``) and :func:`fmt_ago` (``never`` for None);
+* :func:`parse_duration`: ``90s``, ``45m``/``45min``, ``6h``, ``2d``, ``1h30m`` or plain seconds.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 
-from glacierfs.errors import IntegrityError
+from glacierfs.errors import IntegrityError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +65,23 @@ def iso_epoch(text: str) -> float:
     if epoch is None:
         raise IntegrityError(f"invalid date {text!r}")
     return epoch
+
+
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(min|s|m|h|d)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of ``90s``, ``45m``/``45min``, ``6h``, ``2d``, ``1h30m`` or a plain number; UsageError otherwise."""
+    t = str(text).strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", t):
+        return float(t)
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(t):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not t or pos != len(t):
+        raise UsageError(f"{text!r} is not a duration (e.g. 90s, 45m, 6h, 2d, 1h30m)")
+    return total

@@ -15,6 +15,7 @@ from tests.helpers.vectors import VECTORS
 
 if TYPE_CHECKING:
     from tests.helpers.mounts import Mount
+    from tests.helpers.s3_server import S3Server
 
 
 @pytest.fixture(scope="session")
@@ -90,6 +91,33 @@ def glacier_server_module(tmp_path_factory: pytest.TempPathFactory):
         yield server
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- S3 (export)
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 behind the checksum gate (tests/helpers/s3_server.py), one per test module."""
+    from tests.helpers.s3_server import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3") / "s3.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server: S3Server, request: pytest.FixtureRequest) -> str:
+    """A new bucket named after the test (gate counters reset)."""
+    import hashlib
+
+    name = "b-" + hashlib.sha256(request.node.name.encode()).hexdigest()[:20]
+    s3_server.client().create_bucket(Bucket=name)
+    s3_server.gate("reset")
+    return name
 
 
 # --------------------------------------------------------------------------- the CLI

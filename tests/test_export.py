@@ -52,6 +52,14 @@ from glacierfs.export.plan import (
 from glacierfs.export.run import EXPIRY_MARGIN, OUTPUT_LIFETIME, output_expiring, parse_iso
 from glacierfs.treehash import MiB, tree_hash
 from tests.helpers.cli import Cli
+from tests.helpers.export import (
+    LINGER_HOOK,
+    all_objects,
+    assert_exported_once,
+    retrieval_jobs,
+    s3_args,
+    upload,
+)
 from tests.helpers.peakrss import run_measured
 from tests.helpers.s3_server import S3Server
 
@@ -68,44 +76,8 @@ SEED = 20261201
 # --------------------------------------------------------------------------- fixtures and helpers
 
 
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory):
-    server = S3Server(tmp_path_factory.mktemp("s3") / "s3.log")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def bucket(s3_server: S3Server, request: pytest.FixtureRequest) -> str:
-    name = "b-" + hashlib.sha256(request.node.name.encode()).hexdigest()[:20]
-    s3_server.client().create_bucket(Bucket=name)
-    s3_server.gate("reset")
-    return name
-
-
 def export_cli(glacier_server: Any, tmp_path: Path, cache: str = "cache") -> Cli:
     return Cli(glacier_server.url, tmp_path / cache, tmp_path)
-
-
-def s3_args(s3_server: S3Server) -> list[str]:
-    return ["--s3-endpoint-url", s3_server.url, "--s3-region", "us-east-1"]
-
-
-def upload(glacier: Any, vault: str, body: bytes, description: str) -> str:
-    return glacier.upload_archive(vaultName=vault, archiveDescription=description, body=body,
-                                  checksum=tree_hash(body))["archiveId"]
-
-
-def all_objects(s3: Any, bucket: str) -> dict[str, dict[str, Any]]:
-    """key -> head_object answer (with checksum) of every object in the bucket."""
-    out: dict[str, dict[str, Any]] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for obj in page.get("Contents", []):
-            out[obj["Key"]] = s3.head_object(Bucket=bucket, Key=obj["Key"], ChecksumMode="ENABLED")
-    return out
 
 
 def read_object(s3: Any, bucket: str, key: str, storage_class: str) -> bytes:
@@ -129,25 +101,6 @@ def gen_sha256(archive_id: str, size: int) -> str:
     for chunk in gen_bytes(archive_id, 0, size):
         h.update(chunk)
     return h.hexdigest()
-
-
-def assert_exported_once(s3: Any, bucket: str, ids: set[str], ctx: str = "") -> dict[str, dict[str, Any]]:
-    objects = all_objects(s3, bucket)
-    owners = [h["Metadata"].get("glacier-archive-id") for h in objects.values()]
-    assert sorted(owners) == sorted(ids), f"{ctx}: objects {len(objects)} for {len(ids)} archives"
-    uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-    assert uploads == [], f"{ctx}: open multipart uploads left: {uploads}"
-    return objects
-
-
-def retrieval_jobs(glacier_server: Any, vault: str) -> dict[str, list[str]]:
-    jobs: dict[str, list[str]] = {}
-    c = glacier_server.client(max_attempts=5)
-    for page in c.get_paginator("list_jobs").paginate(vaultName=vault):
-        for j in page["JobList"]:
-            if j["Action"] == "ArchiveRetrieval":
-                jobs.setdefault(j["ArchiveId"], []).append(j["JobId"])
-    return jobs
 
 
 def utf7(text: str) -> str:
@@ -389,31 +342,6 @@ def test_corrupted_job_output_is_fetched_again_and_a_rejected_part_is_sent_again
 
 
 # --------------------------------------------------------------------------- SIGKILL, then a re-run
-
-LINGER_HOOK = """
-import time
-
-import glacierfs.client as c
-import glacierfs.export.s3 as s
-
-
-def _linger(cls, name, seconds):
-    real = getattr(cls, name)
-
-    def wrapper(self, *args, **kwargs):
-        result = real(self, *args, **kwargs)
-        time.sleep(seconds)
-        return result
-
-    setattr(cls, name, wrapper)
-
-
-# slow enough that a whole export takes well over the latest kill point (2.5 s) on any machine
-for _name, _s in (("create_multipart", 0.3), ("upload_part", 0.5), ("complete_multipart", 0.3), ("put_object", 0.3)):
-    _linger(s.S3, _name, _s)
-_linger(c.Glacier, "initiate_retrieval", 0.1)
-"""
-
 
 @pytest.mark.timeout(600)
 def test_sigkill_at_random_points_then_rerun_exports_each_archive_once(

@@ -18,9 +18,16 @@ its own lock). Three pools do the I/O and hand results back through futures that
 scheduler reads: ``checks`` (HEAD of the next archives), ``calls`` (InitiateJob/DescribeJob for a
 batch of archives; they touch only the state store, which has its own lock, and pop from
 ``_listed``, an atomic dict operation) and ``transfer`` (``streamer.export``, one archive each).
-``_claimed`` (the archives whose S3 claim this run took, :mod:`~glacierfs.export.claims`) is
-guarded by ``_claimed_lock``: the checks pool adds, the scheduler reads. No lock is held while
-another is taken.
+``_claimed`` (the archives whose S3 claim this run holds, :mod:`~glacierfs.export.claims`) and
+``_taken_over`` are guarded by ``_claimed_lock``: the checks pool adds, the scheduler reads, renews
+(every ``CLAIM_RENEW``, through the checks pool) and removes finished archives. ``_claims_now``
+(the claims that existed when the run started) is written once before the pools start. No lock
+is held while another is taken.
+
+Claims and lost state: an archive whose claim an earlier run of our owner left (its cache dir
+gone) or that we took over is re-checked as that run would have known it: HEAD of the key (in
+``_check``, before and after claiming), its multipart uploads (aborted: we hold the claim), and
+its retrieval job (the ListJobs of ``_discover`` finds a live one, reused like any other).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from itertools import islice
 from typing import Any, Protocol
 
 from glacierfs.errors import CredentialsError, GlacierFSError, NotFoundError, StateError
-from glacierfs.export.claims import Claims, Holder
+from glacierfs.export.claims import CLAIM_RENEW, Claims, Holder
 from glacierfs.export.manifest import Manifest, NoManifest
 from glacierfs.export.plan import ASSUMED_THROUGHPUT, ExportItem
 from glacierfs.export.state import ExportState
@@ -99,6 +106,7 @@ class Summary:
     failed: int = 0
     pending: int = 0
     busy: int = 0  # claimed by another exporter (export.claims): skipped
+    taken_over: int = 0  # claims of other owners taken over (--take-over-claims-older-than)
     first_error: str | None = None
     first_busy: str | None = None
 
@@ -179,7 +187,10 @@ class ExportRun:
         self._waiting: list[_Waiting] = []
         self._listed: dict[str, dict[str, Any]] = {}
         self._claimed: set[str] = set()  # archives whose claim this run holds (checks pool adds)
+        self._taken_over = 0
         self._claimed_lock = threading.Lock()
+        self._claims_now: set[str] = set()
+        self._next_renew = clock() + CLAIM_RENEW
 
     # ------------------------------------------------------------------ the loop
 
@@ -187,6 +198,8 @@ class ExportRun:
         self.total, self.total_bytes = total, total_bytes
         self._waiting = []
         self._discover()
+        if self.claims is not None:
+            self._claims_now = self.claims.existing()
         transfers: dict[Future[Exported], ExportItem] = {}
         held: ExportItem | None = None
         exhausted = False
@@ -237,6 +250,8 @@ class ExportRun:
                 # 3. results of the transfers
                 for f in [f for f in transfers if f.done()]:
                     self._transfer_done(transfers.pop(f), f)
+                if self.claims is not None and now >= self._next_renew:
+                    self._renew(checks)
                 self.ready, self.waiting = len(transfers), len(self._waiting)
                 self._report()
                 if exhausted and not self._waiting and not transfers and held is None:
@@ -247,6 +262,8 @@ class ExportRun:
                 timeout = next(delays)
                 if self._waiting:
                     timeout = min(timeout, max(0.0, min(w.next_poll for w in self._waiting) - self.clock()))
+                if self.claims is not None:
+                    timeout = min(timeout, max(0.0, self._next_renew - self.clock()))
                 if transfers:
                     wait(list(transfers), timeout=max(timeout, 0.01), return_when=FIRST_COMPLETED)
                 elif timeout > 0:
@@ -263,6 +280,8 @@ class ExportRun:
             calls.shutdown(wait=True, cancel_futures=True)
             checks.shutdown(wait=True, cancel_futures=True)
         self._report(force=True)
+        with self._claimed_lock:
+            self.summary.taken_over = self._taken_over
         return self.summary
 
     # ------------------------------------------------------------------ selection -> todo
@@ -307,31 +326,63 @@ class ExportRun:
         """True if the object is in S3; else claim the archive: False (ours now) or the claim's holder.
 
         Runs in the ``checks`` pool. HEAD again after claiming: the holder before us may have
-        finished and released its claim between our first HEAD and our claim. ``known``: our
-        state has a record of the archive, so a claim of ours may be left (a kill after the
-        object was written): released if so.
+        finished and released its claim between our first HEAD and our claim. A present object
+        whose archive our state knows, or had a claim when the run started, may have a claim of
+        ours left (a kill after the object was written): released if so. A claim with an earlier
+        holder (continued or taken over) has the multipart uploads on its key aborted: that
+        holder's, which our state cannot know.
         """
         if self.streamer.present(item):
-            if known and self.claims is not None:
+            if self.claims is not None and (known or item.archive_id in self._claims_now):
                 self.claims.release_if_ours(item.archive_id)
             return True
         if self.claims is None:
             return False
-        holder = self.claims.acquire(item.archive_id)
-        if holder is not None:
-            return holder
+        got = self.claims.acquire(item.archive_id)
+        if isinstance(got, Holder):
+            return got
         with self._claimed_lock:
             self._claimed.add(item.archive_id)
+            if got.taken_over:
+                self._taken_over += 1
         if self.streamer.present(item):
             self.claims.release(item.archive_id)
             return True
+        if got.previous is not None:
+            self.streamer.abort_strays(item)
         return False
+
+    def _renew(self, checks: ThreadPoolExecutor) -> None:
+        """Rewrite the claims this run holds (so no take-over finds them stale); an archive whose claim
+        was taken over while it waited for its job is left to the new holder (``busy``)."""
+        assert self.claims is not None
+        self._next_renew = self.clock() + CLAIM_RENEW
+        with self._claimed_lock:
+            held = sorted(self._claimed)
+
+        def renew(aid: str) -> Holder | None:
+            try:
+                return self.claims.renew(aid) if self.claims is not None else None
+            except CredentialsError:
+                raise
+            except GlacierFSError as exc:
+                log.warning("archive %s: renewing its claim failed (%s); trying again later", aid, exc)
+                return None
+
+        lost = {aid: h for aid, h in zip(held, checks.map(renew, held), strict=True) if h is not None}
+        for w in [w for w in self._waiting if w.item.archive_id in lost]:
+            self._waiting.remove(w)
+            self._forget(w.item.archive_id)
+            self._busy(w.item, lost[w.item.archive_id])
+
+    def _forget(self, archive_id: str) -> None:
+        with self._claimed_lock:
+            self._claimed.discard(archive_id)
 
     def _busy(self, item: ExportItem, holder: Holder) -> None:
         assert self.claims is not None
-        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.since)) if holder.since else "?"
-        log.warning("archive %s: skipped, another exporter claimed it (%s, process %s on %s, since %s)",
-                    item.archive_id, self.claims.where(item.archive_id), holder.pid, holder.host, since)
+        log.warning("archive %s: skipped, another exporter claimed it (%s: %s)",
+                    item.archive_id, self.claims.where(item.archive_id), holder.describe())
         self.summary.busy += 1
         self.summary.first_busy = self.summary.first_busy or self.claims.where(item.archive_id)
         self.manifest.write(item, "busy")
@@ -495,6 +546,7 @@ class ExportRun:
         else:
             self.summary.deleted += 1
         self.done_bytes += item.size
+        self._forget(item.archive_id)
         self.manifest.write(item, status)
         self.out(f"{status}  {item.archive_id}  s3://{self.streamer.bucket}/{item.key}")
 
@@ -515,9 +567,10 @@ class ExportRun:
             self.state.fail(item.archive_id, item.key, item.size, str(exc))
         with self._claimed_lock:
             ours = item.archive_id in self._claimed
+            self._claimed.discard(item.archive_id)
         if self.claims is not None and ours:
             try:  # let another exporter try it; our state keeps the failure for our re-run
-                self.claims.release(item.archive_id)
+                self.claims.give_up(item.archive_id)
             except GlacierFSError as err:
                 log.warning("archive %s: its claim stays (%s)", item.archive_id, err)
         self.summary.failed += 1

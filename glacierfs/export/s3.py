@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
@@ -128,9 +129,12 @@ class ObjectStore(Protocol):
     ) -> None: ...
     def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None: ...
     def list_uploads(self, bucket: str, key: str) -> list[UploadInfo]: ...
-    def create_small(self, bucket: str, key: str, body: bytes) -> bool: ...
-    def read_small(self, bucket: str, key: str) -> bytes | None: ...
+    def create_small(self, bucket: str, key: str, body: bytes) -> str | None: ...
+    def replace_small(self, bucket: str, key: str, body: bytes, etag: str) -> str | None: ...
+    def read_small(self, bucket: str, key: str) -> tuple[bytes, str | None] | None: ...
     def delete_object(self, bucket: str, key: str) -> None: ...
+    def delete_if(self, bucket: str, key: str, etag: str) -> bool: ...
+    def list_keys(self, bucket: str, prefix: str) -> Iterator[str]: ...
 
 
 def make_s3(settings: S3Settings) -> S3:
@@ -291,27 +295,64 @@ class S3:
             params["KeyMarker"] = resp.get("NextKeyMarker")
             params["UploadIdMarker"] = resp.get("NextUploadIdMarker")
 
-    def create_small(self, bucket: str, key: str, body: bytes) -> bool:
-        """PutObject ``If-None-Match: *`` of a small body (a claim): True if it was created, False if taken."""
+    def _put_small(self, bucket: str, key: str, body: bytes, **cond: str) -> str | None:
+        """PutObject of a small body (a claim) with one condition: its ETag, or None if the condition failed."""
         sha = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
         try:
-            self._call("put_object", f"PutObject s3://{bucket}/{key}", Bucket=bucket, Key=key, Body=body,
-                       ContentLength=len(body), ChecksumAlgorithm="SHA256", ChecksumSHA256=sha,
-                       StorageClass="STANDARD", IfNoneMatch="*")
+            resp = self._call("put_object", f"PutObject s3://{bucket}/{key}", Bucket=bucket, Key=key, Body=body,
+                              ContentLength=len(body), ChecksumAlgorithm="SHA256", ChecksumSHA256=sha,
+                              StorageClass="STANDARD", **cond)
         except KeyTaken:
-            return False
-        return True
+            return None
+        except NotFoundError:
+            if "IfMatch" in cond:
+                return None  # If-Match on a key that is gone (404 NoSuchKey): the condition failed
+            raise
+        return str(resp.get("ETag") or "")  # '' if the endpoint sent none
 
-    def read_small(self, bucket: str, key: str) -> bytes | None:
-        """The body of a small object, or None if there is none."""
+    def create_small(self, bucket: str, key: str, body: bytes) -> str | None:
+        """PutObject ``If-None-Match: *``: the new object's ETag ('' if not sent), or None if the key is taken."""
+        return self._put_small(bucket, key, body, IfNoneMatch="*")
+
+    def replace_small(self, bucket: str, key: str, body: bytes, etag: str) -> str | None:
+        """PutObject ``If-Match: etag`` (compare and swap): the new ETag, or None if the object changed or is gone.
+
+        An endpoint that ignores If-Match replaces the object anyway (the caller reads it back).
+        """
+        return self._put_small(bucket, key, body, IfMatch=etag)
+
+    def read_small(self, bucket: str, key: str) -> tuple[bytes, str | None] | None:
+        """The body and ETag of a small object, or None if there is none."""
         try:
             resp = self._call("get_object", f"GetObject s3://{bucket}/{key}", Bucket=bucket, Key=key)
         except NotFoundError:
             return None
         try:
-            return bytes(resp["Body"].read())
+            return bytes(resp["Body"].read()), resp.get("ETag")
         except Exception as exc:
             raise translate(exc, f"GetObject s3://{bucket}/{key}") from None
 
     def delete_object(self, bucket: str, key: str) -> None:
         self._call("delete_object", f"DeleteObject s3://{bucket}/{key}", Bucket=bucket, Key=key)
+
+    def delete_if(self, bucket: str, key: str, etag: str) -> bool:
+        """DeleteObject ``If-Match: etag``: True if deleted (or already gone), False if the object changed."""
+        try:
+            self._call("delete_object", f"DeleteObject s3://{bucket}/{key}", Bucket=bucket, Key=key, IfMatch=etag)
+        except KeyTaken:
+            return False
+        except NotFoundError:
+            pass
+        return True
+
+    def list_keys(self, bucket: str, prefix: str) -> Iterator[str]:
+        """The keys under ``prefix`` (ListObjectsV2, 1,000 a page)."""
+        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            resp = self._call("list_objects_v2", f"ListObjectsV2 s3://{bucket}/{prefix}", **params)
+            for obj in resp.get("Contents") or []:
+                yield str(obj["Key"])
+            token = resp.get("NextContinuationToken")
+            if not resp.get("IsTruncated") or not token:
+                return
+            params["ContinuationToken"] = token

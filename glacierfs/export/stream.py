@@ -23,8 +23,10 @@ PutObject, before record               HEAD finds it: done
 =====================================  ===============================================
 
 (*) Only the holder of the archive's claim (:mod:`glacierfs.export.claims`) works on its key,
-so an upload on the key that our state does not know is a stray of our own killed run (or of a
-holder that died and whose claim was removed), never a live exporter's. PutObject and
+so an upload on the key that our state does not know is a stray of our own killed run, or of the
+earlier holder of a claim we continued (same owner, its cache dir gone) or took over: never a
+live exporter's. A claim that had an earlier holder has its key's strays aborted right after it
+is taken (:meth:`ArchiveStreamer.abort_strays`), also for an archive that now fits one PutObject. PutObject and
 CompleteMultipartUpload are conditional (``If-None-Match: *``): an object never replaces another.
 
 An object at the key is never replaced (the writes are conditional); one with another archive
@@ -241,6 +243,19 @@ class ArchiveStreamer:
         if info.storage_class != self.storage_class:
             log.warning("%s: stored as %s, asked for %s", where, info.storage_class, self.storage_class)
         return info
+
+    def abort_strays(self, item: ExportItem) -> int:
+        """Abort the multipart uploads on the key that our state does not record; how many (we hold the claim)."""
+        rec = self.state.get(item.archive_id)
+        keep = rec.upload_id if rec and rec.key == item.key else None
+        n = 0
+        for stray in self.s3.list_uploads(self.bucket, item.key):
+            if stray.upload_id != keep:
+                log.info("aborting multipart upload %s of s3://%s/%s, left by the claim's earlier holder",
+                         stray.upload_id, self.bucket, item.key)
+                self.s3.abort_multipart(self.bucket, item.key, stray.upload_id)
+                n += 1
+        return n
 
     # ------------------------------------------------------------------ single PutObject
 

@@ -7,6 +7,11 @@ in the next N UploadPart bodies *before* the check, so S3 rejects them and the c
 send them again. ``GET /_gate/stats`` counts verified bodies, rejections and PUTs that came
 without a checksum.
 
+moto honours ``If-None-Match: *`` and ``If-Match: ETAG`` on PutObject, CompleteMultipartUpload
+and DeleteObject (412 when the condition fails), but checks and then writes without a lock, so
+two concurrent conditional writes could both pass. S3 evaluates them atomically; the gate does
+the same by running every conditional request under one lock (``conditional``).
+
 Run as ``python -m tests.helpers.s3_server`` (prints ``listening on URL``, serves until SIGTERM);
 :class:`S3Server` starts and stops that subprocess for the tests.
 """
@@ -41,6 +46,7 @@ class ChecksumGate:
     def __init__(self, app: Callable[..., Any]) -> None:
         self.app = app
         self.lock = threading.Lock()
+        self.conditional = threading.Lock()  # one conditional write at a time, as S3's are atomic
         self.corrupt_next = 0
         self.stats = {"verified": 0, "rejected": 0, "unchecked_puts": 0, "parts": 0}
 
@@ -79,6 +85,11 @@ class ChecksumGate:
                 with self.lock:
                     self.stats["verified"] += 1
                 environ["wsgi.input"] = io.BytesIO(body)
+        if environ.get("REQUEST_METHOD") in ("PUT", "POST", "DELETE") and (
+            "HTTP_IF_MATCH" in environ or "HTTP_IF_NONE_MATCH" in environ
+        ):
+            with self.conditional:
+                return list(self.app(environ, start_response))
         return self.app(environ, start_response)
 
     def _admin(self, path: str, query: dict[str, list[str]], start_response: Callable[..., Any]) -> list[bytes]:
