@@ -123,14 +123,18 @@ def test_download_waits_visibly_then_fetches(glacier_server_factory, tmp_path: P
     cli("vaults", "create", "v")
     aid = upload_raw(server, "v", b"y" * 100, "w.bin")
     proc = cli.popen("download", "-v", "v", f"-a={aid}", "-o", str(tmp_path / "w.bin"), "--debug")
+    seen: list[str] = []
     try:
-        deadline = time.monotonic() + POLL_LIMIT
-        while not server.client().list_jobs(vaultName="v")["JobList"] and time.monotonic() < deadline:
-            time.sleep(0.1)
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the job completes only once the wait was shown (EOF: it never was)
+            seen.append(line)
+            if "waiting for Standard retrieval job" in line:
+                break
         server.complete_jobs()
         _, err = proc.communicate(timeout=120)
     finally:
         stop(proc)
+    err = "".join(seen) + err
     assert proc.returncode == 0, err
     assert "waiting for Standard retrieval job" in err
     assert (tmp_path / "w.bin").read_bytes() == b"y" * 100
