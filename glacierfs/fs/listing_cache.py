@@ -15,7 +15,8 @@ FUSE threads call :meth:`Listings.opendir`, :meth:`entries`, :meth:`releasedir`;
 core once a second to invalidate kernel entries that another process removed. ``_lock`` guards ``_dirs``,
 ``_next``, ``_cached`` and ``_building``; it is a leaf lock and is never held while a listing is
 built (catalog query + packing): a directory being built has an Event in ``_building`` and a
-second reader waits for that build instead of doing its own.
+second reader waits for that build instead of doing its own. A :class:`Listing` is never
+changed once built: the cache and any number of open handles share it without a lock.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ class Listing:
 
     ``name_address(i)``/``stat_address(i)`` point into buffers exported to ctypes, so they can
     neither move nor be resized while this object lives (the caller keeps it during the fill).
+    Names never hold NUL (the codec shows a control character as ``%XX``): it ends each one.
     """
 
     __slots__ = ("_name_base", "_name_view", "_names", "_size", "_starts", "_stat_base", "_stat_view", "_stats")
