@@ -4,7 +4,7 @@ A FUSE callback runs on a libfuse thread that Python sees only for the length of
 (ctypes makes a new thread state, so a new ``threading.local``, each time). With connections in
 a ``threading.local`` every lookup opened a connection (two descriptors, a page cache and a
 64 MiB mmap of ``cache.db``) that the storage kept for ``close``: 1,000 stats of a mounted
-1,000,000-archive vault took the mount from 103 to 397 MiB and 2,580 descriptors
+300,000-archive vault took the mount from 103 to 397 MiB and 2,580 descriptors
 (docs/performance.md). Here: threads that exit give their connection back, and a real mount
 answering hundreds of lookups keeps its ``cache.db`` descriptors to about one per thread.
 """
