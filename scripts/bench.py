@@ -18,6 +18,10 @@ Benchmarks (``--only`` names):
   bigvault  the mounted big vault: mount-ready time, ls -l of the big directory cold/warm, stat
   rss       peak RSS of the mount process while 4 files are copied in and uploaded
 
+GLACIERFS_BENCH_ARCHIVES=N sets the bigvault vault's size (a tenth of it in the big directory):
+300000 reproduces the 1,000,000-archive rows' memory per listed entry and per stat in a minute
+(targets are judged at 1,000,000 only).
+
 Quick mode judges no target (the sizes are not the issue's): its "met" column says "quick".
 FUSE benchmarks are skipped (with a row saying why) where /dev/fuse or fusermount3 is missing.
 """
@@ -55,6 +59,8 @@ from bench_common import (  # noqa: E402
     size_label,
     warm_page_cache,
 )
+
+VAULT_ARCHIVES = int(os.environ.get("GLACIERFS_BENCH_ARCHIVES", "0") or 0)
 
 
 def run(cmd: list[str], **kw) -> float:
@@ -187,7 +193,7 @@ def bench_bigvault(work: Path, quick: bool) -> list[Row]:
     name = "mounted big vault"
     if skip := fuse_skip(name):
         return skip
-    n = 20_000 if quick else 1_000_000
+    n = VAULT_ARCHIVES or (20_000 if quick else 1_000_000)
     big = bench_data.big_count(n)
     rows: list[Row] = []
     cache = work / "big-cache"
@@ -250,11 +256,11 @@ def bench_bigvault(work: Path, quick: bool) -> list[Row]:
     label = f"{n:,}-archive vault"
     rows += [
         Row(f"mount ready, {label}", f"{ready:.2f} s", f"empty vault {empty_ready:.2f} s", ready / empty_ready,
-            "<= 2 s", judged(quick, ready <= 2)),
+            "<= 2 s", judged(quick or n != 1_000_000, ready <= 2)),
         Row(f"ls -l of {big:,} archives, cold (fresh mount)", f"{cold:.2f} s", f"local dir {local_ls:.2f} s",
-            cold / local_ls, "<= 1.5 s", judged(quick, cold <= 1.5)),
+            cold / local_ls, "<= 1.5 s", judged(quick or n != 1_000_000, cold <= 1.5)),
         Row(f"ls -l of {big:,} archives, warm", f"{warm:.2f} s", f"local dir {local_ls:.2f} s",
-            warm / local_ls, "<= 0.5 s", judged(quick, warm <= 0.5)),
+            warm / local_ls, "<= 0.5 s", judged(quick or n != 1_000_000, warm <= 0.5)),
         Row(f"stat of a random uncached path, {label}", f"median {st:.0f} us (p99 {p99:.0f} us)",
             f"local stat {lst:.1f} us", st / lst, "report"),
         Row(f"mount process peak RSS, {label} after ls", f"{rss / 1024:.0f} MiB", "-", None, "report"),

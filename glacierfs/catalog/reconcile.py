@@ -77,8 +77,7 @@ def import_inventory(
     if date is not None and current is not None and iso_epoch(date) < iso_epoch(current):
         log.warning("ignoring inventory dated %s: the catalog already has the newer %s", date, current)
         return ImportStats(date, ignored=True, previous_date=current)
-    with storage.guard():
-        con = storage.con
+    with storage.guard(), storage.bulk() as con:
         con.execute("DROP TABLE IF EXISTS temp.gfs_stage")
         con.execute(
             "CREATE TEMP TABLE gfs_stage (archive_id TEXT NOT NULL, dir TEXT NOT NULL, base TEXT NOT NULL,"

@@ -34,7 +34,7 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy
 
 from glacierfs.errors import GlacierFSError, InvalidArgument, NotPermitted, errno_for
-from glacierfs.fs.listing_cache import BLKSIZE, Listings, StatPacker
+from glacierfs.fs.listing_cache import BLKSIZE, Listing, Listings, StatPacker
 from glacierfs.fs.types import DIR_MODE, FILE_MODE, Attr, FSCore
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,10 @@ _buf_copy.restype = ctypes.c_ssize_t
 
 FUSE_FILL_DIR_PLUS = 1 << 1
 FUSE_READDIR_PLUS = 1 << 0
+# libfuse's fuse_fill_dir_t with the name and stat as plain addresses: a Listing's buffers are
+# handed over in place (mfusepy's prototype would want a bytes and a ctypes stat per entry)
+_FILL_AT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, mfusepy.c_off_t,
+                            ctypes.c_int)
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 # Long kernel caching keeps `ls -l` of big directories fast; entries another process removes
@@ -104,7 +108,8 @@ class GlacierOperations(mfusepy.Operations):
         self._core = core
         self._uid = os.getuid()
         self._gid = os.getgid()
-        self._listings = Listings(core, StatPacker(mfusepy.c_stat, self._uid, self._gid).pack)
+        self._packer = StatPacker(mfusepy.c_stat, self._uid, self._gid)
+        self._listings = Listings(core, self._packer)
         self._fuse_ptr: int | None = None
 
     def _stat(self, a: Attr) -> dict[str, Any]:
@@ -169,14 +174,15 @@ class GlacierOperations(mfusepy.Operations):
     @_errors
     def readdir_with_offset(self, path: str, offset: int, fh: int) -> Iterator[tuple[str, dict[str, Any], int]]:
         """Used by mfusepy's own readdir path (libfuse2); libfuse3 goes through :meth:`_FUSE.readdir_fuse_3`."""
-        entries = self._listings.entries(fh, offset)
+        listing = self._listings.entries(fh, offset)
+        mode = self._packer.mode_at
         return (
-            (name.decode("utf-8", "surrogateescape"), {"st_mode": st.st_mode}, i + 1)
-            for i, (name, st) in enumerate(entries[offset:], start=offset)
+            (listing.name(i).decode("utf-8", "surrogateescape"), {"st_mode": mode(listing.stats, i)}, i + 1)
+            for i in range(offset, len(listing))
         )
 
     @_errors
-    def _entries(self, fh: int, offset: int) -> list[tuple[bytes, Any]]:
+    def _entries(self, fh: int, offset: int) -> Listing:
         return self._listings.entries(fh, offset)
 
     @_errors
@@ -324,10 +330,11 @@ class _FUSE(mfusepy.FUSE):
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
         fill = FUSE_FILL_DIR_PLUS if flags & FUSE_READDIR_PLUS else 0
-        entries = self.operations._entries(fip.contents.fh, offset)
-        for i in range(offset, len(entries)):
-            name, st = entries[i]
-            if filler(buf, name, st, i + 1, fill if i >= 2 else 0) != 0:
+        listing = self.operations._entries(fip.contents.fh, offset)
+        filler_at = ctypes.cast(filler, _FILL_AT)
+        name_at, stat_at = listing.name_address, listing.stat_address
+        for i in range(offset, len(listing)):  # `listing` stays referenced: its buffers cannot move
+            if filler_at(buf, name_at(i), stat_at(i), i + 1, fill if i >= 2 else 0) != 0:
                 break
         return 0
 

@@ -1,10 +1,12 @@
 """Directory listings for readdirplus: the open-directory table, packed listings reused while the
-core's listing token is unchanged (built once at a time per directory, LRU-bounded), the
-prefetch of the root after mounting, and :class:`StatPacker`.
+core's listing token is unchanged (built once at a time per directory, bounded by their total
+entries), the prefetch of the root after mounting, and :class:`StatPacker`.
 
-The entries are packed by a function the adapter passes (``pack(Attr) -> stat struct``), so this
-module needs no FUSE import: :class:`StatPacker` builds any ctypes ``stat`` layout in one
-``struct.pack`` (readdirplus of 100,000 entries needs it fast).
+A :class:`Listing` is compact because a directory of 100,000 archives is listed whole: its names
+in one NUL-separated buffer and its ``stat`` structs in another (``struct.pack_into``, the
+layout :class:`StatPacker` reads from the adapter's ctypes ``stat``, so this module needs no
+FUSE import), handed to libfuse's filler as addresses. About 160 bytes an entry (a 144-byte
+``stat`` and the name) where a ``(bytes, ctypes stat)`` tuple per entry held ~400.
 
 Threading contract
 ------------------
@@ -13,7 +15,8 @@ FUSE threads call :meth:`Listings.opendir`, :meth:`entries`, :meth:`releasedir`;
 core once a second to invalidate kernel entries that another process removed. ``_lock`` guards ``_dirs``,
 ``_next``, ``_cached`` and ``_building``; it is a leaf lock and is never held while a listing is
 built (catalog query + packing): a directory being built has an Event in ``_building`` and a
-second reader waits for that build instead of doing its own.
+second reader waits for that build instead of doing its own. A :class:`Listing` is never
+changed once built: the cache and any number of open handles share it without a lock.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import logging
 import stat
 import struct
 import threading
+from array import array
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 from glacierfs.errors import BadHandle, NotADirectory
@@ -32,12 +35,11 @@ from glacierfs.fs.types import DIR_MODE, FILE_MODE, Attr, FSCore
 
 log = logging.getLogger(__name__)
 
-MAX_CACHED_ENTRIES = 200_000  # bound of the reused directory listings (about 50 MiB)
+MAX_CACHED_ENTRIES = 200_000  # bound of the reused directory listings (about 32 MiB)
 BUILD_WAIT = 60.0
 WATCH_INTERVAL = 1.0
 BLKSIZE = 1 << 20  # cp and friends size their buffers after st_blksize: fewer, larger writes
 
-Entry = tuple[bytes, Any]  # (name, packed stat)
 
 
 def _flatten(struct_type: Any) -> tuple[list[str], str]:
@@ -83,7 +85,12 @@ class StatPacker:
         self._dir[idx["st_mode"]] = stat.S_IFDIR | DIR_MODE
         self._dir[idx["st_nlink"]] = 2
 
-    def pack(self, a: Attr) -> Any:
+    @property
+    def size(self) -> int:
+        """Bytes of one ``stat`` struct."""
+        return self._struct.size
+
+    def values(self, a: Attr) -> list[int]:
         v = list(self._dir if a.is_dir else self._file)
         v[self._size] = a.size
         v[self._blocks] = (a.size + 511) // 512
@@ -91,19 +98,86 @@ class StatPacker:
         t = self._times
         v[t[0]] = v[t[2]] = v[t[4]] = sec
         v[t[1]] = v[t[3]] = v[t[5]] = nsec
-        return self._type.from_buffer_copy(self._struct.pack(*v))
+        return v
+
+    def pack(self, a: Attr) -> Any:
+        """One ctypes ``stat`` of ``a``."""
+        return self._type.from_buffer_copy(self._struct.pack(*self.values(a)))
+
+    def pack_all(self, attrs: list[Attr]) -> bytearray:
+        """The ``stat`` structs of ``attrs``, back to back."""
+        size = self._struct.size
+        buf = bytearray(size * len(attrs))
+        pack_into, values = self._struct.pack_into, self.values
+        for i, a in enumerate(attrs):
+            pack_into(buf, i * size, *values(a))
+        return buf
+
+    def mode_at(self, buf: bytearray, i: int) -> int:
+        """``st_mode`` of the ``i``-th struct of a :meth:`pack_all` buffer."""
+        return int(self._type.from_buffer(buf, i * self._struct.size).st_mode)
+
+
+class Listing:
+    """One directory's entries ('.' and '..' first) as two buffers libfuse reads in place.
+
+    ``name_address(i)``/``stat_address(i)`` point into buffers exported to ctypes, so they can
+    neither move nor be resized while this object lives (the caller keeps it during the fill).
+    Names never hold NUL (the codec shows a control character as ``%XX``): it ends each one.
+    """
+
+    __slots__ = ("_name_base", "_name_view", "_names", "_size", "_starts", "_stat_base", "_stat_view", "_stats")
+
+    def __init__(self, names: list[bytes], stats: bytearray, size: int) -> None:
+        self._names = bytearray(b"\0".join(names) + b"\0")
+        starts = array("L", [0]) * len(names)
+        pos = 0
+        for i, name in enumerate(names):
+            starts[i] = pos
+            pos += len(name) + 1
+        self._starts = starts
+        self._stats = stats
+        self._size = size
+        self._name_view = (ctypes.c_char * len(self._names)).from_buffer(self._names)
+        self._stat_view = (ctypes.c_char * len(stats)).from_buffer(stats)  # never empty: '.' and '..'
+        self._name_base = ctypes.addressof(self._name_view)
+        self._stat_base = ctypes.addressof(self._stat_view)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def name_address(self, i: int) -> int:
+        return self._name_base + self._starts[i]
+
+    def stat_address(self, i: int) -> int:
+        return self._stat_base + i * self._size
+
+    def name(self, i: int) -> bytes:
+        start = self._starts[i]
+        return bytes(self._names[start:self._names.index(0, start)])
+
+    def names(self) -> list[bytes]:
+        return bytes(self._names[:-1]).split(b"\0")
+
+    @property
+    def stats(self) -> bytearray:
+        return self._stats
+
+    def nbytes(self) -> int:
+        """What the buffers hold (for tests and the cache bound)."""
+        return len(self._names) + len(self._starts) * self._starts.itemsize + len(self._stats)
 
 
 class Listings:
     """Open directories of the mount and their packed listings."""
 
-    def __init__(self, core: FSCore, pack: Callable[[Attr], Any]) -> None:
+    def __init__(self, core: FSCore, packer: StatPacker) -> None:
         self._core = core
-        self._pack = pack
+        self._packer = packer
         self._lock = threading.Lock()
-        self._dirs: dict[int, tuple[str, list[Entry] | None]] = {}
+        self._dirs: dict[int, tuple[str, Listing | None]] = {}
         self._next = 1
-        self._cached: OrderedDict[str, tuple[Any, list[Entry]]] = OrderedDict()
+        self._cached: OrderedDict[str, tuple[Any, Listing]] = OrderedDict()
         self._building: dict[str, threading.Event] = {}
         self._stopping = threading.Event()
 
@@ -121,7 +195,7 @@ class Listings:
         with self._lock:
             self._dirs.pop(fh, None)
 
-    def entries(self, fh: int, offset: int) -> list[Entry]:
+    def entries(self, fh: int, offset: int) -> Listing:
         """The directory snapshot of this handle, taken at offset 0 (so rewinddir refreshes)."""
 
         with self._lock:
@@ -138,10 +212,10 @@ class Listings:
     def known_listings(self) -> list[tuple[str, list[str]]]:
         """(directory, names) of the reused listings: what the kernel may have cached entries for."""
         with self._lock:
-            items = [(d, list(e)) for d, (_, e) in self._cached.items()]
-        return [(d, [name.decode("utf-8", "surrogateescape") for name, _ in entries[2:]]) for d, entries in items]
+            items = [(d, e) for d, (_, e) in self._cached.items()]
+        return [(d, [name.decode("utf-8", "surrogateescape") for name in e.names()[2:]]) for d, e in items]
 
-    def build(self, path: str) -> list[Entry]:
+    def build(self, path: str) -> Listing:
         """Packed entries of ``path``: reused while the core's listing token is unchanged, built
         once at a time per directory (a second reader waits for the first build)."""
         token = self._core.listing_token(path)
@@ -175,12 +249,15 @@ class Listings:
                 self._building.pop(path, None)
             building.set()
 
-    def _pack_listing(self, path: str) -> list[Entry]:
-        pack = self._pack
-        dirst = pack(Attr(True))
-        entries = [(b".", dirst), (b"..", dirst)]
-        entries.extend((name.encode("utf-8", "surrogateescape"), pack(a)) for name, a in self._core.readdir(path))
-        return entries
+    def _pack_listing(self, path: str) -> Listing:
+        listed = self._core.readdir(path)
+        dir_attr = Attr(True)
+        names = [b".", b".."]
+        names += [name.encode("utf-8", "surrogateescape") for name, _ in listed]
+        attrs = [dir_attr, dir_attr]
+        attrs += [a for _, a in listed]
+        del listed
+        return Listing(names, self._packer.pack_all(attrs), self._packer.size)
 
     def watch(self, interval: float = WATCH_INTERVAL) -> None:
         """Start the ``notice`` thread: every ``interval`` the core compares its catalog token and
