@@ -362,7 +362,7 @@ class WriteBack:
             return
         if p.write_error is not None:
             code = p.write_error
-            self._commit_failed(p, OSError(code, os.strerror(code)))
+            self._commit_failed(p, OSError(code, os.strerror(code)), "a write into the staged file failed")
             raise FSError(code, f"a write into the staged file failed: {os.strerror(code)}")
         try:
             os.fsync(fd)
@@ -401,15 +401,14 @@ class WriteBack:
         with self.lock:
             first = p.write_error is None
             p.write_error = code
-        if first:
-            log.error("%s: a write into the staged file failed (%s); the file will not be uploaded",
-                      p.path, os.strerror(code))
+        if first:  # the one error line comes from the close that fails (_commit_failed)
+            log.debug("%s: a write into the staged file failed: %s", p.path, os.strerror(code))
 
-    def _commit_failed(self, p: Pending, exc: OSError) -> None:
+    def _commit_failed(self, p: Pending, exc: OSError, what: str = "cannot record the staged file") -> None:
         with self.lock:
             p.state = "failed"
             p.committed = False
-            p.error = f"cannot record the staged file: {exc.strerror or exc}"
+            p.error = f"{what}: {exc.strerror or exc}"
             p.done.set()
         log.error("%s: %s (close(2) returned the error; the file is not uploaded: write it again)", p.path, p.error)
 
@@ -433,7 +432,8 @@ class WriteBack:
         if state == "failed":
             return  # close(2) already reported it; the file stays visible as failed
         if p.write_error is not None:  # the kernel reported it at close(2) and sent no FLUSH
-            self._commit_failed(p, OSError(p.write_error, os.strerror(p.write_error)))
+            self._commit_failed(p, OSError(p.write_error, os.strerror(p.write_error)),
+                                "a write into the staged file failed")
             return
         if needed:
             try:
