@@ -329,7 +329,8 @@ def _direct_if_write_only(fi: Any) -> None:
     cache is off); without the page cache the kernel no longer copies the bytes into pages of
     its own first: libfuse reads them straight from the writer's buffer, and the written file
     does not occupy the page cache twice (the mount's pages and the staged file's). Measured:
-    ``cp`` of 256 MiB, median of 8 alternating runs, 2.0 s -> 0.7 s (docs/performance.md).
+    ``cp`` of 1 GiB, median of 5 alternating runs, 1.90 s -> 1.17 s (local cp + sync 0.95 s);
+    the bench's row, with every copy kept, did not move (docs/performance.md, issue 14).
     Only O_WRONLY: such a descriptor can never be mmap'ed (mmap needs read access), and
     MAP_SHARED of a direct-I/O descriptor is refused by the kernel (ENODEV); O_RDWR keeps the
     page cache, so shared writable mappings still work. Reads never bypass it.
