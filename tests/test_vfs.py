@@ -444,6 +444,31 @@ def test_no_room_for_the_commit_record_is_closes_error(env, monkeypatch):
     assert read_all(fs, "/f") == b"again"
 
 
+def test_a_failed_write_fails_the_file_at_its_last_close(env):
+    """With the kernel's writeback cache a WRITE fails after the program's write(2) returned: the
+    kernel reports it from close(2) and sends no FLUSH, so RELEASE must not commit the gap."""
+    fs = env.fs(upload_delay=3600)
+    fh = fs.create("/wb")
+    fs.write(fh, b"first half ", 0)
+    fs.write_failed(fh, errno.ENOSPC)  # what write_buf reports when libfuse's copy fails
+    fs.release(fh)  # no flush: the kernel returned the error from close(2) itself
+    assert fs.getxattr("/wb", "user.glacier.state") == b"failed"
+    assert list(fs.staging.dir.glob("*.json")) == []
+    assert err(sync, fs, "/wb") == errno.EIO
+    fh = fs.create("/flushed")
+    fs.write(fh, b"x", 0)
+    fs.write_failed(fh, errno.EIO)
+    assert err(fs.flush, fh) == errno.EIO  # a FLUSH that does come fails close(2) too
+    fs.release(fh)
+    assert fs.getxattr("/flushed", "user.glacier.state") == b"failed"
+    fh = fs.open("/wb", os.O_WRONLY | os.O_TRUNC)  # written again whole: committed and uploaded
+    fs.write(fh, b"whole again", 0)
+    fs.flush(fh)
+    fs.release(fh)
+    sync(fs, "/wb")
+    assert read_all(fs, "/wb") == b"whole again"
+
+
 def test_a_worker_survives_any_exception_and_fsync_gets_eio(env):
     from glacierfs.upload import UploadEngine
 

@@ -341,6 +341,10 @@ class MultiVaultFS:
         fs, h = self._unwrap(fh)
         return fs.write_fd(h)
 
+    def write_failed(self, fh: int, code: int) -> None:
+        fs, h = self._unwrap(fh)
+        fs.write_failed(h, code)
+
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         if fh is not None:
             fs, h = self._unwrap(fh)

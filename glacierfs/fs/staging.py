@@ -118,6 +118,7 @@ class Pending:
     busy: bool = False  # a worker runs the engine for it
     committed: bool = False  # the manifest describes the current bytes
     dirty: bool = False  # written since the last commit
+    write_error: int | None = None  # errno of a failed or short write since the last truncation
     attempts: int = 0
     error: str | None = None
     waiters: int = 0  # fsync calls waiting for this file's archive
@@ -339,6 +340,8 @@ class WriteBack:
                 fd = os.open(p.staging, os.O_RDWR)
                 if truncate:
                     os.ftruncate(fd, 0)
+                    with self.lock:
+                        p.write_error = None
             except OSError:
                 with self.lock:
                     p.writers -= 1
@@ -357,6 +360,10 @@ class WriteBack:
             needed = p.dirty or not p.committed
         if not last or not needed or split(p.path)[1].startswith(HIDDEN_PREFIX):
             return
+        if p.write_error is not None:
+            code = p.write_error
+            self._commit_failed(p, OSError(code, os.strerror(code)), "a write into the staged file failed")
+            raise FSError(code, f"a write into the staged file failed: {os.strerror(code)}")
         try:
             os.fsync(fd)
         except OSError as exc:
@@ -389,11 +396,19 @@ class WriteBack:
             with self.lock:
                 p.committed = True
 
-    def _commit_failed(self, p: Pending, exc: OSError) -> None:
+    def write_failed(self, p: Pending, code: int) -> None:
+        """A write into ``p``'s staged file failed: its last close fails and it never uploads."""
+        with self.lock:
+            first = p.write_error is None
+            p.write_error = code
+        if first:  # the one error line comes from the close that fails (_commit_failed)
+            log.debug("%s: a write into the staged file failed: %s", p.path, os.strerror(code))
+
+    def _commit_failed(self, p: Pending, exc: OSError, what: str = "cannot record the staged file") -> None:
         with self.lock:
             p.state = "failed"
             p.committed = False
-            p.error = f"cannot record the staged file: {exc.strerror or exc}"
+            p.error = f"{what}: {exc.strerror or exc}"
             p.done.set()
         log.error("%s: %s (close(2) returned the error; the file is not uploaded: write it again)", p.path, p.error)
 
@@ -416,6 +431,10 @@ class WriteBack:
             return
         if state == "failed":
             return  # close(2) already reported it; the file stays visible as failed
+        if p.write_error is not None:  # the kernel reported it at close(2) and sent no FLUSH
+            self._commit_failed(p, OSError(p.write_error, os.strerror(p.write_error)),
+                                "a write into the staged file failed")
+            return
         if needed:
             try:
                 fd = os.open(p.staging, os.O_RDONLY)

@@ -26,6 +26,7 @@ cache's lock are leaves.
 
 from __future__ import annotations
 
+import errno
 import functools
 import itertools
 import logging
@@ -465,7 +466,15 @@ class VaultFS:
         return os.pread(self._handle(fh).fd, size, offset)
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
-        return os.pwrite(self.write_fd(fh), data, offset)
+        fd = self.write_fd(fh)
+        try:
+            done = os.pwrite(fd, data, offset)
+        except OSError as exc:
+            self.write_failed(fh, exc.errno or errno.EIO)
+            raise
+        if done < len(data):
+            self.write_failed(fh, errno.EIO)
+        return done
 
     def write_fd(self, fh: int) -> int:
         """The staged file's descriptor for a write through handle ``fh`` (the file is dirty now)."""
@@ -474,6 +483,17 @@ class VaultFS:
             raise BadHandle()
         h.pending.dirty = True  # a bool store; read at the commit (see WriteBack.commit)
         return h.fd
+
+    def write_failed(self, fh: int, code: int) -> None:
+        """A write through ``fh`` failed or was short: the file must not become an archive.
+
+        With the kernel's writeback cache the program's write(2) returned long ago; the kernel
+        reports the error at close(2) and then sends no FLUSH, so the commit (at FLUSH or, for
+        a handle never flushed, at RELEASE) must know the staged bytes have a gap.
+        """
+        h = self._handle(fh)
+        if h.pending is not None:
+            self.writeback.write_failed(h.pending, code)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         if fh is not None:
