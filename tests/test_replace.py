@@ -633,8 +633,14 @@ def test_kill_between_new_archived_and_old_deleted(glacier_server, mount_factory
     unmount(m.mnt)
     first_log = m.log()
     assert server.admin("release" if delete_took_effect else "release?drop=1")["released"] >= 1
-    ids = {p: sorted(v) for p, v in _paths_and_ids(server).items()}
-    assert ids == {"f.txt": [now] if delete_took_effect else sorted([old, now])}, ids
+    expected = {"f.txt": [now] if delete_took_effect else sorted([old, now])}
+
+    def ids() -> dict[str, list[str]]:
+        return {p: sorted(v) for p, v in _paths_and_ids(server).items()}
+
+    if delete_took_effect:  # the released request goes on in a server thread: wait for its effect
+        wait_until(lambda: ids() == expected, 30, f"the released delete of {old} to take effect")
+    assert ids() == expected, ids()
 
     m2 = mount_factory(server, name="mnt")
     Cli(server.url, tmp_path / "cache", tmp_path)("wait", "-v", MVAULT, "--region", "us-east-1", "--timeout", "60")
