@@ -8,7 +8,8 @@ processes a user would run, timed from start to exit (process start included for
   upload: ``glacierfs upload`` with its defaults vs the best case (``bench_best.py``: boto3,
   8 threads, the largest parts that still give every thread one); the mount: ``cp`` until
   archived vs that CLI upload; ``cp`` until it returns vs a local ``cp`` + ``sync`` (best of 3,
-  alternating, page cache left as a user has it: only a ``sync`` between runs); restore: the
+  alternating, page cache left as a user has it: only a ``sync`` between runs; each copy,
+  local and mounted, is removed after its round, so both start from the same memory); restore: the
   retrieval job done, ``glacierfs download`` (download + verify) vs the best case's 8 ranged
   GetJobOutput threads with the same verification.
 * ``bench_many_files`` (``--only wanfiles``), 1,000 files of 1 MiB (30 with --quick):
@@ -193,6 +194,11 @@ def mount_rows(base: Path, srv: procs.Server, src: Path, size: int, at: str, t_c
             subprocess.run(["cp", str(src), str(dst)], check=True)
             mounted_times.append(time.perf_counter() - t0)
             procs.wait_uploaded(dst)  # untimed: the next copy must not compete with this upload
+            # removed like the local copy (rm deletes the archive: server file and cached copy go),
+            # so both writers start each round in the same memory: a kept GiB of staged, cached
+            # and stored copies per round pushed the mount's copies into pages the local one,
+            # deleted each time, never needed (docs/performance.md, issue 14's cp rows)
+            dst.unlink()
     t_cp, t_local = min(mounted_times), min(local_times)
     runs = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(mounted_times, local_times, strict=True))
     return [
