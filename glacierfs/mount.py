@@ -564,7 +564,10 @@ def build_vaultfs(
     glacier: Any = _ServiceGate(ctx.glacier, gate) if gate is not None else ctx.glacier
 
     def engine_factory() -> Any:
-        return UploadEngine(glacier, catalog, vault, part_size=args.part_size_bytes, concurrency=args.concurrency)
+        # rehash=False: staged files have one writer, the mount, which supersedes an upload its
+        # file is rewritten during (glacierfs.fs.staging); the engine's own pass would be redundant
+        return UploadEngine(glacier, catalog, vault, part_size=args.part_size_bytes, concurrency=args.concurrency,
+                            rehash=False)
 
     runner = JobRunner(glacier, catalog, vault, progress=ctx.progress, poll=Backoff.local() if ctx.is_local else Backoff())
     return VaultFS(

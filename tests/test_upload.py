@@ -906,3 +906,33 @@ def test_rewrite_the_identity_cannot_see_is_caught_by_the_final_hash(server, gla
     assert archive.tree_hash == new[0] == tree_hash_file(f)
     assert [a["SHA256TreeHash"] for a in inventory(server, glacier)] == [new[0]]
     assert open_uploads(glacier) == [] and catalog.list_uploads() == {}
+
+
+def test_rehash_off_skips_the_whole_file_pass_but_not_the_identity_check(server, glacier, catalog, tmp_path, monkeypatch, caplog):
+    """``rehash=False`` (the mount's staged files: one writer, which supersedes uploads itself)
+    sends Complete without reading the file again; a rewrite its identity shows still restarts."""
+    import glacierfs.upload.engine as engine_mod
+
+    def no_pass(*args: Any, **kw: Any) -> str:
+        raise AssertionError("the whole file was hashed again")
+
+    monkeypatch.setattr(engine_mod, "tree_hash_file", no_pass)
+    f = write_random(tmp_path / "r.bin", 4 * MiB, seed=410)
+    want = tree_hash_file(f)
+    engine = UploadEngine(glacier, catalog, VAULT, part_size=MiB, concurrency=1, rehash=False)
+    archive = engine.upload(f, "r.bin", description="r")
+    assert archive.tree_hash == want
+    g = write_random(tmp_path / "s.bin", 4 * MiB, seed=411)
+    new: list[str] = []
+
+    def after_part(index: int, stats: Any) -> None:
+        if not new:
+            new.append(rewrite_in_place(g, seed=412))
+
+    engine.on_part = after_part
+    with caplog.at_level(logging.WARNING, logger="glacierfs.upload"):
+        again = engine.upload(g, "s.bin", description="s")
+    assert "changed while it was uploaded" in caplog.text
+    assert again.tree_hash == new[0] == tree_hash_file(g)
+    assert sorted(a["SHA256TreeHash"] for a in inventory(server, glacier)) == sorted([want, new[0]])
+    assert open_uploads(glacier) == [] and catalog.list_uploads() == {}

@@ -47,7 +47,7 @@ class Env:
             VAULT,
             DataCache(self.root / "state", cache_size),
             engine_factory=engine_factory
-            or (lambda: UploadEngine(self.glacier, self.catalog, VAULT, concurrency=2)),
+            or (lambda: UploadEngine(self.glacier, self.catalog, VAULT, concurrency=2, rehash=False)),
             runner=JobRunner(self.glacier, self.catalog, VAULT, poll=Backoff.local()),
             **kw,
         )
