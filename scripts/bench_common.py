@@ -56,35 +56,6 @@ def warm_page_cache(path: Path) -> None:
             pass
 
 
-def back_free_memory(nbytes: int) -> float:
-    """Touch and free ``nbytes`` of anonymous memory, so the next allocations find host-backed pages.
-
-    Why: this bench's VMs (virtio-balloon free page reporting) hand free guest pages back to the
-    host, and the first touch of such a page costs a host fault: touching 1 GiB of fresh memory
-    took 3.4 s, of just-freed memory 0.7 s. Whichever contender allocated fresh pages first
-    (the mount's staged file, the server's stored copy, a local ``cp``) paid up to ~3 ms per MiB
-    more than the next one, which decided rows by their order (docs/performance.md, "Host faults
-    of fresh memory"). Called before each timed run of both contenders alike; returns seconds.
-    """
-    import mmap
-
-    t0 = time.perf_counter()
-    try:
-        with open("/proc/meminfo") as f:
-            avail = int(next(line.split()[1] for line in f if line.startswith("MemAvailable"))) * 1024
-    except (OSError, StopIteration, ValueError):
-        avail = 0
-    nbytes = min(nbytes, avail // 4)
-    if nbytes >= MiB:
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
-        m = mmap.mmap(-1, nbytes, flags=flags)
-        if not getattr(mmap, "MAP_POPULATE", 0):
-            for off in range(0, nbytes, mmap.PAGESIZE):
-                m[off] = 1
-        m.close()
-    return time.perf_counter() - t0
-
-
 def file_size(quick: bool) -> int:
     return 64 * MiB if quick else 1024 * MiB
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bench_procs as procs
-from bench_common import MiB, Row, back_free_memory, file_size, judged, make_file, size_label, warm_page_cache
+from bench_common import MiB, Row, file_size, judged, make_file, size_label, warm_page_cache
 
 REPO = Path(__file__).resolve().parent.parent
 LATENCIES = (0.0, 0.05)
@@ -107,16 +107,15 @@ def aws_cli() -> Path | None:
     return Path(found) if found else None
 
 
-# bytes of free memory backed before each timed run (bench_common.back_free_memory): the data a
-# run writes (a staged or local copy, the server's stored copy) with room to spare
-BACKED_MEMORY = int(os.environ.get("GLACIERFS_BENCH_BACKED_MIB", "3072")) * MiB
-
-
 def sync_all() -> None:
-    """Before each timed run (untimed): write out dirty pages, so one run's writeback does not land
-    in the next, and back free memory, so no contender pays the host faults of fresh pages."""
+    """Write out dirty pages between runs (untimed), so one run's writeback does not land in the next.
+
+    Nothing else is done to memory: on this bench's VMs the first touch of a page freed more than
+    a second or so earlier costs a host fault (free page reporting), which moves single rows by
+    up to 2x; two ways of evening that out (backing free memory, recycling page cache) were tried
+    and each moved the noise to other rows (docs/performance.md, "Host faults of fresh memory").
+    """
     subprocess.run(["sync"], check=False)
-    back_free_memory(BACKED_MEMORY)
 
 
 def rate(size: int, t: float) -> str:
